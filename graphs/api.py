@@ -1,0 +1,192 @@
+"""Run API: run the orchestrator, or run given tasks in parallel without a planner."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Literal, cast
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.runnables import RunnableConfig
+from langchain_core.tools import BaseTool
+from pydantic import BaseModel, Field, ValidationError
+
+from graphs.orchestrator import Orchestrator, compile_orchestrator
+from nodes.context import DEFAULT_MAX_CONCURRENCY, Policy, RunSettings
+from nodes.domain import ErrorInfo, Plan, RunMetrics, SubagentResult, Task
+from nodes.errors import PlanError, TaskFailedError
+from nodes.events import EVENT_KEY, is_event
+from nodes.state import OrchestratorInput
+
+EventHandler = Callable[[dict[str, Any]], None]
+"""Called with every Fanfold progress event (a dict), as it happens."""
+
+RunStatus = Literal["ok", "partial", "failed"]
+
+
+class RunOutput(BaseModel):
+    """Everything a run hands back; `--json` prints exactly this."""
+
+    answer: str = ""
+    status: RunStatus = "ok"
+    plan: Plan | None = None
+    results: list[SubagentResult] = Field(default_factory=list)
+    metrics: RunMetrics = Field(default_factory=RunMetrics)
+    error: ErrorInfo | None = None
+
+
+@functools.cache
+def _default_graph(synthesize_answer: bool) -> Orchestrator:
+    return compile_orchestrator(synthesize_answer=synthesize_answer)
+
+
+async def arun(
+    request: str,
+    *,
+    settings: RunSettings | None = None,
+    plan: Plan | None = None,
+    graph: Orchestrator | None = None,
+    on_event: EventHandler | None = None,
+    config: RunnableConfig | None = None,
+) -> RunOutput:
+    """Run the orchestrator on a request and return its output.
+
+    Args:
+        request: what to do, in words.
+        settings: run settings; defaults everywhere when omitted.
+        plan: a ready plan; the planner then only validates it.
+        graph: a compiled orchestrator (e.g. one with a checkpointer).
+        on_event: called with each progress event while the run goes on.
+        config: extra run config (e.g. `{"configurable": {"thread_id": ...}}`).
+
+    Raises:
+        PlanError: no valid plan.
+        TaskFailedError: a task failed under `fail_fast`; `results` holds every
+            result that had finished, in plan order.
+    """
+    settings = settings or RunSettings()
+    graph = graph or _default_graph(True)
+    run_config: RunnableConfig = {**(config or {}), **settings.as_config()}
+    if config and "configurable" in config:
+        run_config["configurable"] = dict(config["configurable"])
+    inputs: dict[str, Any] = {"request": request}
+    if plan is not None:
+        inputs["plan"] = plan
+    return await _stream(graph, inputs, settings, run_config, on_event)
+
+
+async def _stream(
+    graph: Orchestrator,
+    inputs: dict[str, Any],
+    settings: RunSettings,
+    config: RunnableConfig,
+    on_event: EventHandler | None,
+) -> RunOutput:
+    values: dict[str, Any] = {}
+    finished: dict[str, SubagentResult] = {}
+    try:
+        stream: AsyncIterator[Any] = graph.astream(
+            cast(OrchestratorInput, inputs),
+            config,
+            context=settings,
+            stream_mode=["custom", "values"],
+            subgraphs=True,
+        )
+        async for namespace, mode, chunk in stream:
+            if mode == "values" and not namespace:
+                values = dict(chunk)
+            elif mode == "custom" and is_event(chunk):
+                event: dict[str, Any] = chunk
+                if event[EVENT_KEY] == "task_finished":
+                    finished[event["task_id"]] = SubagentResult.model_validate(event["result"])
+                if on_event is not None:
+                    on_event(event)
+    except TaskFailedError as exc:
+        plan = values.get("plan")
+        order = plan.order() if isinstance(plan, Plan) else {}
+        finished[exc.result.task_id] = exc.result
+        exc.results = sorted(finished.values(), key=lambda r: order.get(r.task_id, len(order)))
+        raise
+    return RunOutput(
+        answer=values.get("answer", ""),
+        status=values.get("status", "ok"),
+        plan=values.get("plan"),
+        results=values.get("results", []),
+        metrics=values.get("metrics") or RunMetrics(),
+    )
+
+
+def run(request: str, **kwargs: Any) -> RunOutput:
+    """Run the orchestrator from synchronous code; see `arun` for the arguments."""
+    return asyncio.run(arun(request, **kwargs))
+
+
+def as_tasks(tasks: Sequence[Task | str]) -> list[Task]:
+    """Turn plain strings into tasks `t1`, `t2`, ... by position; keep Task objects.
+
+    Raises:
+        TypeError: an item is neither a Task nor a string.
+    """
+    out: list[Task] = []
+    for i, item in enumerate(tasks, start=1):
+        if isinstance(item, Task):
+            out.append(item)
+        elif isinstance(item, str):
+            out.append(Task(id=f"t{i}", description=item))
+        else:
+            msg = f"task {i} must be a Task or a string, got `{type(item).__name__}`"
+            raise TypeError(msg)
+    return out
+
+
+async def execute_tasks_parallel(
+    tasks: Sequence[Task | str],
+    *,
+    model: str | BaseChatModel,
+    tools: Sequence[BaseTool] | None = None,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    task_timeout_s: float | None = None,
+    policy: Policy = "settle",
+    on_event: EventHandler | None = None,
+) -> list[SubagentResult]:
+    """Run given tasks through the orchestrator's own subagents, without a planner.
+
+    Dependencies between Task objects are honoured. Returns one result per
+    task, in input order.
+
+    Raises:
+        PlanError: the tasks do not form a valid DAG, or name unknown tools or kinds.
+        TaskFailedError: a task failed under `fail_fast`.
+    """
+    items = as_tasks(tasks)
+    try:
+        plan = Plan(tasks=items, rationale="given tasks")
+    except ValidationError as exc:
+        raise PlanError([str(e["msg"]) for e in exc.errors()]) from exc
+    settings = RunSettings(
+        model=model,
+        tools=list(tools or []),
+        max_concurrency=max_concurrency,
+        task_timeout_s=task_timeout_s,
+        policy=policy,
+        max_tasks=max(len(items), 1),
+    )
+    out = await arun(
+        "", settings=settings, plan=plan, graph=_default_graph(False), on_event=on_event
+    )
+    return out.results
+
+
+async def execute_task(
+    task: Task | str,
+    *,
+    model: str | BaseChatModel,
+    tools: Sequence[BaseTool] | None = None,
+    task_timeout_s: float | None = None,
+) -> SubagentResult:
+    """Run one task through a subagent and return its result (never raises for the task)."""
+    results = await execute_tasks_parallel(
+        [task], model=model, tools=tools, max_concurrency=1, task_timeout_s=task_timeout_s
+    )
+    return results[0]

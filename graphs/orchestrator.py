@@ -1,0 +1,74 @@
+"""The orchestrator: plan, fan out through Send, fold back, synthesize."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Checkpointer
+
+from graphs.serde import allow_fanfold_types
+from graphs.subagent import compile_subagent
+from nodes.context import DEFAULT_MAX_CONCURRENCY, RunSettings
+from nodes.dispatch import SUBAGENT, dispatch_to
+from nodes.planner import planner
+from nodes.reducer import reducer
+from nodes.state import OrchestratorInput, OrchestratorOutput, OrchestratorState
+from nodes.subagent_error import on_subagent_error
+from nodes.synthesize import synthesize
+
+Orchestrator = CompiledStateGraph[
+    OrchestratorState, RunSettings, OrchestratorInput, OrchestratorOutput
+]
+
+
+def build_orchestrator(
+    *, synthesize_answer: bool = True
+) -> StateGraph[OrchestratorState, RunSettings, OrchestratorInput, OrchestratorOutput]:
+    """Wire planner -> dispatch =Send=> subagent -> reducer -> (dispatch | synthesize).
+
+    Args:
+        synthesize_answer: end with one model call that writes the answer; without
+            it the run ends at the reducer (as `execute_tasks_parallel` does).
+    """
+    builder = StateGraph(
+        OrchestratorState,
+        context_schema=RunSettings,
+        input_schema=OrchestratorInput,
+        output_schema=OrchestratorOutput,
+    )
+    done = "synthesize" if synthesize_answer else END
+    dispatch = dispatch_to(done)
+    builder.add_node("planner", planner)
+    builder.add_node(SUBAGENT, compile_subagent(), error_handler=on_subagent_error)
+    builder.add_node("reducer", reducer)
+    builder.add_edge(START, "planner")
+    builder.add_conditional_edges("planner", dispatch, [SUBAGENT, done])
+    builder.add_edge(SUBAGENT, "reducer")
+    builder.add_conditional_edges("reducer", dispatch, [SUBAGENT, done])
+    if synthesize_answer:
+        builder.add_node("synthesize", synthesize)
+        builder.add_edge("synthesize", END)
+    return builder
+
+
+def compile_orchestrator(
+    *,
+    synthesize_answer: bool = True,
+    checkpointer: Checkpointer = None,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    name: str = "orchestrator",
+    **compile_kwargs: Any,
+) -> Orchestrator:
+    """Compile the orchestrator with a default `max_concurrency` in its config.
+
+    A run config's own top-level `max_concurrency` still wins.
+    """
+    compiled = build_orchestrator(synthesize_answer=synthesize_answer).compile(
+        checkpointer=allow_fanfold_types(checkpointer), name=name, **compile_kwargs
+    )
+    return compiled.with_config(max_concurrency=max_concurrency)
+
+
+graph = compile_orchestrator()

@@ -1,0 +1,43 @@
+"""The subagent: a ReAct tool-calling subgraph with its own message history."""
+
+from __future__ import annotations
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+
+from nodes.act import act, after_act
+from nodes.brief import brief
+from nodes.context import RunSettings
+from nodes.report import report
+from nodes.run_tools import run_tools
+from nodes.state import SubagentInput, SubagentOutput, SubagentState
+
+
+def build_subagent() -> StateGraph[SubagentState, RunSettings, SubagentInput, SubagentOutput]:
+    """Wire brief -> act <-> run_tools -> report."""
+    builder = StateGraph(
+        SubagentState,
+        context_schema=RunSettings,
+        input_schema=SubagentInput,
+        output_schema=SubagentOutput,
+    )
+    builder.add_node("brief", brief)
+    builder.add_node("act", act)
+    builder.add_node("run_tools", run_tools)
+    builder.add_node("report", report)
+    builder.add_edge(START, "brief")
+    builder.add_edge("brief", "act")
+    builder.add_conditional_edges("act", after_act, ["run_tools", "report"])
+    builder.add_edge("run_tools", "act")
+    builder.add_edge("report", END)
+    return builder
+
+
+def compile_subagent() -> CompiledStateGraph[
+    SubagentState, RunSettings, SubagentInput, SubagentOutput
+]:
+    """Return the compiled subagent, as the orchestrator embeds it."""
+    return build_subagent().compile(name="subagent")
+
+
+graph = compile_subagent()

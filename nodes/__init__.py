@@ -1,0 +1,1 @@
+"""What flows and what acts: state, domain models, one node per module, the model seam."""

@@ -1,0 +1,62 @@
+"""act: one model turn of a subagent's ReAct loop."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from langchain_core.messages import AIMessage
+from langchain_core.tools import BaseTool
+from langgraph.runtime import Runtime
+
+from nodes.context import RunSettings, settings_of
+from nodes.domain import ErrorInfo, Task
+from nodes.errors import MaxStepsExceeded
+from nodes.models import load_chat_model
+from nodes.state import SubagentState
+from nodes.usage import usage_of
+
+
+def allowed_tools(task: Task, settings: RunSettings) -> list[BaseTool]:
+    """Return only the tools this task may use: its allow-list, else its kind's."""
+    kinds = settings.agent_kinds()
+    names = task.tools
+    if names is None and task.kind in kinds:
+        names = kinds[task.kind].tools
+    return settings.registry().resolve(names)
+
+
+async def act(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str, Any]:
+    """Call the model with the conversation so far and the task's tools."""
+    settings = settings_of(runtime.context)
+    steps = state.get("steps", 0)
+    if steps >= settings.max_steps:
+        err = MaxStepsExceeded(
+            f"stopped after {steps} model calls (max_steps={settings.max_steps}) "
+            "while the model still asked for tools"
+        )
+        return {"error": ErrorInfo.of(err)}
+    try:
+        model = load_chat_model(settings.model)
+        tools = allowed_tools(state["task"], settings)
+        runnable = model.bind_tools(tools) if tools else model
+        reply = await runnable.ainvoke(state["messages"])
+    except Exception as exc:  # noqa: BLE001 - every failure becomes the task's result
+        return {"error": ErrorInfo.of(exc), "steps": steps + 1}
+    if not isinstance(reply, AIMessage):  # pragma: no cover - chat models return AIMessage
+        reply = AIMessage(content=str(reply))
+    return {
+        "messages": [reply],
+        "steps": steps + 1,
+        "usage": state.get("usage") + usage_of(reply),
+        "tool_calls": state.get("tool_calls", 0) + len(reply.tool_calls),
+    }
+
+
+def after_act(state: SubagentState) -> Literal["run_tools", "report"]:
+    """Go on to the tools while the model asks for them, else report."""
+    if state.get("error") is not None:
+        return "report"
+    last = state["messages"][-1]
+    if isinstance(last, AIMessage) and last.tool_calls:
+        return "run_tools"
+    return "report"

@@ -1,0 +1,198 @@
+"""An offline, deterministic chat model that shows Fanfold's real mechanics with no key.
+
+It is a demo, not an LLM: it writes plans by splitting the request, calls the
+tools it is given (a calculator for arithmetic, text statistics otherwise) and
+answers from what the tools returned. Every answer it writes starts with
+`[demo model]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+
+from nodes.prompts import INPUTS_HEADER, REQUEST_HEADER, RESULTS_HEADER
+
+DEMO_LABEL = "[demo model]"
+DEFAULT_DEMO_LATENCY_S = 0.05
+
+_ARITH = re.compile(r"\d+(?:\.\d+)?(?:\s*[-+*/x×^]\s*\(?\d+(?:\.\d+)?\)?)+")
+_SPLIT = re.compile(r";|,|\band\b|\bversus\b|\bvs\.?(?=\s)", re.IGNORECASE)
+_TASK = re.compile(r"^Task (\S+) \(([^)]*)\): (.*)$", re.MULTILINE)
+_INPUT = re.compile(r"^\[(\S+?)(?: (\w+))?\] (.*)$", re.MULTILINE)
+
+
+def _tokens(text: str) -> int:
+    return max(1, math.ceil(len(text) / 4))
+
+
+def _text(message: BaseMessage) -> str:
+    content = message.content
+    if isinstance(content, str):
+        return content
+    return " ".join(str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content)
+
+
+def _tool_names(tools: Sequence[dict[str, Any]] | None) -> list[str]:
+    return [t["function"]["name"] for t in tools or []]
+
+
+def demo_plan(request: str) -> dict[str, Any]:
+    """Return the plan the demo model writes for a request, as plain data."""
+    parts = [p.strip(" .?!:") for p in _SPLIT.split(request)]
+    parts = [p for p in parts if len(p) > 2][:6] or [request.strip() or "the request"]
+    tasks: list[dict[str, Any]] = []
+    for i, part in enumerate(parts, start=1):
+        arithmetic = bool(_ARITH.search(part))
+        tasks.append(
+            {
+                "id": f"t{i}",
+                "description": part,
+                "kind": "analyst" if arithmetic else "researcher",
+                "depends_on": [],
+                "tools": ["calculator"] if arithmetic else ["text_stats"],
+            }
+        )
+    ids = [t["id"] for t in tasks]
+    if len(tasks) > 1:
+        tasks.append(
+            {
+                "id": "compare",
+                "description": f"Compare and weigh the findings on: {request.strip()}",
+                "kind": "analyst",
+                "depends_on": ids,
+                "tools": ["text_stats"],
+            }
+        )
+        tasks.append(
+            {
+                "id": "report",
+                "description": "Write a short report from the comparison",
+                "kind": "writer",
+                "depends_on": ["compare"],
+                "tools": [],
+            }
+        )
+    return {
+        "tasks": tasks,
+        "rationale": f"{len(parts)} parts run in parallel, then a comparison and a report",
+    }
+
+
+class DemoChatModel(BaseChatModel):
+    """A deterministic offline model that plans, calls tools and answers."""
+
+    latency: float = DEFAULT_DEMO_LATENCY_S
+    """Seconds each call takes, so the parallelism is visible."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "fanfold-demo"
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools the way provider models do: as OpenAI tool schemas."""
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        time.sleep(self.latency)
+        return self._result(messages, kwargs.get("tools"))
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        await asyncio.sleep(self.latency)
+        return self._result(messages, kwargs.get("tools"))
+
+    def _result(
+        self, messages: list[BaseMessage], tools: Sequence[dict[str, Any]] | None
+    ) -> ChatResult:
+        message = self._respond(messages, _tool_names(tools))
+        prompt = sum(_tokens(_text(m)) for m in messages)
+        out = _tokens(_text(message) + json.dumps(message.tool_calls))
+        message.usage_metadata = UsageMetadata(
+            input_tokens=prompt, output_tokens=out, total_tokens=prompt + out
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _respond(self, messages: list[BaseMessage], tools: list[str]) -> AIMessage:
+        first_user = next((_text(m) for m in messages if isinstance(m, HumanMessage)), "")
+        if "Plan" in tools:
+            return AIMessage(
+                content="",
+                tool_calls=[{"name": "Plan", "args": demo_plan(first_user), "id": "plan_1"}],
+            )
+        tool_results = [m for m in messages if isinstance(m, ToolMessage)]
+        task = _TASK.search(first_user)
+        if tools and not tool_results and task:
+            calls = self._tool_calls(task.group(3), first_user, tools)
+            if calls:
+                return AIMessage(content="", tool_calls=calls)
+        return AIMessage(content=self._answer(first_user, task, tool_results))
+
+    def _tool_calls(self, description: str, prompt: str, tools: list[str]) -> list[Any]:
+        calls: list[dict[str, Any]] = []
+        if "calculator" in tools:
+            for i, m in enumerate(_ARITH.finditer(description)):
+                expr = m.group(0).replace("x", "*").replace("×", "*")
+                calls.append({"name": "calculator", "args": {"expression": expr}, "id": f"c{i}"})
+        if "current_time" in tools and re.search(r"\b(time|date|today|now)\b", description, re.I):
+            calls.append({"name": "current_time", "args": {}, "id": "now"})
+        if not calls and "text_stats" in tools:
+            inputs = prompt.split(INPUTS_HEADER, 1)[1] if INPUTS_HEADER in prompt else ""
+            text = f"{description}\n{inputs}".strip()
+            calls.append({"name": "text_stats", "args": {"text": text}, "id": "stats"})
+        return calls
+
+    def _answer(
+        self, prompt: str, task: re.Match[str] | None, tool_results: list[ToolMessage]
+    ) -> str:
+        if tool_results and task:
+            found = "; ".join(f"{m.name} -> {_text(m)}" for m in tool_results)
+            return f"{DEMO_LABEL} {task.group(3)}: {found}"
+        inputs = (
+            _INPUT.findall(prompt.split(INPUTS_HEADER, 1)[-1]) if INPUTS_HEADER in prompt else []
+        )
+        if task:
+            joined = " | ".join(f"{tid}: {text[:120]}" for tid, _, text in inputs)
+            return f"{DEMO_LABEL} {task.group(3)} from {len(inputs)} input(s): {joined}"
+        if RESULTS_HEADER in prompt:
+            request = prompt.split("\n", 1)[0].removeprefix(REQUEST_HEADER.format(request=""))
+            results = _INPUT.findall(prompt.split(RESULTS_HEADER, 1)[1])
+            ok = sum(1 for _, status, _ in results if status == "ok")
+            lines = [f"- {tid} ({status}): {text[:160]}" for tid, status, text in results]
+            return (
+                f"{DEMO_LABEL} Answer to: {request}\n"
+                f"{ok} of {len(results)} tasks ended ok.\n" + "\n".join(lines)
+            )
+        return f"{DEMO_LABEL} {prompt[:200]}"

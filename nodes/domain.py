@@ -1,0 +1,229 @@
+"""The data that flows through a run: tasks, plans, results and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Literal
+
+import networkx as nx
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from nodes.errors import PlanError
+
+TaskStatus = Literal["ok", "failed", "timed_out", "cancelled", "skipped"]
+"""How a task ended: `ok`, `failed` (raised), `timed_out`, `cancelled`, or
+`skipped` (a dependency did not finish ok)."""
+
+TASK_STATUSES: tuple[TaskStatus, ...] = ("ok", "failed", "timed_out", "cancelled", "skipped")
+
+
+class Usage(BaseModel):
+    """Token counts, as the model reported them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            total_tokens=self.total_tokens + other.total_tokens,
+        )
+
+    @classmethod
+    def total(cls, usages: Iterable[Usage]) -> Usage:
+        """Sum many usages."""
+        out = cls()
+        for u in usages:
+            out = out + u
+        return out
+
+
+class Task(BaseModel):
+    """One unit of work for one subagent."""
+
+    id: str = Field(min_length=1, max_length=64, description="Unique id, e.g. `t1`.")
+    description: str = Field(min_length=1, description="What the subagent must do.")
+    kind: str = Field(default="general", description="Agent kind that runs the task.")
+    depends_on: list[str] = Field(
+        default_factory=list, description="Ids of tasks whose output this task needs."
+    )
+    tools: list[str] | None = Field(
+        default=None, description="Allowed tool names; null means the kind's default tools."
+    )
+    timeout_s: float | None = Field(
+        default=None, gt=0, description="Per-task timeout; null means the run's."
+    )
+
+
+def _find_cycle(graph: nx.DiGraph) -> list[str] | None:
+    try:
+        edges = nx.find_cycle(graph)
+    except nx.NetworkXNoCycle:
+        return None
+    return [str(u) for u, _ in edges] + [str(edges[0][0])]
+
+
+def structural_problems(tasks: Sequence[Task]) -> list[str]:
+    """Return every structural rule the tasks break (empty list: a valid DAG)."""
+    problems: list[str] = []
+    if not tasks:
+        return ["the plan has no tasks"]
+    ids = [t.id for t in tasks]
+    seen: set[str] = set()
+    dupes = sorted({i for i in ids if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
+    if dupes:
+        problems.append(f"duplicate task ids: {dupes}")
+    known = set(ids)
+    for t in tasks:
+        if t.id in t.depends_on:
+            problems.append(f"task `{t.id}` depends on itself")
+        unknown = [d for d in t.depends_on if d not in known]
+        if unknown:
+            problems.append(f"task `{t.id}` depends on unknown task(s) {unknown}")
+    if not problems:
+        cycle = _find_cycle(_dag(tasks))
+        if cycle:
+            problems.append("dependency cycle: " + " -> ".join(cycle))
+    return problems
+
+
+def _dag(tasks: Sequence[Task]) -> nx.DiGraph:
+    g = nx.DiGraph()
+    for t in tasks:
+        g.add_node(t.id, task=t)
+    for t in tasks:
+        for dep in t.depends_on:
+            g.add_edge(dep, t.id)
+    return g
+
+
+class Plan(BaseModel):
+    """A task graph: tasks with dependencies, always a valid DAG once built."""
+
+    tasks: list[Task] = Field(description="The tasks, each with a unique id.")
+    rationale: str = Field(default="", description="Why the work is split this way.")
+
+    @model_validator(mode="after")
+    def _check_dag(self) -> Plan:
+        problems = structural_problems(self.tasks)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def graph(self) -> nx.DiGraph:
+        """Return the plan as a networkx DAG, edges from dependency to dependent."""
+        return _dag(self.tasks)
+
+    def generations(self) -> list[list[str]]:
+        """Return task ids by topological generation, each in plan order."""
+        order = {t.id: i for i, t in enumerate(self.tasks)}
+        return [
+            sorted(gen, key=order.__getitem__) for gen in nx.topological_generations(self.graph())
+        ]
+
+    def task(self, task_id: str) -> Task:
+        """Return the task with this id.
+
+        Raises:
+            KeyError: no such task.
+        """
+        for t in self.tasks:
+            if t.id == task_id:
+                return t
+        raise KeyError(task_id)
+
+    def order(self) -> dict[str, int]:
+        """Return each task id's position in the plan."""
+        return {t.id: i for i, t in enumerate(self.tasks)}
+
+
+def validate_plan(
+    plan: Plan,
+    *,
+    kinds: Iterable[str],
+    tools: Iterable[str],
+    max_tasks: int,
+) -> Plan:
+    """Check a plan against what this run knows; return it unchanged when valid.
+
+    Raises:
+        PlanError: naming every rule the plan broke.
+    """
+    problems = structural_problems(plan.tasks)
+    if len(plan.tasks) > max_tasks:
+        problems.append(f"{len(plan.tasks)} tasks exceed max_tasks={max_tasks}")
+    known_kinds, known_tools = set(kinds), set(tools)
+    for t in plan.tasks:
+        if t.kind not in known_kinds:
+            problems.append(
+                f"task `{t.id}` has unknown agent kind `{t.kind}` (known: {sorted(known_kinds)})"
+            )
+        unknown = [n for n in (t.tools or []) if n not in known_tools]
+        if unknown:
+            problems.append(
+                f"task `{t.id}` asks for unknown tool(s) {unknown} (known: {sorted(known_tools)})"
+            )
+    if problems:
+        raise PlanError(problems)
+    return plan
+
+
+class ErrorInfo(BaseModel):
+    """Why a task did not end ok."""
+
+    type: str
+    message: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ErrorInfo:
+        """Describe an exception."""
+        return cls(type=type(exc).__name__, message=str(exc) or repr(exc))
+
+
+class SubagentResult(BaseModel):
+    """What one subagent hands back: exactly one per task."""
+
+    task_id: str
+    status: TaskStatus
+    output: str = ""
+    error: ErrorInfo | None = None
+    attempts: int = 1
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    duration_s: float = 0.0
+    usage: Usage = Field(default_factory=Usage)
+    tool_calls: int = 0
+
+
+class RunMetrics(BaseModel):
+    """What a run cost and how parallel it was."""
+
+    tasks: int = 0
+    counts: dict[str, int] = Field(default_factory=dict)
+    peak_concurrency: int = 0
+    wall_time_s: float = 0.0
+    task_time_s: float = 0.0
+    speedup: float = 0.0
+    tokens: Usage = Field(default_factory=Usage)
+    rounds: int = 0
+
+
+def peak_overlap(results: Iterable[SubagentResult]) -> int:
+    """Return the most results whose [started_at, ended_at] intervals overlap at once."""
+    events: list[tuple[datetime, int]] = []
+    for r in results:
+        if r.started_at is not None and r.ended_at is not None:
+            events.append((r.started_at, 1))
+            events.append((r.ended_at, -1))
+    # An end sorts before a start at the same instant: the slot was handed on.
+    events.sort(key=lambda e: (e[0], e[1]))
+    peak = cur = 0
+    for _, delta in events:
+        cur += delta
+        peak = max(peak, cur)
+    return peak

@@ -1,0 +1,45 @@
+"""Agent kinds: a named system prompt and default tools a task can ask for."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class AgentKind(BaseModel):
+    """A kind of subagent the planner may assign tasks to."""
+
+    name: str
+    system_prompt: str
+    tools: list[str] | None = Field(
+        default=None, description="Default tool allow-list; null means every registered tool."
+    )
+    description: str = ""
+
+
+_BASE = (
+    "You are a focused subagent inside a larger plan. Do exactly your task, using "
+    "your tools when they help, and answer with the result only: no preamble."
+)
+
+BUILTIN_KINDS: dict[str, AgentKind] = {
+    k.name: k
+    for k in [
+        AgentKind(name="general", system_prompt=_BASE, description="Any self-contained task."),
+        AgentKind(
+            name="researcher",
+            system_prompt=_BASE + " You gather facts and figures and state them plainly.",
+            description="Collects facts and numbers on one question.",
+        ),
+        AgentKind(
+            name="analyst",
+            system_prompt=_BASE + " You compute, compare and weigh evidence from your inputs.",
+            description="Compares or computes from other tasks' outputs.",
+        ),
+        AgentKind(
+            name="writer",
+            system_prompt=_BASE + " You write clear, structured prose from your inputs.",
+            tools=[],
+            description="Writes prose from other tasks' outputs; no tools.",
+        ),
+    ]
+}

@@ -1,0 +1,90 @@
+"""The one model seam: every node gets its chat model through `load_chat_model`."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from langchain_core.language_models import BaseChatModel
+
+from nodes.demo_model import DemoChatModel
+
+OPENAI_TIMEOUT_S = 60.0
+OPENAI_MAX_RETRIES = 2
+
+
+def load_chat_model(spec: str | BaseChatModel) -> BaseChatModel:
+    """Turn a model spec into a chat model; a chat model passes through unchanged.
+
+    Specs:
+        `demo` or `demo:latency=0.5`: the offline demo model (each call takes
+        `latency` seconds).
+        `openai:<model>`: ChatOpenAI; `OPENAI_API_KEY` and `OPENAI_BASE_URL` are
+        honoured, so any OpenAI-compatible server works.
+        `openai:<model>@<base_url>`: the same against that base URL.
+
+    One instance per spec and process, so every subagent of a run shares one
+    HTTP client (and its connection pool).
+
+    Raises:
+        ValueError: the spec names no known provider or has bad options.
+    """
+    if isinstance(spec, BaseChatModel):
+        return spec
+    if not isinstance(spec, str):
+        msg = f"model must be a spec string or a chat model, got `{type(spec).__name__}`"
+        raise TypeError(msg)
+    return _load_cached(
+        spec.strip(), os.environ.get("OPENAI_BASE_URL"), os.environ.get("OPENAI_API_KEY")
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _load_cached(spec: str, env_base_url: str | None, env_api_key: str | None) -> BaseChatModel:
+    provider, _, rest = spec.partition(":")
+    if provider == "demo":
+        return DemoChatModel(**_demo_options(spec, rest))
+    if provider == "openai":
+        from langchain_openai import ChatOpenAI
+        from pydantic import SecretStr
+
+        model, _, base_url = rest.partition("@")
+        if not model:
+            msg = f"model spec `{spec}` names no model; use `openai:<model>`"
+            raise ValueError(msg)
+        base = base_url or env_base_url
+        key = env_api_key or ("not-needed" if base else None)
+        if key is None:
+            msg = (
+                f"model spec `{spec}` needs OPENAI_API_KEY (or OPENAI_BASE_URL for a "
+                "local OpenAI-compatible server)"
+            )
+            raise ValueError(msg)
+        return ChatOpenAI(
+            model=model,
+            base_url=base,
+            api_key=SecretStr(key),
+            stream_usage=True,
+            timeout=OPENAI_TIMEOUT_S,
+            max_retries=OPENAI_MAX_RETRIES,
+        )
+    msg = f"unknown model spec `{spec}`; use `demo`, `demo:latency=S` or `openai:<model>`"
+    raise ValueError(msg)
+
+
+def _demo_options(spec: str, rest: str) -> dict[str, float]:
+    options: dict[str, float] = {}
+    for part in filter(None, rest.split(",")):
+        key, _, value = part.partition("=")
+        if key != "latency":
+            msg = f"unknown demo model option `{key}` in `{spec}`; known: latency"
+            raise ValueError(msg)
+        try:
+            options["latency"] = float(value)
+        except ValueError:
+            msg = f"demo model latency must be a number of seconds, got `{value}` in `{spec}`"
+            raise ValueError(msg) from None
+        if options["latency"] < 0:
+            msg = f"demo model latency must be >= 0, got `{value}`"
+            raise ValueError(msg)
+    return options

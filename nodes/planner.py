@@ -1,0 +1,138 @@
+"""planner: turn the request into a validated plan (one repair round)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langgraph.runtime import Runtime
+from pydantic import ValidationError
+
+from nodes.context import RunSettings, settings_of
+from nodes.domain import Plan, Usage, validate_plan
+from nodes.errors import PlanError
+from nodes.events import now, plan_ready
+from nodes.models import load_chat_model
+from nodes.prompts import PLAN_REPAIR, PLANNER_SYSTEM
+from nodes.state import OrchestratorState
+from nodes.usage import usage_of
+
+REPAIR_ROUNDS = 1
+
+
+async def planner(state: OrchestratorState, runtime: Runtime[RunSettings]) -> dict[str, Any]:
+    """Write the plan: validate a given one, or ask the planner model for one."""
+    settings = settings_of(runtime.context)
+    started = now()
+    given = state.get("plan")
+    if given is not None:
+        plan = check_plan(_coerce_plan(given), settings)
+        usage = Usage()
+    else:
+        model = load_chat_model(settings.planner_model or settings.model)
+        plan, usage = await make_plan(model, state["request"], settings)
+    plan_ready(runtime.stream_writer, len(plan.tasks), len(plan.generations()))
+    return {"plan": plan, "started_at": started, "rounds": 0, "usage": usage}
+
+
+def check_plan(plan: Plan, settings: RunSettings) -> Plan:
+    """Validate a plan against the run's kinds, tools and size limit.
+
+    Raises:
+        PlanError: naming every broken rule.
+    """
+    return validate_plan(
+        plan,
+        kinds=settings.agent_kinds(),
+        tools=settings.registry().names(),
+        max_tasks=settings.max_tasks,
+    )
+
+
+def _coerce_plan(value: Plan | dict[str, Any]) -> Plan:
+    if isinstance(value, Plan):
+        return value
+    try:
+        return Plan.model_validate(value)
+    except ValidationError as exc:
+        raise PlanError([_first_lines(exc)]) from exc
+
+
+def _first_lines(exc: ValidationError) -> str:
+    return "; ".join(str(e["msg"]) for e in exc.errors()[:5])
+
+
+def _structured(model: BaseChatModel) -> Any:
+    try:
+        from langchain_openai.chat_models.base import BaseChatOpenAI
+    except ImportError:  # pragma: no cover - langchain-openai is a dependency
+        BaseChatOpenAI = ()  # type: ignore[assignment,misc]  # noqa: N806
+    if isinstance(model, BaseChatOpenAI):
+        # Tool calling accepts any JSON schema; OpenAI's strict json_schema mode
+        # rejects optional fields with defaults.
+        return model.with_structured_output(Plan, include_raw=True, method="function_calling")
+    return model.with_structured_output(Plan, include_raw=True)
+
+
+async def make_plan(
+    model: BaseChatModel, request: str, settings: RunSettings
+) -> tuple[Plan, Usage]:
+    """Ask the model for a plan; feed validation errors back once; return plan and tokens.
+
+    Raises:
+        PlanError: the plan is still invalid after the repair round.
+    """
+    kinds = settings.agent_kinds()
+    registry = settings.registry()
+    system = PLANNER_SYSTEM.format(
+        kinds="\n".join(f"- {k.name}: {k.description}" for k in kinds.values()),
+        tools="\n".join(f"- {t.name}: {t.description}" for t in registry.resolve(None)),
+        max_tasks=settings.max_tasks,
+    )
+    messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(request)]
+    structured = _structured(model)
+    usage = Usage()
+    problems: list[str] = []
+    raw_text = ""
+    for _ in range(1 + REPAIR_ROUNDS):
+        out = await structured.ainvoke(messages)
+        raw = out.get("raw")
+        usage = usage + usage_of(raw)
+        raw_text = _raw_text(raw)
+        parsed, error = out.get("parsed"), out.get("parsing_error")
+        if isinstance(parsed, Plan):
+            try:
+                return check_plan(parsed, settings), usage
+            except PlanError as exc:
+                problems = exc.problems
+        elif error is not None:
+            problems = [_describe(error)]
+        else:
+            problems = ["the model returned no plan"]
+        messages = [
+            *messages[:2],
+            HumanMessage(
+                f"Your previous plan:\n{raw_text[:4000]}\n\n"
+                + PLAN_REPAIR.format(problems="; ".join(problems))
+            ),
+        ]
+    raise PlanError(problems, raw=raw_text)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ValidationError):
+        return _first_lines(error)
+    cause = error.__cause__
+    if isinstance(cause, ValidationError):
+        return _first_lines(cause)
+    return f"{type(error).__name__}: {error}"[:500]
+
+
+def _raw_text(raw: Any) -> str:
+    if isinstance(raw, AIMessage):
+        if raw.tool_calls:
+            return json.dumps(raw.tool_calls[0].get("args", {}), default=str)
+        return str(raw.content)
+    return ""

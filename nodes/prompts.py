@@ -1,0 +1,55 @@
+"""Prompt text, in one place, shared by the nodes (and parsed by the demo model)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from nodes.domain import SubagentResult, Task
+
+PLANNER_SYSTEM = """You are the planner of a team of parallel subagents.
+Split the user's request into a small plan of tasks (a DAG). Give each task a short
+unique id (t1, t2, ...), a self-contained description, an agent kind and, when it
+helps, an allow-list of tools. Make a task depend on another only when it needs
+that task's output; independent tasks run in parallel.
+
+Agent kinds:
+{kinds}
+
+Tools:
+{tools}
+
+At most {max_tasks} tasks."""
+
+PLAN_REPAIR = """Your plan was rejected: {problems}
+Return a corrected plan that fixes every problem."""
+
+SYNTHESIZE_SYSTEM = """You write the final answer for the user from the results of a
+team of subagents. Use only what the results say; say plainly which parts failed."""
+
+TASK_HEADER = "Task {id} ({kind}): {description}"
+INPUTS_HEADER = "Inputs from the tasks this one depends on:"
+REQUEST_HEADER = "Request: {request}"
+RESULTS_HEADER = "Results, in plan order:"
+
+
+def task_prompt(task: Task, dependency_outputs: Mapping[str, str]) -> str:
+    """Return the first user message a subagent sees."""
+    text = TASK_HEADER.format(id=task.id, kind=task.kind, description=task.description)
+    if dependency_outputs:
+        lines = [f"[{dep}] {out}" for dep, out in dependency_outputs.items()]
+        text += "\n\n" + INPUTS_HEADER + "\n" + "\n".join(lines)
+    return text
+
+
+def synthesis_prompt(request: str, results: Iterable[SubagentResult]) -> str:
+    """Return the user message the synthesizer sees."""
+    lines = []
+    for r in results:
+        if r.status == "ok":
+            lines.append(f"[{r.task_id} ok] {r.output}")
+        else:
+            why = f"{r.error.type}: {r.error.message}" if r.error else r.status
+            lines.append(f"[{r.task_id} {r.status}] {why}")
+    return (
+        REQUEST_HEADER.format(request=request) + "\n\n" + RESULTS_HEADER + "\n" + "\n".join(lines)
+    )

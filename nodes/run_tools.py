@@ -1,0 +1,45 @@
+"""run_tools: run the tool calls of the last model turn; errors go back to the model."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from langchain_core.messages import AIMessage, ToolCall, ToolMessage
+from langchain_core.tools import BaseTool
+from langgraph.runtime import Runtime
+from pydantic import ValidationError
+
+from nodes.act import allowed_tools
+from nodes.context import RunSettings, settings_of
+from nodes.state import SubagentState
+
+
+async def call_tool(call: ToolCall, tools: dict[str, BaseTool]) -> ToolMessage:
+    """Run one tool call; any failure becomes an error message the model can act on."""
+    call_id = call.get("id") or ""
+    name = call["name"]
+    tool = tools.get(name)
+    if tool is None:
+        content = f"Error: unknown tool `{name}`. Available tools: {sorted(tools)}."
+        return ToolMessage(content, tool_call_id=call_id, name=name, status="error")
+    try:
+        output = await tool.ainvoke(call.get("args") or {})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        content = f"Error: bad arguments for `{name}`: {problems}. Fix them and call again."
+        return ToolMessage(content, tool_call_id=call_id, name=name, status="error")
+    except Exception as exc:  # noqa: BLE001 - the model decides what to do next
+        content = f"Error: `{name}` failed: {type(exc).__name__}: {exc}"
+        return ToolMessage(content, tool_call_id=call_id, name=name, status="error")
+    return ToolMessage(str(output), tool_call_id=call_id, name=name)
+
+
+async def run_tools(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str, Any]:
+    """Run every tool call of the last turn at once, answers in call order."""
+    settings = settings_of(runtime.context)
+    last = state["messages"][-1]
+    calls = last.tool_calls if isinstance(last, AIMessage) else []
+    tools = {t.name: t for t in allowed_tools(state["task"], settings)}
+    replies = await asyncio.gather(*(call_tool(c, tools) for c in calls))
+    return {"messages": list(replies)}

@@ -1,0 +1,111 @@
+"""State schemas of the orchestrator and of one subagent."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, NotRequired
+
+from langchain_core.messages import AnyMessage
+from langgraph.graph.message import add_messages
+from typing_extensions import TypedDict
+
+from nodes.domain import ErrorInfo, Plan, RunMetrics, SubagentResult, Task, Usage
+
+
+def merge_results(
+    left: list[SubagentResult] | None, right: list[SubagentResult] | None
+) -> list[SubagentResult]:
+    """Upsert results by task id: a later result for a task replaces the earlier one.
+
+    Parallel subagents write here in the same superstep; this reducer makes
+    that safe. The reducer node puts the list in plan order afterwards.
+    """
+    merged = {r.task_id: r for r in left or []}
+    for r in right or []:
+        merged[r.task_id] = r
+    return list(merged.values())
+
+
+def add_usage(left: Usage | None, right: Usage | None) -> Usage:
+    """Sum token usage written by several nodes."""
+    return (left or Usage()) + (right or Usage())
+
+
+class OrchestratorInput(TypedDict):
+    """What a run starts from."""
+
+    request: str
+    """The user's request, in words."""
+    plan: NotRequired[Plan]
+    """A ready plan: when given, the planner validates it and calls no model."""
+
+
+class OrchestratorOutput(TypedDict):
+    """What a run hands back."""
+
+    answer: str
+    """The synthesized answer."""
+    status: str
+    """`ok` when every task ended ok, else `partial`."""
+    plan: Plan
+    """The plan that ran."""
+    results: list[SubagentResult]
+    """One result per task, in plan order."""
+    metrics: RunMetrics
+    """What the run cost and how parallel it was."""
+
+
+class OrchestratorState(TypedDict):
+    """The orchestrator's whole state."""
+
+    request: str
+    """The user's request."""
+    plan: Plan
+    """The validated plan."""
+    results: Annotated[list[SubagentResult], merge_results]
+    """One result per finished task; subagents write here in parallel."""
+    usage: Annotated[Usage, add_usage]
+    """Tokens spent by the planner and the synthesizer (subagents' are in results)."""
+    started_at: datetime
+    """When the planner began: the start of wall time."""
+    rounds: int
+    """Fan-out rounds dispatched so far."""
+    metrics: RunMetrics
+    """Metrics as of the last reducer or synthesizer step."""
+    status: str
+    """`ok` or `partial`."""
+    answer: str
+    """The final answer."""
+
+
+class SubagentInput(TypedDict):
+    """The `Send` payload: all one subagent sees of the run."""
+
+    task: Task
+    """The task to do."""
+    dependency_outputs: dict[str, str]
+    """Outputs of the tasks this one depends on, by task id."""
+
+
+class SubagentOutput(TypedDict):
+    """A subagent's only write to its parent."""
+
+    results: Annotated[list[SubagentResult], merge_results]
+    """Exactly one result: this task's."""
+
+
+class SubagentState(SubagentInput, SubagentOutput):
+    """A subagent's private state: its own message history and ledger."""
+
+    messages: Annotated[list[AnyMessage], add_messages]
+    """This subagent's conversation, isolated from every other subagent."""
+    started_at: datetime
+    """When the subagent began."""
+    usage: Usage
+    """Tokens spent so far."""
+    steps: int
+    """Model calls made so far."""
+    tool_calls: int
+    """Tool calls requested so far."""
+    error: ErrorInfo | None
+    """Set when the subagent cannot go on."""

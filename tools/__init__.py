@@ -1,0 +1,17 @@
+"""Tools for Fanfold subagents: a registry and safe built-ins.
+
+This package knows nothing of nodes or graphs.
+"""
+
+from tools.builtins import BUILTIN_TOOLS, calculator, current_time, text_stats
+from tools.registry import ToolRegistry, UnknownToolError, default_registry
+
+__all__ = [
+    "BUILTIN_TOOLS",
+    "ToolRegistry",
+    "UnknownToolError",
+    "calculator",
+    "current_time",
+    "default_registry",
+    "text_stats",
+]
