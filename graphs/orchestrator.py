@@ -11,7 +11,7 @@ from langgraph.types import Checkpointer
 from graphs.serde import allow_fanfold_types
 from graphs.subagent import compile_subagent
 from nodes.context import DEFAULT_MAX_CONCURRENCY, RunSettings
-from nodes.dispatch import SUBAGENT, dispatch_to
+from nodes.dispatch import REDUCER, SUBAGENT, dispatch, dispatch_path_map
 from nodes.planner import planner
 from nodes.reducer import reducer
 from nodes.state import OrchestratorInput, OrchestratorOutput, OrchestratorState
@@ -38,15 +38,14 @@ def build_orchestrator(
         input_schema=OrchestratorInput,
         output_schema=OrchestratorOutput,
     )
-    done = "synthesize" if synthesize_answer else END
-    dispatch = dispatch_to(done)
+    routes = dispatch_path_map("synthesize" if synthesize_answer else END)
     builder.add_node("planner", planner)
     builder.add_node(SUBAGENT, compile_subagent(), error_handler=on_subagent_error)
-    builder.add_node("reducer", reducer)
+    builder.add_node(REDUCER, reducer)
     builder.add_edge(START, "planner")
-    builder.add_conditional_edges("planner", dispatch, [SUBAGENT, done])
-    builder.add_edge(SUBAGENT, "reducer")
-    builder.add_conditional_edges("reducer", dispatch, [SUBAGENT, done])
+    builder.add_conditional_edges("planner", dispatch, routes)
+    builder.add_edge(SUBAGENT, REDUCER)
+    builder.add_conditional_edges(REDUCER, dispatch, routes)
     if synthesize_answer:
         builder.add_node("synthesize", synthesize)
         builder.add_edge("synthesize", END)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields
+from typing import Annotated, Any, Literal
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
+from pydantic import WithJsonSchema
 
 from nodes.kinds import BUILTIN_KINDS, AgentKind
 from tools import ToolRegistry, default_registry
@@ -16,6 +17,24 @@ Policy = Literal["settle", "fail_fast"]
 POLICIES: tuple[Policy, ...] = ("settle", "fail_fast")
 
 DEFAULT_MAX_CONCURRENCY = 8
+
+# Objects a Python caller may pass; over HTTP (Studio) only their JSON-able form exists.
+ModelRef = Annotated[
+    str | BaseChatModel,
+    WithJsonSchema(
+        {"type": "string", "description": "model spec, e.g. `demo` or `openai:gpt-4o-mini`"}
+    ),
+]
+OptionalModelRef = Annotated[
+    str | BaseChatModel | None,
+    WithJsonSchema({"type": ["string", "null"], "description": "model spec; null: `model`"}),
+]
+ToolList = Annotated[
+    list[BaseTool], WithJsonSchema({"type": "array", "description": "extra tools (Python only)"})
+]
+KindList = Annotated[
+    list[AgentKind], WithJsonSchema({"type": "array", "description": "extra agent kinds"})
+]
 
 
 @dataclass
@@ -27,9 +46,9 @@ class RunSettings:
     run's config, not in its context.
     """
 
-    model: str | BaseChatModel = "demo"
+    model: ModelRef = "demo"
     """Model for subagents: a spec such as `openai:gpt-4o-mini` or `demo`, or a chat model."""
-    planner_model: str | BaseChatModel | None = None
+    planner_model: OptionalModelRef = None
     """Model for the planner and the synthesizer; `None` means `model`."""
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     """Most subagents running at once (applied through the run config)."""
@@ -41,12 +60,15 @@ class RunSettings:
     """Largest plan accepted."""
     max_steps: int = 12
     """Most model calls one subagent may make before it is stopped."""
-    tools: list[BaseTool] = field(default_factory=list)
+    tools: ToolList = field(default_factory=list)
     """Extra tools, added to the built-ins (same name: yours wins)."""
-    kinds: list[AgentKind] = field(default_factory=list)
+    kinds: KindList = field(default_factory=list)
     """Extra agent kinds, added to the built-ins (same name: yours wins)."""
 
     def __post_init__(self) -> None:
+        self.kinds = [
+            k if isinstance(k, AgentKind) else AgentKind.model_validate(k) for k in self.kinds
+        ]
         if self.policy not in POLICIES:
             msg = f"`policy` must be one of {POLICIES}, got `{self.policy}`"
             raise ValueError(msg)
@@ -84,6 +106,11 @@ def settings_of(context: RunSettings | dict[str, Any] | None) -> RunSettings:
     if isinstance(context, RunSettings):
         return context
     if isinstance(context, dict):
+        known = {f.name for f in fields(RunSettings)}
+        unknown = sorted(set(context) - known)
+        if unknown:
+            msg = f"unknown run setting(s) {unknown}; known: {sorted(known)}"
+            raise ValueError(msg)
         return RunSettings(**context)
     msg = f"run context must be RunSettings or a dict, got `{type(context).__name__}`"
     raise TypeError(msg)

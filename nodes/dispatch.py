@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
@@ -11,6 +13,12 @@ from nodes.state import OrchestratorState, SubagentInput
 
 SUBAGENT = "subagent"
 """The node that runs one task."""
+REDUCER = "reducer"
+"""The node that folds results back."""
+FAN_OUT = "fan-out"
+"""Edge label of the `Send` fan-out (drawn only: the `Send`s name their node)."""
+DONE = "done"
+"""What dispatch returns when no task is ready."""
 
 
 def ready_tasks(plan: Plan, results: list[SubagentResult]) -> list[Task]:
@@ -34,16 +42,16 @@ def make_send(task: Task, results: list[SubagentResult], settings: RunSettings) 
     return Send(SUBAGENT, payload, timeout=timeout)
 
 
-def dispatch_to(done: str):  # type: ignore[no-untyped-def]
-    """Return the routing function; `done` is where to go when nothing is ready."""
+def dispatch(state: OrchestratorState, runtime: Runtime[RunSettings]) -> list[Send] | str:
+    """Fan the ready tasks out, one `Send` each, or return `done` when none is ready."""
+    results = state.get("results", [])
+    ready = ready_tasks(state["plan"], results)
+    if not ready:
+        return DONE
+    settings = settings_of(runtime.context)
+    return [make_send(t, results, settings) for t in ready]
 
-    def dispatch(state: OrchestratorState, runtime: Runtime[RunSettings]) -> list[Send] | str:
-        """Fan the ready tasks out, or go on to `done`."""
-        results = state.get("results", [])
-        ready = ready_tasks(state["plan"], results)
-        if not ready:
-            return done
-        settings = settings_of(runtime.context)
-        return [make_send(t, results, settings) for t in ready]
 
-    return dispatch
+def dispatch_path_map(done_target: str) -> dict[Hashable, str]:
+    """Return dispatch's path map: the labelled fan-out edge, and where `done` goes."""
+    return {FAN_OUT: SUBAGENT, DONE: done_target}

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from langgraph.errors import NodeError, NodeTimeoutError
 from langgraph.runtime import Runtime
+from langgraph.types import Command
 
 from nodes.context import RunSettings, settings_of
+from nodes.dispatch import REDUCER
 from nodes.domain import ErrorInfo, SubagentResult, Task
 from nodes.errors import TaskFailedError
 from nodes.events import now, task_finished
@@ -17,11 +18,13 @@ from nodes.state import SubagentInput
 
 async def on_subagent_error(
     state: SubagentInput, error: NodeError, runtime: Runtime[RunSettings]
-) -> dict[str, Any]:
+) -> Command[str]:
     """Turn the failure into the task's result (`settle`) or stop the run (`fail_fast`)."""
     exc = error.error
     if isinstance(exc, TaskFailedError):
-        raise exc
+        # A new exception object: LangGraph marks the one it handed us as handled,
+        # and re-raising it would not stop the sibling tasks.
+        raise TaskFailedError(exc.result, exc.results) from exc
     task = state["task"]
     task_id = task.id if isinstance(task, Task) else str(task["id"])
     ended = now()
@@ -49,4 +52,6 @@ async def on_subagent_error(
     task_finished(runtime.stream_writer, result)
     if settings_of(runtime.context).policy == "fail_fast":
         raise TaskFailedError(result) from exc
-    return {"results": [result]}
+    # The handler is a node of its own: without `goto`, a superstep in which every
+    # subagent failed would never reach the reducer.
+    return Command(update={"results": [result]}, goto=REDUCER)

@@ -1,0 +1,174 @@
+"""A fake chat model keyed by task, for graph tests. It fails loudly off-script."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import ConfigDict, Field
+
+from nodes.prompts import RESULTS_HEADER
+
+TASK_RE = re.compile(r"^Task (\S+) \(", re.MULTILINE)
+
+Behaviour = Literal["ok", "raise", "hang"]
+
+
+@dataclass
+class TaskScript:
+    """What the fake does for one task."""
+
+    latency: float = 0.01
+    behaviour: Behaviour = "ok"
+    expression: str | None = None  # a calculator call before answering
+
+
+@dataclass
+class Recorder:
+    """What the fake saw: concurrency, calls and prompts per task."""
+
+    in_flight: int = 0
+    peak: int = 0
+    calls: dict[str, int] = field(default_factory=dict)
+    first_start: dict[str, float] = field(default_factory=dict)
+    last_end: dict[str, float] = field(default_factory=dict)
+    prompts: dict[str, str] = field(default_factory=dict)
+    tools: dict[str, list[str]] = field(default_factory=dict)
+    cancelled: set[str] = field(default_factory=set)
+
+
+class ScriptError(AssertionError):
+    """The fake was asked something its script does not cover."""
+
+
+def _text(m: BaseMessage) -> str:
+    return m.content if isinstance(m.content, str) else json.dumps(m.content)
+
+
+class TaskScriptedModel(BaseChatModel):
+    """Answers by task id found in the conversation, never by call order."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    scripts: dict[str, TaskScript]
+    plan: dict[str, Any] | None = None
+    recorder: Recorder = Field(default_factory=Recorder)
+
+    @property
+    def _llm_type(self) -> str:
+        return "task-scripted-fake"
+
+    def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None, **kw: Any) -> Any:
+        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kw)
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        raise ScriptError("the fake is async only: nodes must stay async")
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        tools = [t["function"]["name"] for t in kwargs.get("tools") or []]
+        first = next((_text(m) for m in messages if isinstance(m, HumanMessage)), "")
+        if "Plan" in tools:
+            if self.plan is None:
+                raise ScriptError("asked for a plan but none is scripted")
+            return self._reply(AIMessage("", tool_calls=[_call("Plan", self.plan, "p")]))
+        if RESULTS_HEADER in first:
+            ids = re.findall(r"^\[(\S+) (\w+)\]", first.split(RESULTS_HEADER)[1], re.M)
+            return self._reply(AIMessage("answer: " + ", ".join(f"{i}={s}" for i, s in ids)))
+        match = TASK_RE.search(first)
+        if not match or match.group(1) not in self.scripts:
+            raise ScriptError(f"no script for this conversation: {first[:120]!r}")
+        task_id = match.group(1)
+        script = self.scripts[task_id]
+        rec = self.recorder
+        rec.calls[task_id] = rec.calls.get(task_id, 0) + 1
+        rec.prompts[task_id] = first
+        rec.tools[task_id] = tools
+        rec.first_start.setdefault(task_id, time.monotonic())
+        rec.in_flight += 1
+        rec.peak = max(rec.peak, rec.in_flight)
+        try:
+            if script.behaviour == "hang":
+                await asyncio.sleep(3600)
+            await asyncio.sleep(script.latency)
+            if script.behaviour == "raise":
+                raise RuntimeError(f"scripted failure for {task_id}")
+        except asyncio.CancelledError:
+            rec.cancelled.add(task_id)
+            raise
+        finally:
+            rec.in_flight -= 1
+            rec.last_end[task_id] = time.monotonic()
+        done = [m for m in messages if isinstance(m, ToolMessage)]
+        if script.expression and "calculator" in tools and not done:
+            args = {"expression": script.expression}
+            return self._reply(AIMessage("", tool_calls=[_call("calculator", args, task_id)]))
+        tool_part = " ".join(_text(m) for m in done)
+        return self._reply(AIMessage(f"output of {task_id}: {tool_part}".strip()))
+
+    def _reply(self, message: AIMessage) -> ChatResult:
+        message.usage_metadata = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def _call(name: str, args: dict[str, Any], call_id: str) -> Any:
+    return {"name": name, "args": args, "id": call_id, "type": "tool_call"}
+
+
+def dag_plan(n: int = 20, *, seed: int = 7) -> dict[str, Any]:
+    """Return a plan of `n` tasks in three layers with dependencies, as plain data."""
+    rng = random.Random(seed)
+    tasks: list[dict[str, Any]] = []
+    first, second = n * 2 // 5, n * 7 // 10
+    for i in range(1, n + 1):
+        tid = f"t{i:02d}"
+        if i <= first:
+            deps: list[str] = []
+        elif i <= second:
+            deps = sorted(rng.sample([f"t{j:02d}" for j in range(1, first + 1)], 2))
+        else:
+            deps = sorted(rng.sample([f"t{j:02d}" for j in range(first + 1, second + 1)], 2))
+        tasks.append(
+            {
+                "id": tid,
+                "description": f"work item {i}",
+                "kind": "analyst",
+                "depends_on": deps,
+                "tools": ["calculator"],
+            }
+        )
+    return {"tasks": tasks, "rationale": "three layers"}
+
+
+def scripts_for(
+    plan: dict[str, Any], *, seed: int = 11, **overrides: TaskScript
+) -> dict[str, TaskScript]:
+    """Return a script per task: random latency, one calculator call each."""
+    rng = random.Random(seed)
+    out = {}
+    for i, t in enumerate(plan["tasks"], start=1):
+        out[t["id"]] = TaskScript(latency=rng.uniform(0.005, 0.06), expression=f"{i} * 1000 + 7")
+    out.update(overrides)
+    return out

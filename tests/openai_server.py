@@ -1,0 +1,643 @@
+"""A small scripted OpenAI-compatible chat-completions server, for tests.
+
+It speaks just enough of the OpenAI HTTP API for `ChatOpenAI`:
+
+- `GET /v1/models`
+- `POST /v1/chat/completions`, both plain JSON and `stream: true` server-sent
+  events (with a final usage chunk when `stream_options.include_usage` is set).
+
+What it answers depends only on the request, never on call order:
+
+- a `Plan` tool is offered: the planner. Answer with a `Plan` tool call whose
+  arguments are the plan the test configured.
+- the first user message holds `Results, in plan order:`: the synthesizer.
+  Answer with a line naming every task id and status it was given.
+- the first user message starts with `Task <id> (`: a subagent. An unknown id is
+  a loud failure (HTTP 500, recorded in `errors`). A task with scripted tool
+  calls gets them while no `tool` message is in the conversation yet; otherwise
+  it gets its final answer, which quotes the tool results and the dependency
+  inputs the request carried.
+
+Every answer carries a deterministic `usage` block, derived from the request's
+text and the reply's text, and the server keeps per-key sums of the usage it
+reported (keys: `planner`, `synthesizer`, or a task id), every request it saw,
+and the most requests it held in flight at once. Each answer waits
+`latency_s` first, so concurrency is observable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+PLANNER = "planner"
+SYNTHESIZER = "synthesizer"
+
+TASK_RE = re.compile(r"^Task (\S+) \((\S+)\): (.*)", re.DOTALL)
+INPUTS_HEADER = "Inputs from the tasks this one depends on:"
+RESULTS_HEADER = "Results, in plan order:"
+INPUT_LINE = re.compile(r"^\[(\S+)\] (.*)$")
+RESULT_LINE = re.compile(r"^\[(\S+) (\S+)\]")
+
+
+@dataclass(frozen=True)
+class ScriptedToolCall:
+    """One tool call a scripted task asks for on its first turn."""
+
+    name: str
+    args: dict[str, Any]
+
+
+@dataclass
+class TaskScript:
+    """How the server answers one task id."""
+
+    answer: str
+    """Start of the final answer."""
+    tool_calls: list[ScriptedToolCall] = field(default_factory=list)
+    """Asked for, all in one turn, before the final answer."""
+    fail_status: int | None = None
+    """Answer with this HTTP error status instead."""
+    fail_message: str = "scripted failure"
+    fail_times: int | None = None
+    """Fail only the first N requests of this task; `None`: fail every one."""
+    fail_headers: dict[str, str] = field(default_factory=dict)
+    """Extra headers on the error response (e.g. `retry-after-ms`, `x-should-retry`)."""
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Token counts as reported in a `usage` block."""
+
+    input: int = 0
+    output: int = 0
+    total: int = 0
+
+    def __add__(self, other: Tokens) -> Tokens:
+        return Tokens(
+            self.input + other.input, self.output + other.output, self.total + other.total
+        )
+
+
+@dataclass
+class Call:
+    """One `POST /v1/chat/completions` the server saw."""
+
+    seq: int
+    key: str | None
+    """`planner`, `synthesizer`, a task id, or None when it could not tell."""
+    status: int
+    stream: bool
+    include_usage: bool
+    model: str
+    authorization: str
+    tools: list[str]
+    tool_choice: Any
+    body: dict[str, Any]
+    started: float
+    ended: float = 0.0
+    tokens: Tokens | None = None
+    """The usage reported, if any."""
+
+
+@dataclass
+class _Reply:
+    key: str
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _HTTPError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        key: str | None,
+        kind: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
+        loud: bool = True,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.key = key
+        self.kind = kind
+        self.headers = headers or {}
+        self.loud = loud
+        """A mistake (recorded in `errors`), not a failure the test scripted."""
+
+
+def text_of(content: Any) -> str:
+    """Return the text of a message `content` (a string or a list of parts)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+    return str(content)
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """Return a deterministic prompt token count for a request."""
+    chars = 0
+    messages = body.get("messages") or []
+    for m in messages:
+        chars += len(text_of(m.get("content")))
+        for tc in m.get("tool_calls") or []:
+            chars += len(json.dumps(tc.get("function", {}), sort_keys=True))
+    tools = body.get("tools") or []
+    return 3 + 4 * len(messages) + (chars + 3) // 4 + 11 * len(tools)
+
+
+def completion_tokens(reply: _Reply) -> int:
+    """Return a deterministic completion token count for a reply."""
+    chars = len(reply.content or "")
+    for tc in reply.tool_calls:
+        chars += len(tc["function"]["name"]) + len(tc["function"]["arguments"])
+    return 2 + (chars + 2) // 3 + 5 * len(reply.tool_calls)
+
+
+_instances = itertools.count(1)
+
+
+class ScriptedOpenAI:
+    """The scripted server; `start()` it, point `ChatOpenAI` at `base_url`, `stop()` it.
+
+    `base_url` carries a path prefix unique to this instance
+    (`http://127.0.0.1:<port>/s<n>/v1`; plain `/v1` is served too): langchain-openai
+    caches one `httpx.AsyncClient` per base URL for the whole process and Fanfold
+    caches one `ChatOpenAI` per spec, so a port the OS hands out again later must
+    not lead a later test to a client pooled on an earlier test's event loop.
+    """
+
+    def __init__(self, *, latency_s: float = 0.05, model: str = "test-model") -> None:
+        self.latency_s = latency_s
+        self.model = model
+        self.prefix = f"/s{next(_instances)}"
+        self.plan: dict[str, Any] | None = None
+        self.tasks: dict[str, TaskScript] = {}
+        self.errors: list[str] = []
+        self.calls: list[Call] = []
+        self.tool_results: dict[str, list[str]] = {}
+        """Per task id: `name(args) = result` for every tool message it was sent."""
+        self.inputs_seen: dict[str, dict[str, str]] = {}
+        """Per task id: the dependency inputs its prompt carried."""
+        self.descriptions: dict[str, str] = {}
+        """Per task id: the description its prompt carried."""
+        self.kinds: dict[str, str] = {}
+        """Per task id: the agent kind its prompt named."""
+        self.tools_offered: dict[str, set[str]] = {}
+        """Per task id: the tool names bound on its requests (union)."""
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
+        self._seq = itertools.count(1)
+        self._ids = itertools.count(1)
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._conns: set[socket.socket] = set()
+        self._handler_threads: set[threading.Thread] = set()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> ScriptedOpenAI:
+        """Bind 127.0.0.1 on a free port and serve in a daemon thread."""
+        handler = type("Handler", (_Handler,), {"app": self})
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        httpd.daemon_threads = True
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"scripted-openai-{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop serving, close open connections and wait (bounded) for every thread."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        httpd.shutdown()
+        httpd.server_close()
+        with self._lock:
+            conns = list(self._conns)
+            threads = list(self._handler_threads)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + timeout_s
+        for t in [self._thread, *threads]:
+            if t is not None:
+                t.join(max(0.0, deadline - time.monotonic()))
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on."""
+        assert self._httpd is not None, "server not started"
+        return int(self._httpd.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL, `http://127.0.0.1:<port>/s<n>/v1`."""
+        return f"http://127.0.0.1:{self.port}{self.prefix}/v1"
+
+    def spec(self, model: str | None = None) -> str:
+        """The Fanfold model spec for this server: `openai:<model>@<base_url>`."""
+        return f"openai:{model or self.model}@{self.base_url}"
+
+    # -- what the tests read ---------------------------------------------------
+
+    def calls_for(self, key: str) -> list[Call]:
+        """Every request for one key, in arrival order."""
+        with self._lock:
+            return [c for c in self.calls if c.key == key]
+
+    def tokens_for(self, key: str) -> Tokens:
+        """Sum of the usage reported for one key."""
+        return sum((c.tokens for c in self.calls_for(key) if c.tokens), Tokens())
+
+    def total_tokens(self) -> Tokens:
+        """Sum of every usage the server reported."""
+        with self._lock:
+            return sum((c.tokens for c in self.calls if c.tokens), Tokens())
+
+    # -- request handling (server threads) -------------------------------------
+
+    def _enter(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def _record(self, call: Call) -> None:
+        with self._lock:
+            self.calls.append(call)
+
+    def _fail_loudly(self, message: str) -> None:
+        with self._lock:
+            self.errors.append(message)
+
+    def _answer(self, body: dict[str, Any]) -> _Reply:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise _HTTPError(400, "`messages` must be a non-empty list", key=None)
+        offered = _tool_names(body)
+        if "Plan" in offered:
+            if self.plan is None:
+                raise _HTTPError(500, "planner called but no plan configured", key=PLANNER)
+            return _Reply(
+                PLANNER,
+                tool_calls=[self._tool_call("Plan", self.plan)],
+            )
+        users = [m for m in messages if m.get("role") == "user"]
+        first_user = text_of(users[0].get("content")) if users else ""
+        if RESULTS_HEADER in first_user:
+            return self._synthesize(first_user)
+        match = TASK_RE.match(first_user)
+        if match is None:
+            raise _HTTPError(
+                500, f"cannot tell what this request is: {first_user[:200]!r}", key=None
+            )
+        task_id, kind, rest = match.groups()
+        return self._task_reply(task_id, kind, rest, messages, offered)
+
+    def _synthesize(self, prompt: str) -> _Reply:
+        lines = prompt.split(RESULTS_HEADER, 1)[1].strip().splitlines()
+        seen = [m.groups() for m in map(RESULT_LINE.match, lines) if m]
+        listing = ", ".join(f"{tid} ({status})" for tid, status in seen)
+        return _Reply(SYNTHESIZER, content=f"Answer built from {len(seen)} results: {listing}.")
+
+    def _task_reply(
+        self,
+        task_id: str,
+        kind: str,
+        rest: str,
+        messages: list[dict[str, Any]],
+        offered: list[str],
+    ) -> _Reply:
+        script = self.tasks.get(task_id)
+        if script is None:
+            raise _HTTPError(
+                500,
+                f"unknown task id `{task_id}`; scripted: {sorted(self.tasks)}",
+                key=task_id,
+                kind="server_error",
+                headers={"x-should-retry": "false"},
+            )
+        description, _, inputs_text = rest.partition("\n\n" + INPUTS_HEADER + "\n")
+        inputs = {
+            m.group(1): m.group(2)
+            for m in map(INPUT_LINE.match, inputs_text.splitlines())
+            if m is not None
+        }
+        with self._lock:
+            self.descriptions[task_id] = description
+            self.kinds[task_id] = kind
+            self.inputs_seen[task_id] = inputs
+            self.tools_offered.setdefault(task_id, set()).update(offered)
+            earlier = sum(1 for c in self.calls if c.key == task_id)
+        if script.fail_status is not None and (
+            script.fail_times is None or earlier < script.fail_times
+        ):
+            raise _HTTPError(
+                script.fail_status,
+                script.fail_message,
+                key=task_id,
+                kind="server_error" if script.fail_status >= 500 else "invalid_request_error",
+                headers=script.fail_headers,
+                loud=False,
+            )
+        tool_msgs = [m for m in messages if m.get("role") == "tool"]
+        if script.tool_calls and not tool_msgs:
+            missing = [c.name for c in script.tool_calls if c.name not in offered]
+            if missing:
+                raise _HTTPError(
+                    500,
+                    f"task `{task_id}` is scripted to call {missing} but was offered {offered}",
+                    key=task_id,
+                    kind="server_error",
+                    headers={"x-should-retry": "false"},
+                )
+            return _Reply(
+                task_id, tool_calls=[self._tool_call(c.name, c.args) for c in script.tool_calls]
+            )
+        asked = {
+            tc["id"]: tc["function"]
+            for m in messages
+            if m.get("role") == "assistant"
+            for tc in m.get("tool_calls") or []
+        }
+        results = []
+        for m in tool_msgs:
+            fn = asked.get(m.get("tool_call_id"), {"name": "?", "arguments": "?"})
+            results.append(f"{fn['name']}({fn['arguments']}) = {text_of(m.get('content'))}")
+        with self._lock:
+            self.tool_results[task_id] = results
+        parts = [script.answer]
+        if results:
+            parts.append("tools: " + "; ".join(results))
+        if inputs:
+            parts.append("saw: " + "; ".join(f"{d}=«{out}»" for d, out in inputs.items()))
+        return _Reply(task_id, content=" | ".join(parts))
+
+    def _tool_call(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": f"call_{next(self._ids)}",
+            "type": "function",
+            "function": {"name": name, "arguments": json.dumps(args)},
+        }
+
+
+def _tool_names(body: dict[str, Any]) -> list[str]:
+    return [
+        t.get("function", {}).get("name", "")
+        for t in body.get("tools") or []
+        if isinstance(t, dict)
+    ]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    app: ScriptedOpenAI
+    protocol_version = "HTTP/1.1"
+    timeout = 10  # an idle keep-alive connection frees its thread after this
+
+    def setup(self) -> None:
+        super().setup()
+        with self.app._lock:
+            self.app._conns.add(self.connection)
+            self.app._handler_threads.add(threading.current_thread())
+
+    def finish(self) -> None:
+        with self.app._lock:
+            self.app._conns.discard(self.connection)
+            self.app._handler_threads.discard(threading.current_thread())
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+    def _route(self) -> str:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        prefix = self.app.prefix
+        return path[len(prefix) :] if path.startswith(prefix + "/") else path
+
+    def _no_route(self) -> None:
+        message = f"no route {self.command} {self.path}"
+        self.app._fail_loudly(message)
+        self._send_error(404, message, "not_found_error")
+
+    def do_GET(self) -> None:
+        if self._route() == "/v1/models":
+            self._send_json(
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": self.app.model, "object": "model", "created": 0, "owned_by": "tests"}
+                    ],
+                },
+            )
+        else:
+            self._no_route()
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        if self._route() != "/v1/chat/completions":
+            self._no_route()
+            return
+        app = self.app
+        app._enter()
+        started = time.monotonic()
+        try:
+            self._chat(raw, started)
+        finally:
+            app._leave()
+
+    def _chat(self, raw: bytes, started: float) -> None:
+        app = self.app
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            app._fail_loudly(f"request body is not JSON: {raw[:200]!r}")
+            self._send_error(400, "request body is not JSON", "invalid_request_error")
+            return
+        stream = bool(body.get("stream"))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        call = Call(
+            seq=next(app._seq),
+            key=None,
+            status=200,
+            stream=stream,
+            include_usage=include_usage,
+            model=str(body.get("model")),
+            authorization=self.headers.get("Authorization", ""),
+            tools=_tool_names(body),
+            tool_choice=body.get("tool_choice"),
+            body=body,
+            started=started,
+        )
+        try:
+            reply = app._answer(body)
+        except _HTTPError as exc:
+            call.key, call.status = exc.key, exc.status
+            if exc.loud:
+                app._fail_loudly(f"HTTP {exc.status}: {exc.message}")
+            time.sleep(app.latency_s)
+            call.ended = time.monotonic()
+            app._record(call)
+            self._send_error(exc.status, exc.message, exc.kind, exc.headers)
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug in the script must be loud, not a hang
+            app._fail_loudly(f"server bug: {type(exc).__name__}: {exc}")
+            call.ended = time.monotonic()
+            app._record(call)
+            self._send_error(500, f"{type(exc).__name__}: {exc}", "server_error")
+            return
+        call.key = reply.key
+        time.sleep(app.latency_s)
+        usage_in = prompt_tokens(body)
+        usage_out = completion_tokens(reply)
+        usage = {
+            "prompt_tokens": usage_in,
+            "completion_tokens": usage_out,
+            "total_tokens": usage_in + usage_out,
+        }
+        if not stream or include_usage:
+            call.tokens = Tokens(usage_in, usage_out, usage_in + usage_out)
+        call.ended = time.monotonic()
+        app._record(call)
+        ident = f"chatcmpl-{call.seq}"
+        if stream:
+            self._send_stream(ident, call.model, reply, usage if include_usage else None)
+        else:
+            self._send_json(200, _completion(ident, call.model, reply, usage))
+
+    # -- writing ---------------------------------------------------------------
+
+    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_error(
+        self, status: int, message: str, kind: str, headers: dict[str, str] | None = None
+    ) -> None:
+        error = {"message": message, "type": kind, "param": None, "code": "scripted"}
+        self._send_json(status, {"error": error}, headers)
+
+    def _send_stream(
+        self, ident: str, model: str, reply: _Reply, usage: dict[str, int] | None
+    ) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        for chunk in _chunks(ident, model, reply, usage):
+            self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            self.wfile.flush()
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+
+def _completion(ident: str, model: str, reply: _Reply, usage: dict[str, int]) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+    if reply.tool_calls:
+        message["tool_calls"] = reply.tool_calls
+    return {
+        "id": ident,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": "tool_calls" if reply.tool_calls else "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": usage,
+    }
+
+
+def _chunks(
+    ident: str, model: str, reply: _Reply, usage: dict[str, int] | None
+) -> Iterator[dict[str, Any]]:
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        }
+
+    yield chunk({"role": "assistant", "content": ""})
+    text = reply.content or ""
+    for i in range(0, len(text), 16):
+        yield chunk({"content": text[i : i + 16]})
+    for index, tc in enumerate(reply.tool_calls):
+        fn = tc["function"]
+        yield chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": index,
+                        "id": tc["id"],
+                        "type": "function",
+                        "function": {"name": fn["name"], "arguments": ""},
+                    }
+                ]
+            }
+        )
+        args = fn["arguments"]
+        for i in range(0, len(args), 16):
+            yield chunk(
+                {"tool_calls": [{"index": index, "function": {"arguments": args[i : i + 16]}}]}
+            )
+    yield chunk({}, "tool_calls" if reply.tool_calls else "stop")
+    if usage is not None:
+        yield {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [],
+            "usage": usage,
+        }
+
+
+@contextlib.contextmanager
+def running(**kwargs: Any) -> Iterator[ScriptedOpenAI]:
+    """Run a `ScriptedOpenAI` for the duration of a `with` block."""
+    server = ScriptedOpenAI(**kwargs).start()
+    try:
+        yield server
+    finally:
+        server.stop()
