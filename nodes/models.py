@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 from langchain_core.language_models import BaseChatModel
@@ -84,7 +85,7 @@ def _demo_options(spec: str, rest: str) -> dict[str, float]:
         except ValueError:
             msg = f"demo model latency must be a number of seconds, got `{value}` in `{spec}`"
             raise ValueError(msg) from None
-        if options["latency"] < 0:
-            msg = f"demo model latency must be >= 0, got `{value}`"
+        if not math.isfinite(options["latency"]) or options["latency"] < 0:
+            msg = f"demo model latency must be a finite number >= 0, got `{value}`"
             raise ValueError(msg)
     return options

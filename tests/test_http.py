@@ -33,11 +33,15 @@ async def server() -> AsyncIterator[ScriptedOpenAI]:
     try:
         yield srv
     finally:
-        # langchain-openai keeps one pooled httpx.AsyncClient per base URL for the
-        # whole process; close it while this test's event loop still runs, or its
-        # keep-alive sockets stay open, bound to a closed loop, until exit.
-        await load_chat_model(srv.spec()).root_async_client.close()  # type: ignore[attr-defined]
-        srv.stop()
+        try:
+            # langchain-openai keeps one pooled httpx.AsyncClient per base URL for
+            # the whole process; close it while this test's event loop still runs,
+            # or its keep-alive sockets stay open, bound to a closed loop, until exit.
+            model = load_chat_model(srv.spec())
+            assert isinstance(model, ChatOpenAI)
+            await model.root_async_client.close()
+        finally:
+            srv.stop()
 
 
 def calc(expression: str) -> ScriptedToolCall:
@@ -294,7 +298,7 @@ async def test_execute_tasks_parallel_with_plain_strings(server: ScriptedOpenAI)
     assert server.tools_offered == {"t1": ALL_TOOLS, "t2": ALL_TOOLS, "t3": ALL_TOOLS}
     assert_usage_matches_server(results, server)
     # No planner and no synthesizer: only the tasks' own requests.
-    assert sorted(c.key for c in server.calls) == ["t1", "t1", "t2", "t3"]
+    assert sorted(str(c.key) for c in server.calls) == ["t1", "t1", "t2", "t3"]
     assert server.max_in_flight == 2
 
 

@@ -282,11 +282,11 @@ def test_concurrent_register_and_resolve_never_raises() -> None:
 
 
 @tool
-async def _unused(x: int) -> str:
+async def echo(x: int) -> str:
     """Return x."""
     return str(x)
 
 
 def test_decorated_tool_registers_under_its_name() -> None:
-    reg = ToolRegistry([_unused])
-    assert reg.names() == ["_unused"]
+    reg = ToolRegistry([echo])
+    assert reg.names() == ["echo"]

@@ -36,7 +36,30 @@ _FUNCS: dict[str, Callable[..., float]] = {
 }
 _NAMES = {"pi": math.pi, "e": math.e}
 _MAX_EXPONENT = 1000
+_MAX_DIGITS = 1000
 _MAX_EXPRESSION = 500
+
+
+def _check_power(base: float, exponent: float) -> None:
+    if abs(exponent) > _MAX_EXPONENT:
+        msg = f"exponent {exponent} is too large (limit {_MAX_EXPONENT})"
+        raise ValueError(msg)
+    # Bound the result's size before computing it: (2 ** 1000) ** 1000 passes the
+    # exponent check but has 300,000 digits.
+    if abs(base) > 1 and exponent > 0 and exponent * math.log10(abs(base)) > _MAX_DIGITS:
+        msg = f"result of {base:.6g} ** {exponent:g} would exceed 10 ** {_MAX_DIGITS}"
+        raise ValueError(msg)
+
+
+def _bounded(value: float) -> float:
+    if isinstance(value, complex):
+        raise ValueError("the result is a complex number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("result is not a finite number")
+    if isinstance(value, int) and value.bit_length() > _MAX_DIGITS * 3.33:
+        msg = f"result exceeds 10 ** {_MAX_DIGITS}"
+        raise ValueError(msg)
+    return value
 
 
 def _eval(node: ast.AST) -> float:
@@ -48,21 +71,25 @@ def _eval(node: ast.AST) -> float:
         return _NAMES[node.id]
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         left, right = _eval(node.left), _eval(node.right)
-        if isinstance(node.op, ast.Pow) and abs(right) > _MAX_EXPONENT:
-            msg = f"exponent {right} is too large (limit {_MAX_EXPONENT})"
-            raise ValueError(msg)
+        if isinstance(node.op, ast.Pow):
+            _check_power(left, right)
         result: float = _BINARY[type(node.op)](left, right)
-        return result
+        return _bounded(result)
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         value: float = _UNARY[type(node.op)](_eval(node.operand))
-        return value
+        return _bounded(value)
     if (
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Name)
         and node.func.id in _FUNCS
         and not node.keywords
     ):
-        return _FUNCS[node.func.id](*(_eval(a) for a in node.args))
+        args = [_eval(a) for a in node.args]
+        try:
+            return _bounded(_FUNCS[node.func.id](*args))
+        except TypeError as exc:
+            msg = f"`{node.func.id}` does not take {len(args)} argument(s)"
+            raise ValueError(msg) from exc
     msg = f"unsupported expression element `{ast.dump(node)[:60]}`"
     raise ValueError(msg)
 
@@ -88,6 +115,9 @@ def evaluate(expression: str) -> float:
         return _eval(tree)
     except ZeroDivisionError as exc:
         raise ValueError("division by zero") from exc
+    except (OverflowError, ArithmeticError) as exc:
+        msg = f"cannot compute `{expression}`: {exc}"
+        raise ValueError(msg) from exc
 
 
 @tool

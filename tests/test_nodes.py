@@ -1,0 +1,672 @@
+"""Every node alone: called with a state dict and a runtime holding the run settings."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.tools import tool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from langgraph.errors import NodeError, NodeTimeoutError
+from langgraph.runtime import Runtime
+from langgraph.types import Command, Overwrite, Send
+from pydantic import Field
+
+from nodes.act import act, after_act, allowed_tools
+from nodes.brief import brief
+from nodes.context import RunSettings
+from nodes.dispatch import (
+    DONE,
+    FAN_OUT,
+    REDUCER,
+    SUBAGENT,
+    dispatch,
+    dispatch_path_map,
+    ready_tasks,
+)
+from nodes.domain import ErrorInfo, Plan, SubagentResult, Task, Usage
+from nodes.errors import MaxStepsExceeded, PlanError, TaskFailedError
+from nodes.kinds import BUILTIN_KINDS
+from nodes.planner import planner
+from nodes.reducer import reducer
+from nodes.report import report
+from nodes.run_tools import run_tools
+from nodes.subagent_error import on_subagent_error
+from nodes.synthesize import synthesize
+from tests.fakes import ScriptError, TaskScript, TaskScriptedModel
+from tools import calculator
+
+Event = dict[str, Any]
+USAGE = {"input_tokens": 7, "output_tokens": 3, "total_tokens": 10}
+
+
+class ScriptedModel(BaseChatModel):
+    """Replies from a list, in order; records what it saw; fails loudly when the list runs out.
+
+    Only for nodes that call a model one call at a time (planner, synthesizer).
+    """
+
+    replies: list[AIMessage]
+    calls: list[tuple[list[BaseMessage], list[str]]] = Field(default_factory=list)
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted-fake"
+
+    def bind_tools(self, tools: Any, *, tool_choice: Any = None, **kw: Any) -> Any:
+        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kw)
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        raise ScriptError("the fake is async only: nodes must stay async")
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        tools = [t["function"]["name"] for t in kwargs.get("tools") or []]
+        self.calls.append((list(messages), tools))
+        if not self.replies:
+            raise ScriptError(f"no reply scripted for call {len(self.calls)}")
+        reply = self.replies.pop(0).model_copy(update={"usage_metadata": USAGE})
+        return ChatResult(generations=[ChatGeneration(message=reply)])
+
+
+def _plan_call(plan: dict[str, Any]) -> AIMessage:
+    return AIMessage("", tool_calls=[{"name": "Plan", "args": plan, "id": "p1"}])
+
+
+def _rt(events: list[Event] | None = None, **settings: Any) -> Runtime[RunSettings]:
+    sink: list[Event] = [] if events is None else events
+    return Runtime(context=RunSettings(**settings), stream_writer=sink.append)
+
+
+def _never() -> ScriptedModel:
+    """A model that fails the test if any node calls it."""
+    return ScriptedModel(replies=[])
+
+
+def _t(tid: str, *deps: str, **kw: Any) -> dict[str, Any]:
+    return {"id": tid, "description": f"do {tid}", "depends_on": list(deps), **kw}
+
+
+VALID = {"tasks": [_t("a"), _t("b"), _t("c", "a", "b")], "rationale": "two then one"}
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def _ok(tid: str, output: str = "", start: float = 0, end: float = 1) -> SubagentResult:
+    return SubagentResult(
+        task_id=tid,
+        status="ok",
+        output=output or f"out {tid}",
+        started_at=T0 + timedelta(seconds=start),
+        ended_at=T0 + timedelta(seconds=end),
+        duration_s=end - start,
+        usage=Usage(input_tokens=1, output_tokens=1, total_tokens=2),
+    )
+
+
+def _failed(tid: str) -> SubagentResult:
+    return SubagentResult(
+        task_id=tid, status="failed", error=ErrorInfo(type="RuntimeError", message="boom")
+    )
+
+
+# --- planner ---------------------------------------------------------------------------
+
+
+async def test_planner_validates_a_given_plan_without_a_model() -> None:
+    events: list[Event] = []
+    model = _never()
+    given = Plan.model_validate(VALID)
+    out = await planner({"request": "x", "plan": given}, _rt(events, model=model))
+    assert out["plan"] is given
+    assert out["usage"] == Usage() and out["rounds"] == 0
+    assert isinstance(out["started_at"], datetime)
+    assert model.calls == []
+    assert events == [{"fanfold": "plan_ready", "tasks": 3, "generations": 2}]
+
+
+async def test_planner_accepts_a_given_plan_as_data() -> None:
+    out = await planner({"request": "x", "plan": VALID}, _rt(model=_never()))  # type: ignore[typeddict-item]
+    assert out["plan"] == Plan.model_validate(VALID)
+
+
+async def test_planner_rejects_an_invalid_given_plan() -> None:
+    cyclic = {"tasks": [_t("a", "b"), _t("b", "a")]}
+    with pytest.raises(PlanError, match="cycle"):
+        await planner({"request": "x", "plan": cyclic}, _rt(model=_never()))  # type: ignore[typeddict-item]
+    unknown_tool = Plan(tasks=[Task(id="a", description="x", tools=["shell"])])
+    with pytest.raises(PlanError) as info:
+        await planner({"request": "x", "plan": unknown_tool}, _rt(model=_never()))
+    assert "shell" in str(info.value)
+
+
+async def test_planner_asks_the_model_once_when_the_plan_is_valid() -> None:
+    events: list[Event] = []
+    model = ScriptedModel(replies=[_plan_call(VALID)])
+    out = await planner({"request": "split this"}, _rt(events, model=model, max_tasks=7))
+    assert out["plan"] == Plan.model_validate(VALID)
+    assert out["usage"] == Usage(**USAGE)
+    [(messages, tools)] = model.calls
+    assert tools == ["Plan"]
+    system, user = messages
+    assert isinstance(system, SystemMessage) and isinstance(user, HumanMessage)
+    assert user.content == "split this"
+    for name in [*BUILTIN_KINDS, "calculator", "text_stats", "current_time", "At most 7 tasks"]:
+        assert name in system.text
+    assert events == [{"fanfold": "plan_ready", "tasks": 3, "generations": 2}]
+
+
+async def test_planner_prefers_the_planner_model() -> None:
+    planner_model = ScriptedModel(replies=[_plan_call(VALID)])
+    out = await planner({"request": "x"}, _rt(model=_never(), planner_model=planner_model))
+    assert len(out["plan"].tasks) == 3
+    assert len(planner_model.calls) == 1
+
+
+async def test_planner_repairs_a_plan_that_breaks_a_run_rule() -> None:
+    wizard = {"tasks": [_t("a", kind="wizard")]}
+    model = ScriptedModel(replies=[_plan_call(wizard), _plan_call(VALID)])
+    out = await planner({"request": "x"}, _rt(model=model))
+    assert out["plan"] == Plan.model_validate(VALID)
+    assert out["usage"].total_tokens == 2 * USAGE["total_tokens"]
+    (first, _), (second, tools) = model.calls
+    assert tools == ["Plan"]
+    # The repair keeps the system and user messages and adds one that names the problem.
+    assert second[:2] == first
+    repair = second[2]
+    assert isinstance(repair, HumanMessage)
+    assert "rejected" in repair.text and "`wizard`" in repair.text and "`a`" in repair.text
+    assert "Your previous plan" in repair.text and '"wizard"' in repair.text
+
+
+async def test_planner_repairs_a_plan_that_is_not_a_dag() -> None:
+    cyclic = {"tasks": [_t("a", "b"), _t("b", "a")]}
+    model = ScriptedModel(replies=[_plan_call(cyclic), _plan_call(VALID)])
+    out = await planner({"request": "x"}, _rt(model=model))
+    assert len(out["plan"].tasks) == 3
+    repair = model.calls[1][0][2]
+    assert "dependency cycle" in repair.text
+    assert "a -> b" in repair.text or "b -> a" in repair.text
+
+
+async def test_planner_gives_up_after_one_repair() -> None:
+    bad = {"tasks": [_t("a"), _t("b", tools=["shell"])]}
+    model = ScriptedModel(replies=[_plan_call(bad), _plan_call(bad)])
+    with pytest.raises(PlanError) as info:
+        await planner({"request": "x"}, _rt(model=model))
+    assert len(model.calls) == 2
+    [problem] = info.value.problems
+    assert "`b`" in problem and "shell" in problem
+    assert info.value.raw is not None and json.loads(info.value.raw) == bad
+
+
+async def test_planner_fails_when_the_model_writes_no_plan() -> None:
+    model = ScriptedModel(replies=[AIMessage("I'd rather chat."), AIMessage("Still no.")])
+    with pytest.raises(PlanError, match="no plan") as info:
+        await planner({"request": "x"}, _rt(model=model))
+    assert info.value.raw == "Still no."
+    assert "no plan" in model.calls[1][0][2].text
+
+
+# --- dispatch --------------------------------------------------------------------------
+
+DISPATCH_PLAN = Plan.model_validate(
+    {
+        "tasks": [
+            _t("t1"),
+            _t("t2", "t1"),
+            _t("t3", timeout_s=5),
+            _t("t4", "t1", "t3"),
+        ]
+    }
+)
+
+
+def test_ready_tasks() -> None:
+    plan = DISPATCH_PLAN
+    assert [t.id for t in ready_tasks(plan, [])] == ["t1", "t3"]
+    assert [t.id for t in ready_tasks(plan, [_ok("t1")])] == ["t2", "t3"]
+    assert [t.id for t in ready_tasks(plan, [_ok("t1"), _ok("t3")])] == ["t2", "t4"]
+    # A failed dependency never makes a task ready.
+    assert [t.id for t in ready_tasks(plan, [_failed("t1"), _ok("t3")])] == []
+
+
+def test_dispatch_sends_ready_tasks_with_their_inputs_and_timeouts() -> None:
+    state = {"plan": DISPATCH_PLAN, "results": [_ok("t1", "one"), _ok("t3", "three")]}
+    sends = dispatch(state, _rt(task_timeout_s=30))
+    assert isinstance(sends, list) and all(isinstance(s, Send) for s in sends)
+    assert [s.node for s in sends] == [SUBAGENT, SUBAGENT]
+    t2, t4 = sends
+    assert t2.arg["task"] == DISPATCH_PLAN.task("t2")
+    assert t2.arg["dependency_outputs"] == {"t1": "one"}
+    assert t4.arg["dependency_outputs"] == {"t1": "one", "t3": "three"}
+    assert t2.timeout is not None and t2.timeout.run_timeout == 30
+
+
+def test_dispatch_uses_the_task_timeout_over_the_run_timeout() -> None:
+    sends = dispatch({"plan": DISPATCH_PLAN, "results": []}, _rt(task_timeout_s=30))
+    assert isinstance(sends, list)
+    t1, t3 = sends
+    assert t1.arg["task"].id == "t1" and t1.arg["dependency_outputs"] == {}
+    assert t1.timeout is not None and t1.timeout.run_timeout == 30
+    assert t3.timeout is not None and t3.timeout.run_timeout == 5
+
+
+def test_dispatch_without_any_timeout() -> None:
+    [t1, t3] = dispatch({"plan": DISPATCH_PLAN}, _rt(task_timeout_s=None))
+    assert t1.timeout is None
+    assert t3.timeout is not None and t3.timeout.run_timeout == 5
+
+
+def test_dispatch_goes_to_done_when_nothing_is_ready() -> None:
+    everything = [_ok(t.id) for t in DISPATCH_PLAN.tasks]
+    assert dispatch({"plan": DISPATCH_PLAN, "results": everything}, _rt()) == DONE
+    blocked = [_failed("t1"), _ok("t3")]
+    assert dispatch({"plan": DISPATCH_PLAN, "results": blocked}, _rt()) == DONE
+
+
+def test_dispatch_path_map_sends_done_to_its_target() -> None:
+    assert dispatch_path_map("synthesize") == {FAN_OUT: SUBAGENT, DONE: "synthesize"}
+
+
+# --- reducer ---------------------------------------------------------------------------
+
+
+async def test_reducer_orders_by_plan_and_skips_dependents_of_failures() -> None:
+    plan = Plan.model_validate(
+        {"tasks": [_t("t1"), _t("t2", "t1"), _t("t3", "t2"), _t("t4"), _t("t5", "t4")]}
+    )
+    events: list[Event] = []
+    state = {
+        "plan": plan,
+        "results": [_ok("t5", start=1, end=3), _failed("t1"), _ok("t4", start=0, end=2)],
+        "rounds": 1,
+        "usage": Usage(input_tokens=5, output_tokens=5, total_tokens=10),
+        "started_at": T0,
+    }
+    out = await reducer(state, _rt(events))
+    assert isinstance(out["results"], Overwrite)
+    results = out["results"].value
+    assert [(r.task_id, r.status) for r in results] == [
+        ("t1", "failed"),
+        ("t2", "skipped"),
+        ("t3", "skipped"),
+        ("t4", "ok"),
+        ("t5", "ok"),
+    ]
+    t2, t3 = results[1], results[2]
+    assert t2.error is not None and "`t1` failed" in t2.error.message
+    assert t3.error is not None and "`t2` skipped" in t3.error.message
+    assert t2.attempts == 0
+    finished = [(e["fanfold"], e["task_id"], e["status"]) for e in events]
+    assert finished == [("task_finished", "t2", "skipped"), ("task_finished", "t3", "skipped")]
+    assert out["rounds"] == 2
+    assert out["status"] == "partial"
+    metrics = out["metrics"]
+    assert metrics.tasks == 5 and metrics.rounds == 2
+    assert metrics.counts == {"ok": 2, "failed": 1, "timed_out": 0, "cancelled": 0, "skipped": 2}
+    assert metrics.peak_concurrency == 2
+    assert metrics.task_time_s == 4
+    assert metrics.tokens.total_tokens == 2 + 2 + 10
+    assert metrics.wall_time_s > 0
+
+
+async def test_reducer_status_ok_when_every_task_is_ok() -> None:
+    plan = Plan.model_validate(VALID)
+    out = await reducer({"plan": plan, "results": [_ok("c"), _ok("a"), _ok("b")]}, _rt())
+    assert [r.task_id for r in out["results"].value] == ["a", "b", "c"]
+    assert out["status"] == "ok"
+    assert out["rounds"] == 1
+    assert out["metrics"].counts["ok"] == 3
+
+
+async def test_reducer_status_partial_while_tasks_are_missing() -> None:
+    plan = Plan.model_validate(VALID)
+    out = await reducer({"plan": plan, "results": [_ok("a")], "rounds": 0}, _rt())
+    assert [r.task_id for r in out["results"].value] == ["a"]
+    assert out["status"] == "partial"
+
+
+# --- synthesize ------------------------------------------------------------------------
+
+
+async def test_synthesize_calls_the_model_once_with_every_result() -> None:
+    model = ScriptedModel(replies=[AIMessage("the final answer")])
+    results = [_ok("a", "alpha out"), _failed("b"), _ok("c", "gamma out")]
+    state = {
+        "request": "the request",
+        "plan": Plan.model_validate(VALID),
+        "results": results,
+        "usage": Usage(input_tokens=1, output_tokens=1, total_tokens=2),
+        "rounds": 2,
+        "started_at": T0,
+    }
+    out = await synthesize(state, _rt(model=_never(), planner_model=model))
+    [(messages, tools)] = model.calls
+    assert tools == []
+    prompt = messages[-1].text
+    assert "the request" in prompt
+    for line in ("[a ok] alpha out", "[b failed] RuntimeError: boom", "[c ok] gamma out"):
+        assert line in prompt
+    assert out["answer"] == "the final answer"
+    assert out["usage"] == Usage(**USAGE)
+    metrics = out["metrics"]
+    assert metrics.rounds == 2 and metrics.tasks == 3
+    assert metrics.tokens.total_tokens == 2 + 2 + 2 + 10  # results + planner + this call
+    assert metrics.counts["failed"] == 1
+
+
+# --- brief -----------------------------------------------------------------------------
+
+
+async def test_brief_writes_system_and_task_messages() -> None:
+    events: list[Event] = []
+    task = Task(id="t2", description="compare the two", kind="analyst", depends_on=["t1"])
+    out = await brief({"task": task, "dependency_outputs": {"t1": "alpha"}}, _rt(events))
+    system, user = out["messages"]
+    assert isinstance(system, SystemMessage) and isinstance(user, HumanMessage)
+    assert system.content == BUILTIN_KINDS["analyst"].system_prompt
+    assert user.text.startswith("Task t2 (analyst): compare the two")
+    assert "[t1] alpha" in user.text
+    assert out["task"] is task
+    assert out["usage"] == Usage() and out["steps"] == 0 and out["tool_calls"] == 0
+    assert out["error"] is None
+    [event] = events
+    assert event["fanfold"] == "task_started"
+    assert event["task_id"] == "t2" and event["kind"] == "analyst"
+    assert datetime.fromisoformat(event["at"]) == out["started_at"]
+
+
+async def test_brief_accepts_a_task_as_data_and_an_unknown_kind() -> None:
+    out = await brief(
+        {"task": {"id": "t1", "description": "x", "kind": "mystery"}},  # type: ignore[typeddict-item]
+        _rt(),
+    )
+    assert out["task"] == Task(id="t1", description="x", kind="mystery")
+    assert out["messages"][0].content == BUILTIN_KINDS["general"].system_prompt
+    assert "Inputs from" not in out["messages"][1].text
+
+
+# --- act and after_act -----------------------------------------------------------------
+
+
+async def _briefed(task: Task, **settings: Any) -> dict[str, Any]:
+    return dict(await brief({"task": task, "dependency_outputs": {}}, _rt(**settings)))
+
+
+async def test_act_returns_the_reply_and_counts_tool_calls_and_usage() -> None:
+    model = TaskScriptedModel(scripts={"t1": TaskScript(latency=0, expression="6 * 7")})
+    task = Task(id="t1", description="multiply", tools=["calculator"])
+    state = await _briefed(task)
+    out = await act(state, _rt(model=model))
+    [reply] = out["messages"]
+    assert isinstance(reply, AIMessage)
+    assert [c["name"] for c in reply.tool_calls] == ["calculator"]
+    assert out["steps"] == 1 and out["tool_calls"] == 1
+    assert out["usage"].total_tokens == 15
+    assert model.recorder.calls == {"t1": 1}
+    assert after_act({**state, **out, "messages": state["messages"] + out["messages"]}) == (
+        "run_tools"
+    )
+
+
+async def test_act_binds_no_tools_for_a_task_without_any() -> None:
+    # The script would call the calculator if it were bound; a writer gets no tools.
+    model = TaskScriptedModel(scripts={"t1": TaskScript(latency=0, expression="6 * 7")})
+    state = await _briefed(Task(id="t1", description="write", kind="writer"))
+    out = await act({**state, "steps": 2, "tool_calls": 3}, _rt(model=model))
+    [reply] = out["messages"]
+    assert reply.tool_calls == [] and reply.text == "output of t1:"
+    assert out["steps"] == 3 and out["tool_calls"] == 3
+
+
+async def test_act_turns_a_model_exception_into_an_error() -> None:
+    model = TaskScriptedModel(scripts={"t1": TaskScript(latency=0, behaviour="raise")})
+    state = await _briefed(Task(id="t1", description="x"))
+    out = await act(state, _rt(model=model))
+    assert out["error"] == ErrorInfo(type="RuntimeError", message="scripted failure for t1")
+    assert out["steps"] == 1
+    assert "messages" not in out
+    assert after_act({**state, **out}) == "report"
+
+
+async def test_act_stops_at_max_steps_without_calling_the_model() -> None:
+    model = TaskScriptedModel(scripts={})
+    state = await _briefed(Task(id="t1", description="x"))
+    out = await act({**state, "steps": 3}, _rt(model=model, max_steps=3))
+    assert out["error"] is not None
+    assert out["error"].type == MaxStepsExceeded.__name__
+    assert "max_steps=3" in out["error"].message
+    assert model.recorder.calls == {}
+
+
+def test_after_act_routes() -> None:
+    call = {"name": "calculator", "args": {"expression": "1"}, "id": "c1"}
+    asks = AIMessage("", tool_calls=[call])
+    assert after_act({"messages": [asks], "error": None}) == "run_tools"  # type: ignore[typeddict-item]
+    assert after_act({"messages": [AIMessage("done")], "error": None}) == "report"  # type: ignore[typeddict-item]
+    err = ErrorInfo(type="X", message="y")
+    assert after_act({"messages": [asks], "error": err}) == "report"  # type: ignore[typeddict-item]
+
+
+def test_allowed_tools() -> None:
+    settings = RunSettings()
+    names = lambda task: [t.name for t in allowed_tools(task, settings)]  # noqa: E731
+    assert names(Task(id="a", description="x", tools=["text_stats", "calculator"])) == [
+        "text_stats",
+        "calculator",
+    ]
+    assert names(Task(id="a", description="x", kind="writer")) == []
+    assert names(Task(id="a", description="x", kind="general")) == [
+        "calculator",
+        "current_time",
+        "text_stats",
+    ]
+    assert names(Task(id="a", description="x", kind="writer", tools=["calculator"])) == [
+        "calculator"
+    ]
+
+
+# --- run_tools -------------------------------------------------------------------------
+
+
+@tool
+async def double(x: int) -> str:
+    """Double a whole number."""
+    return str(2 * x)
+
+
+@tool
+async def flaky(x: int) -> str:
+    """Always fail."""
+    raise RuntimeError(f"disk on fire at {x}")
+
+
+async def test_run_tools_runs_good_calls_and_reports_bad_ones() -> None:
+    task = Task(id="t1", description="x", tools=["calculator", "double", "flaky"])
+    calls = [
+        ("calculator", {"expression": "6 * 7"}),
+        ("double", {"x": 21}),
+        ("shell", {"cmd": "rm -rf /"}),
+        ("double", {"x": "many"}),
+        ("calculator", {}),
+        ("flaky", {"x": 1}),
+        ("calculator", {"expression": "1 / 0"}),
+        ("text_stats", {"text": "not allowed for this task"}),
+    ]
+    last = AIMessage(
+        "", tool_calls=[{"name": n, "args": a, "id": f"c{i}"} for i, (n, a) in enumerate(calls)]
+    )
+    state = {"task": task, "messages": [HumanMessage("go"), last]}
+    out = await run_tools(state, _rt(tools=[double, flaky]))
+    replies = out["messages"]
+    assert [m.tool_call_id for m in replies] == [f"c{i}" for i in range(len(calls))]
+    assert [m.name for m in replies] == [n for n, _ in calls]
+    good, doubled, unknown, bad_type, missing, raised, zero, not_allowed = replies
+
+    assert (good.content, good.status) == ("42", "success")
+    assert (doubled.content, doubled.status) == ("42", "success")
+
+    assert unknown.status == "error"
+    assert "unknown tool `shell`" in unknown.text
+    assert "['calculator', 'double', 'flaky']" in unknown.text
+
+    assert bad_type.status == "error"
+    assert "bad arguments for `double`" in bad_type.text and "x:" in bad_type.text
+
+    assert missing.status == "error"
+    assert "bad arguments for `calculator`" in missing.text and "expression" in missing.text
+
+    assert raised.status == "error"
+    assert raised.text == "Error: `flaky` failed: RuntimeError: disk on fire at 1"
+    assert zero.status == "error" and "ValueError: division by zero" in zero.text
+
+    # The tool exists in the run, but this task may not call it.
+    assert not_allowed.status == "error" and "unknown tool `text_stats`" in not_allowed.text
+
+
+async def test_run_tools_with_the_kind_default_tools() -> None:
+    call = {"name": "calculator", "args": {"expression": "2 ** 5"}, "id": "c1"}
+    state = {
+        "task": Task(id="t1", description="x"),
+        "messages": [AIMessage("", tool_calls=[call])],
+    }
+    [reply] = (await run_tools(state, _rt()))["messages"]
+    assert reply.content == "32" and reply.status == "success"
+    assert calculator.name == reply.name
+
+
+# --- report ----------------------------------------------------------------------------
+
+
+def _subagent_state(**kw: Any) -> dict[str, Any]:
+    return {
+        "task": Task(id="t1", description="x"),
+        "messages": [HumanMessage("go"), AIMessage("the output")],
+        "started_at": datetime.now(UTC) - timedelta(seconds=1),
+        "usage": Usage(input_tokens=4, output_tokens=2, total_tokens=6),
+        "tool_calls": 2,
+        "error": None,
+        **kw,
+    }
+
+
+async def test_report_builds_an_ok_result() -> None:
+    events: list[Event] = []
+    state = _subagent_state()
+    out = await report(state, _rt(events))
+    [result] = out["results"]
+    assert result.task_id == "t1" and result.status == "ok"
+    assert result.output == "the output" and result.error is None
+    assert result.usage.total_tokens == 6 and result.tool_calls == 2
+    assert result.started_at == state["started_at"]
+    assert result.ended_at is not None and result.ended_at >= result.started_at
+    assert result.duration_s >= 1
+    [event] = events
+    assert (event["fanfold"], event["task_id"], event["status"]) == ("task_finished", "t1", "ok")
+    assert event["total_tokens"] == 6
+    assert SubagentResult.model_validate(event["result"]) == result
+
+
+async def test_report_builds_a_failed_result() -> None:
+    err = ErrorInfo(type="MaxStepsExceeded", message="too many")
+    out = await report(_subagent_state(error=err), _rt())
+    [result] = out["results"]
+    assert result.status == "failed" and result.error == err
+    assert result.output == ""  # the last message is not the task's output
+
+
+async def test_report_raises_under_fail_fast() -> None:
+    events: list[Event] = []
+    err = ErrorInfo(type="RuntimeError", message="boom")
+    with pytest.raises(TaskFailedError) as info:
+        await report(_subagent_state(error=err), _rt(events, policy="fail_fast"))
+    assert info.value.result.task_id == "t1" and info.value.result.status == "failed"
+    assert info.value.results == [info.value.result]
+    assert "RuntimeError: boom" in str(info.value)
+    assert [e["status"] for e in events] == ["failed"]
+
+
+async def test_report_does_not_raise_for_ok_under_fail_fast() -> None:
+    out = await report(_subagent_state(), _rt(policy="fail_fast"))
+    assert out["results"][0].status == "ok"
+
+
+# --- on_subagent_error -----------------------------------------------------------------
+
+
+def _timeout(elapsed: float = 2.5) -> NodeTimeoutError:
+    return NodeTimeoutError(SUBAGENT, elapsed, kind="run", run_timeout=2.0)
+
+
+async def test_on_subagent_error_timeout_becomes_timed_out() -> None:
+    events: list[Event] = []
+    state = {"task": Task(id="t1", description="x"), "dependency_outputs": {}}
+    out = await on_subagent_error(state, NodeError(SUBAGENT, _timeout(2.5)), _rt(events))
+    # The handler is a node of its own: it must route to the reducer explicitly.
+    assert isinstance(out, Command) and out.goto == REDUCER
+    [result] = out.update["results"]
+    assert result.task_id == "t1" and result.status == "timed_out"
+    assert result.duration_s == 2.5
+    assert result.started_at is not None and result.ended_at is not None
+    assert result.ended_at - result.started_at == timedelta(seconds=2.5)
+    assert result.error is not None and result.error.type == "TaskTimeout"
+    assert "2s" in result.error.message and "2.500" in result.error.message
+    assert [(e["task_id"], e["status"]) for e in events] == [("t1", "timed_out")]
+
+
+async def test_on_subagent_error_other_exception_becomes_failed() -> None:
+    state = {"task": {"id": "t9", "description": "x"}, "dependency_outputs": {}}
+    out = await on_subagent_error(state, NodeError(SUBAGENT, KeyError("gone")), _rt())  # type: ignore[arg-type]
+    assert out.goto == REDUCER
+    [result] = out.update["results"]
+    assert result.task_id == "t9" and result.status == "failed"
+    assert result.error == ErrorInfo(type="KeyError", message="'gone'")
+
+
+async def test_on_subagent_error_under_fail_fast_raises() -> None:
+    events: list[Event] = []
+    state = {"task": Task(id="t1", description="x"), "dependency_outputs": {}}
+    original = RuntimeError("boom")
+    with pytest.raises(TaskFailedError) as info:
+        await on_subagent_error(
+            state, NodeError(SUBAGENT, original), _rt(events, policy="fail_fast")
+        )
+    assert info.value.__cause__ is original
+    assert info.value.result.status == "failed"
+    assert info.value.result.error == ErrorInfo(type="RuntimeError", message="boom")
+    assert [e["status"] for e in events] == ["failed"]
+
+
+async def test_on_subagent_error_raises_a_new_task_failed_error() -> None:
+    events: list[Event] = []
+    state = {"task": Task(id="t1", description="x"), "dependency_outputs": {}}
+    failed = SubagentResult(
+        task_id="t1", status="failed", error=ErrorInfo(type="RuntimeError", message="boom")
+    )
+    original = TaskFailedError(failed)
+    with pytest.raises(TaskFailedError) as info:
+        await on_subagent_error(
+            state, NodeError(SUBAGENT, original), _rt(events, policy="fail_fast")
+        )
+    raised = info.value
+    assert raised is not original
+    assert raised.__cause__ is original
+    assert raised.result == failed and raised.results == [failed]
+    assert events == []  # report already announced it
