@@ -85,8 +85,16 @@ def structural_problems(tasks: Sequence[Task]) -> list[str]:
         unknown = [d for d in t.depends_on if d not in known]
         if unknown:
             problems.append(f"task `{t.id}` depends on unknown task(s) {unknown}")
-    if not problems:
-        cycle = _find_cycle(_dag(tasks))
+    if not dupes:
+        # Report a cycle along with any other problem: the planner gets one repair round.
+        graph = _dag(
+            [
+                t.model_copy(update={"depends_on": [d for d in t.depends_on if d in known]})
+                for t in tasks
+            ]
+        )
+        graph.remove_edges_from(list(nx.selfloop_edges(graph)))
+        cycle = _find_cycle(graph)
         if cycle:
             problems.append("dependency cycle: " + " -> ".join(cycle))
     return problems
@@ -215,15 +223,17 @@ class RunMetrics(BaseModel):
 
 def peak_overlap(results: Iterable[SubagentResult]) -> int:
     """Return the most results whose [started_at, ended_at] intervals overlap at once."""
-    events: list[tuple[datetime, int]] = []
+    # (time, rank, delta): at one instant, ends of intervals that lasted come first
+    # (the slot was handed on), then starts, then ends of zero-length intervals, so
+    # a task that started and ended in the same instant still counts.
+    events: list[tuple[datetime, int, int]] = []
     for r in results:
         if r.started_at is not None and r.ended_at is not None:
-            events.append((r.started_at, 1))
-            events.append((r.ended_at, -1))
-    # An end sorts before a start at the same instant: the slot was handed on.
+            events.append((r.started_at, 1, 1))
+            events.append((r.ended_at, 2 if r.ended_at <= r.started_at else 0, -1))
     events.sort(key=lambda e: (e[0], e[1]))
     peak = cur = 0
-    for _, delta in events:
+    for _, _, delta in events:
         cur += delta
         peak = max(peak, cur)
     return peak

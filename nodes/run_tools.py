@@ -8,7 +8,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, ToolCall, ToolMessage
 from langchain_core.tools import BaseTool
 from langgraph.runtime import Runtime
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from nodes.act import allowed_tools
 from nodes.context import RunSettings, settings_of
@@ -23,12 +23,19 @@ async def call_tool(call: ToolCall, tools: dict[str, BaseTool]) -> ToolMessage:
     if tool is None:
         content = f"Error: unknown tool `{name}`. Available tools: {sorted(tools)}."
         return ToolMessage(content, tool_call_id=call_id, name=name, status="error")
+    args = call.get("args") or {}
     try:
-        output = await tool.ainvoke(call.get("args") or {})
+        # Check the arguments apart from the call: a ValidationError raised inside
+        # the tool is the tool failing, not the model passing bad arguments.
+        schema = tool.get_input_schema()
+        if issubclass(schema, BaseModel):
+            schema.model_validate(args)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         content = f"Error: bad arguments for `{name}`: {problems}. Fix them and call again."
         return ToolMessage(content, tool_call_id=call_id, name=name, status="error")
+    try:
+        output = await tool.ainvoke(args)
     except Exception as exc:  # noqa: BLE001 - the model decides what to do next
         content = f"Error: `{name}` failed: {type(exc).__name__}: {exc}"
         return ToolMessage(content, tool_call_id=call_id, name=name, status="error")

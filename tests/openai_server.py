@@ -9,20 +9,26 @@ It speaks just enough of the OpenAI HTTP API for `ChatOpenAI`:
 What it answers depends only on the request, never on call order:
 
 - a `Plan` tool is offered: the planner. Answer with a `Plan` tool call whose
-  arguments are the plan the test configured.
+  arguments are the `plan` the test configured, or its `repaired_plan` once a
+  user message says `Your plan was rejected:` (the planner's repair round).
 - the first user message holds `Results, in plan order:`: the synthesizer.
   Answer with a line naming every task id and status it was given.
 - the first user message starts with `Task <id> (`: a subagent. An unknown id is
   a loud failure (HTTP 500, recorded in `errors`). A task with scripted tool
   calls gets them while no `tool` message is in the conversation yet; otherwise
   it gets its final answer, which quotes the tool results and the dependency
-  inputs the request carried.
+  inputs the request carried (scripted answers should be one line, as the
+  dependency inputs are read back line by line).
 
 Every answer carries a deterministic `usage` block, derived from the request's
 text and the reply's text, and the server keeps per-key sums of the usage it
 reported (keys: `planner`, `synthesizer`, or a task id), every request it saw,
 and the most requests it held in flight at once. Each answer waits
-`latency_s` first, so concurrency is observable.
+`latency_s` first (or its task's own), so concurrency is observable.
+
+Mistakes (an unknown task id, a request it cannot place, a missing plan, a
+scripted tool that was not offered) are answered with HTTP 500 and
+`x-should-retry: false`, and recorded in `errors`: assert it stays empty.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import itertools
 import json
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -45,6 +52,7 @@ SYNTHESIZER = "synthesizer"
 TASK_RE = re.compile(r"^Task (\S+) \((\S+)\): (.*)", re.DOTALL)
 INPUTS_HEADER = "Inputs from the tasks this one depends on:"
 RESULTS_HEADER = "Results, in plan order:"
+PLAN_REJECTED = "Your plan was rejected:"
 INPUT_LINE = re.compile(r"^\[(\S+)\] (.*)$")
 RESULT_LINE = re.compile(r"^\[(\S+) (\S+)\]")
 
@@ -72,6 +80,8 @@ class TaskScript:
     """Fail only the first N requests of this task; `None`: fail every one."""
     fail_headers: dict[str, str] = field(default_factory=dict)
     """Extra headers on the error response (e.g. `retry-after-ms`, `x-should-retry`)."""
+    latency_s: float | None = None
+    """Wait this long before each answer instead of the server's `latency_s`."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +196,11 @@ class ScriptedOpenAI:
         self.model = model
         self.prefix = f"/s{next(_instances)}"
         self.plan: dict[str, Any] | None = None
+        """The `Plan` arguments the planner gets."""
+        self.repaired_plan: dict[str, Any] | None = None
+        """The `Plan` arguments the planner gets once told its plan was rejected."""
+        self.rejections: list[str] = []
+        """The text of every plan rejection the planner was sent."""
         self.tasks: dict[str, TaskScript] = {}
         self.errors: list[str] = []
         self.calls: list[Call] = []
@@ -201,7 +216,10 @@ class ScriptedOpenAI:
         """Per task id: the tool names bound on its requests (union)."""
         self.in_flight = 0
         self.max_in_flight = 0
+        self.disconnects = 0
+        """Answers the client hung up on before they were written."""
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self._seq = itertools.count(1)
         self._ids = itertools.count(1)
         self._httpd: ThreadingHTTPServer | None = None
@@ -214,8 +232,8 @@ class ScriptedOpenAI:
     def start(self) -> ScriptedOpenAI:
         """Bind 127.0.0.1 on a free port and serve in a daemon thread."""
         handler = type("Handler", (_Handler,), {"app": self})
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        httpd.daemon_threads = True
+        httpd = _Server(("127.0.0.1", 0), handler)
+        httpd.app = self
         self._httpd = httpd
         self._thread = threading.Thread(
             target=httpd.serve_forever,
@@ -231,6 +249,7 @@ class ScriptedOpenAI:
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
+        self._stopping.set()  # cuts every pending latency short
         httpd.shutdown()
         httpd.server_close()
         with self._lock:
@@ -290,6 +309,13 @@ class ScriptedOpenAI:
         with self._lock:
             self.calls.append(call)
 
+    def _wait(self, key: str | None) -> None:
+        script = self.tasks.get(key) if key else None
+        latency = self.latency_s
+        if script is not None and script.latency_s is not None:
+            latency = script.latency_s
+        self._stopping.wait(latency)
+
     def _fail_loudly(self, message: str) -> None:
         with self._lock:
             self.errors.append(message)
@@ -299,24 +325,41 @@ class ScriptedOpenAI:
         if not isinstance(messages, list) or not messages:
             raise _HTTPError(400, "`messages` must be a non-empty list", key=None)
         offered = _tool_names(body)
-        if "Plan" in offered:
-            if self.plan is None:
-                raise _HTTPError(500, "planner called but no plan configured", key=PLANNER)
-            return _Reply(
-                PLANNER,
-                tool_calls=[self._tool_call("Plan", self.plan)],
-            )
         users = [m for m in messages if m.get("role") == "user"]
+        if "Plan" in offered:
+            return self._plan_reply([text_of(m.get("content")) for m in users])
         first_user = text_of(users[0].get("content")) if users else ""
         if RESULTS_HEADER in first_user:
             return self._synthesize(first_user)
         match = TASK_RE.match(first_user)
         if match is None:
             raise _HTTPError(
-                500, f"cannot tell what this request is: {first_user[:200]!r}", key=None
+                500,
+                f"cannot tell what this request is: {first_user[:200]!r}",
+                key=None,
+                kind="server_error",
+                headers={"x-should-retry": "false"},
             )
         task_id, kind, rest = match.groups()
         return self._task_reply(task_id, kind, rest, messages, offered)
+
+    def _plan_reply(self, user_texts: list[str]) -> _Reply:
+        rejected = [t for t in user_texts if PLAN_REJECTED in t]
+        plan = self.plan
+        if rejected:
+            with self._lock:
+                self.rejections.extend(rejected)
+            plan = self.repaired_plan
+        if plan is None:
+            which = "repaired plan" if rejected else "plan"
+            raise _HTTPError(
+                500,
+                f"planner called but no {which} configured",
+                key=PLANNER,
+                kind="server_error",
+                headers={"x-should-retry": "false"},
+            )
+        return _Reply(PLANNER, tool_calls=[self._tool_call("Plan", plan)])
 
     def _synthesize(self, prompt: str) -> _Reply:
         lines = prompt.split(RESULTS_HEADER, 1)[1].strip().splitlines()
@@ -413,6 +456,18 @@ def _tool_names(body: dict[str, Any]) -> list[str]:
     ]
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    app: ScriptedOpenAI
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError):
+            return  # the client dropped the connection: not the server's problem
+        self.app._fail_loudly(f"server bug: {type(exc).__name__}: {exc}")
+        super().handle_error(request, client_address)
+
+
 class _Handler(BaseHTTPRequestHandler):
     app: ScriptedOpenAI
     protocol_version = "HTTP/1.1"
@@ -469,6 +524,11 @@ class _Handler(BaseHTTPRequestHandler):
         started = time.monotonic()
         try:
             self._chat(raw, started)
+        except (BrokenPipeError, ConnectionResetError):
+            # The client gave up on this request (e.g. a task timed out): expected.
+            self.close_connection = True
+            with app._lock:
+                app.disconnects += 1
         finally:
             app._leave()
 
@@ -501,7 +561,7 @@ class _Handler(BaseHTTPRequestHandler):
             call.key, call.status = exc.key, exc.status
             if exc.loud:
                 app._fail_loudly(f"HTTP {exc.status}: {exc.message}")
-            time.sleep(app.latency_s)
+            app._wait(exc.key)
             call.ended = time.monotonic()
             app._record(call)
             self._send_error(exc.status, exc.message, exc.kind, exc.headers)
@@ -513,7 +573,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(500, f"{type(exc).__name__}: {exc}", "server_error")
             return
         call.key = reply.key
-        time.sleep(app.latency_s)
+        app._wait(reply.key)
         usage_in = prompt_tokens(body)
         usage_out = completion_tokens(reply)
         usage = {

@@ -107,6 +107,15 @@ def test_every_problem_is_listed_at_once() -> None:
     assert isinstance(PlanError(problems), FanfoldError)
 
 
+def test_a_cycle_is_listed_along_with_other_problems() -> None:
+    # The planner gets one repair round: a cycle it only hears about after fixing
+    # an unknown dependency can no longer be repaired.
+    plan = _unchecked(_task("a", "ghost"), _task("b", "c"), _task("c", "b"))
+    problems = _problems(plan)
+    assert any("ghost" in p for p in problems), problems
+    assert any("cycle" in p and "b" in p and "c" in p for p in problems), problems
+
+
 def test_structural_problems_of_a_valid_dag_is_empty() -> None:
     assert structural_problems([_task("a"), _task("b", "a")]) == []
 
@@ -212,6 +221,12 @@ def test_touching_intervals_do_not_overlap() -> None:
     assert peak_overlap([_span("a", 0, 1), _span("b", 1, 2), _span("c", 2, 3)]) == 1
     # Given in reverse order, too.
     assert peak_overlap([_span("c", 2, 3), _span("b", 1, 2), _span("a", 0, 1)]) == 1
+
+
+def test_a_zero_length_interval_still_counts() -> None:
+    # on_subagent_error gives a failed task started_at == ended_at; it still ran.
+    assert peak_overlap([_span("a", 5, 5)]) == 1
+    assert peak_overlap([_span("a", 0, 10), _span("b", 5, 5)]) == 2
 
 
 def test_peak_overlap_ignores_results_without_times() -> None:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from langchain_core.messages import AIMessageChunk
 from langchain_openai import ChatOpenAI
 from openai import AsyncOpenAI
 from pydantic import SecretStr
 
 from graphs.api import arun, execute_tasks_parallel
+from graphs.orchestrator import compile_orchestrator
 from nodes.context import RunSettings
 from nodes.domain import SubagentResult, Task, Usage
 from nodes.errors import TaskFailedError
@@ -463,3 +466,111 @@ async def test_models_endpoint(server: ScriptedOpenAI) -> None:
         await client.close()
     assert [m.id for m in page.data] == ["test-model"]
     assert server.calls == [] and server.errors == []
+
+
+async def test_planner_repair_round_over_http(server: ScriptedOpenAI) -> None:
+    server.plan = {
+        "tasks": [{"id": "t1", "description": "Search the web.", "tools": ["web_search"]}],
+        "rationale": "first try",
+    }
+    server.repaired_plan = {
+        "tasks": [{"id": "t1", "description": "Compute instead.", "tools": ["calculator"]}],
+        "rationale": "repaired",
+    }
+    server.tasks = {"t1": TaskScript("t1 computed", [calc("1+1")])}
+
+    out = await arun("Find it out.", settings=RunSettings(model=server.spec()))
+
+    assert server.errors == []
+    # The unknown tool went back to the model, which answered with a valid plan.
+    assert [c.status for c in server.calls_for(PLANNER)] == [200, 200]
+    (rejection,) = server.rejections
+    assert "unknown tool(s) ['web_search']" in rejection
+    assert out.plan is not None and out.plan.rationale == "repaired"
+    assert [(r.task_id, r.status) for r in out.results] == [("t1", "ok")]
+    assert out.results[0].output == "t1 computed | tools: " + tool_line(
+        "calculator", '{"expression": "1+1"}', "2"
+    )
+    assert server.descriptions == {"t1": "Compute instead."}
+    # Both planner calls count, as do the subagent's and the synthesizer's.
+    grand = server.total_tokens()
+    assert out.metrics.tokens == Usage(
+        input_tokens=grand.input, output_tokens=grand.output, total_tokens=grand.total
+    )
+    planner_calls = server.calls_for(PLANNER)
+    assert all(c.tokens is not None and c.tokens.total > 0 for c in planner_calls)
+
+
+async def test_task_timeout_cuts_a_slow_http_call_short(server: ScriptedOpenAI) -> None:
+    server.tasks = {
+        "t1": TaskScript("too late", latency_s=10.0),
+        "t2": TaskScript("t2 in time"),
+    }
+    started = time.monotonic()
+
+    results = await execute_tasks_parallel(
+        ["Slow.", "Quick."], model=server.spec(), task_timeout_s=0.5
+    )
+
+    elapsed = time.monotonic() - started
+    assert [(r.task_id, r.status) for r in results] == [("t1", "timed_out"), ("t2", "ok")]
+    err = results[0].error
+    assert err is not None and err.type == "TaskTimeout"
+    assert results[0].usage == Usage() and results[0].output == ""
+    assert results[1].output == "t2 in time"
+    assert_usage_matches_server(results[1:], server)
+    # The run did not wait for the server's slow answer.
+    assert elapsed < 5.0
+    assert server.errors == []
+
+
+async def test_message_streaming_still_counts_every_token(server: ScriptedOpenAI) -> None:
+    # Streaming the graph's `messages` (as LangGraph Studio does) makes ChatOpenAI
+    # stream over HTTP; the spec's `stream_usage=True` must keep the usage coming.
+    server.plan = {
+        "tasks": [
+            {"id": "t1", "description": "Compute.", "tools": ["calculator"]},
+            {"id": "t2", "description": "Report.", "kind": "writer", "depends_on": ["t1"]},
+        ],
+        "rationale": "two steps",
+    }
+    server.tasks = {
+        "t1": TaskScript("t1 streamed", [calc("3*3")]),
+        "t2": TaskScript("t2 streamed"),
+    }
+    settings = RunSettings(model=server.spec(), max_concurrency=2)
+    graph = compile_orchestrator()
+    values: dict[str, Any] = {}
+    streamed: list[str] = []
+    stream: AsyncIterator[Any] = graph.astream(
+        {"request": "Stream it."},
+        settings.as_config(),
+        context=settings,
+        stream_mode=["messages", "values"],
+        subgraphs=True,
+    )
+    async for namespace, mode, chunk in stream:
+        if mode == "values" and not namespace:
+            values = dict(chunk)
+        elif mode == "messages":
+            message, _meta = chunk
+            if isinstance(message, AIMessageChunk) and message.text:
+                streamed.append(message.text)
+
+    assert server.errors == []
+    assert server.calls and all(c.stream and c.include_usage for c in server.calls)
+    results = values["results"]
+    assert [(r.task_id, r.status) for r in results] == [("t1", "ok"), ("t2", "ok")]
+    assert results[0].output == "t1 streamed | tools: " + tool_line(
+        "calculator", '{"expression": "3*3"}', "9"
+    )
+    assert f"t1=«{results[0].output}»" in results[1].output
+    assert results[0].tool_calls == 1
+    assert_usage_matches_server(results, server)
+    grand = server.total_tokens()
+    assert values["metrics"].tokens == Usage(
+        input_tokens=grand.input, output_tokens=grand.output, total_tokens=grand.total
+    )
+    # The answer really came in pieces.
+    assert values["answer"] == "Answer built from 2 results: t1 (ok), t2 (ok)."
+    assert len(streamed) > 3

@@ -48,8 +48,8 @@ def test_bad_demo_options_name_the_option(spec: str, named: str) -> None:
 
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_demo_latency_must_be_finite(value: str) -> None:
-    # Exposes a bug: `latency < 0` lets NaN and infinity through. With `inf` every
-    # async call hangs (sync: OverflowError); with NaN sync calls raise ValueError.
+    # With `inf` every async call would hang (sync: OverflowError); with NaN sync
+    # calls would raise ValueError.
     with pytest.raises(ValueError, match="latency"):
         load_chat_model(f"demo:latency={value}")
 

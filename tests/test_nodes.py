@@ -142,14 +142,14 @@ async def test_planner_validates_a_given_plan_without_a_model() -> None:
 
 
 async def test_planner_accepts_a_given_plan_as_data() -> None:
-    out = await planner({"request": "x", "plan": VALID}, _rt(model=_never()))  # type: ignore[typeddict-item]
+    out = await planner({"request": "x", "plan": VALID}, _rt(model=_never()))
     assert out["plan"] == Plan.model_validate(VALID)
 
 
 async def test_planner_rejects_an_invalid_given_plan() -> None:
     cyclic = {"tasks": [_t("a", "b"), _t("b", "a")]}
     with pytest.raises(PlanError, match="cycle"):
-        await planner({"request": "x", "plan": cyclic}, _rt(model=_never()))  # type: ignore[typeddict-item]
+        await planner({"request": "x", "plan": cyclic}, _rt(model=_never()))
     unknown_tool = Plan(tasks=[Task(id="a", description="x", tools=["shell"])])
     with pytest.raises(PlanError) as info:
         await planner({"request": "x", "plan": unknown_tool}, _rt(model=_never()))
@@ -395,7 +395,7 @@ async def test_brief_writes_system_and_task_messages() -> None:
 
 async def test_brief_accepts_a_task_as_data_and_an_unknown_kind() -> None:
     out = await brief(
-        {"task": {"id": "t1", "description": "x", "kind": "mystery"}},  # type: ignore[typeddict-item]
+        {"task": {"id": "t1", "description": "x", "kind": "mystery"}},
         _rt(),
     )
     assert out["task"] == Task(id="t1", description="x", kind="mystery")
@@ -459,15 +459,18 @@ async def test_act_stops_at_max_steps_without_calling_the_model() -> None:
 def test_after_act_routes() -> None:
     call = {"name": "calculator", "args": {"expression": "1"}, "id": "c1"}
     asks = AIMessage("", tool_calls=[call])
-    assert after_act({"messages": [asks], "error": None}) == "run_tools"  # type: ignore[typeddict-item]
-    assert after_act({"messages": [AIMessage("done")], "error": None}) == "report"  # type: ignore[typeddict-item]
+    assert after_act({"messages": [asks], "error": None}) == "run_tools"
+    assert after_act({"messages": [AIMessage("done")], "error": None}) == "report"
     err = ErrorInfo(type="X", message="y")
-    assert after_act({"messages": [asks], "error": err}) == "report"  # type: ignore[typeddict-item]
+    assert after_act({"messages": [asks], "error": err}) == "report"
 
 
 def test_allowed_tools() -> None:
     settings = RunSettings()
-    names = lambda task: [t.name for t in allowed_tools(task, settings)]  # noqa: E731
+
+    def names(task: Task) -> list[str]:
+        return [t.name for t in allowed_tools(task, settings)]
+
     assert names(Task(id="a", description="x", tools=["text_stats", "calculator"])) == [
         "text_stats",
         "calculator",
@@ -633,7 +636,7 @@ async def test_on_subagent_error_timeout_becomes_timed_out() -> None:
 
 async def test_on_subagent_error_other_exception_becomes_failed() -> None:
     state = {"task": {"id": "t9", "description": "x"}, "dependency_outputs": {}}
-    out = await on_subagent_error(state, NodeError(SUBAGENT, KeyError("gone")), _rt())  # type: ignore[arg-type]
+    out = await on_subagent_error(state, NodeError(SUBAGENT, KeyError("gone")), _rt())
     assert out.goto == REDUCER
     [result] = out.update["results"]
     assert result.task_id == "t9" and result.status == "failed"

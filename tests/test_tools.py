@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -124,15 +125,27 @@ def test_evaluate_refuses(expression: str, message: str) -> None:
 
 
 def test_power_limit_bounds_the_result_not_just_each_exponent() -> None:
-    # Exposes a bug: each `**` checks only its own right operand, so nesting
-    # powers builds 2 ** 1_000_000 (and `((2**1000)**1000)**1000` a ~125 MB int).
+    # Checking each `**`'s own exponent is not enough: nested powers would build
+    # 2 ** 1_000_000 here (and `((2**1000)**1000)**1000` a ~125 MB int).
+    for expression in ("(2 ** 1000) ** 1000", "9 ** 999 * 9 ** 999 * 9 ** 999"):
+        with pytest.raises(ValueError):
+            evaluate(expression)
+
+
+def test_round_digits_are_bounded() -> None:
+    # `round(5, -n)` computes 10 ** n inside Python: n = 10**7 takes seconds and
+    # n = 10**9 hours, without any `**` large enough to trip the power limit.
     with pytest.raises(ValueError):
-        evaluate("(2 ** 1000) ** 1000")
+        evaluate("round(5, -100000)")
+    assert evaluate("round(1234.5678, -2)") == 1200
 
 
-@pytest.mark.parametrize("expression", ["10.0 ** 400", "exp(1000)", "max()", "sqrt(1, 2)"])
+@pytest.mark.parametrize(
+    "expression",
+    ["10.0 ** 400", "exp(1000)", "1e308 * 10", "max()", "sqrt(1, 2)", "(-8) ** 0.5"],
+)
 def test_evaluate_raises_only_value_error(expression: str) -> None:
-    # Exposes a bug: `evaluate` documents ValueError but leaks OverflowError/TypeError.
+    # Overflow, a wrong argument count or a complex result: still a ValueError, as documented.
     with pytest.raises(ValueError):
         evaluate(expression)
 
@@ -251,28 +264,34 @@ def test_default_registry_holds_the_builtins() -> None:
 def test_concurrent_register_and_resolve_never_raises() -> None:
     reg = default_registry()
     writers, per_writer, readers = 8, 25, 8
+    # Built up front: making a tool is slow and is not what this test is about.
+    batches = [[_named(f"w{w}_{i}") for i in range(per_writer)] for w in range(writers)]
     start = threading.Barrier(writers + readers)
     stop = threading.Event()
 
-    def write(w: int) -> None:
+    def write(batch: list[BaseTool]) -> None:
         start.wait()
-        for i in range(per_writer):
-            reg.register(_named(f"w{w}_{i}"))
+        for t in batch:
+            reg.register(t)
+            assert reg.resolve([t.name]) == [t]  # a writer sees its own tool at once
+            time.sleep(0)
 
     def read() -> int:
         start.wait()
-        seen = 0
+        seen = last = 0
         while not stop.is_set() or seen == 0:
-            everything = reg.resolve(None)
-            names = [t.name for t in everything]
+            names = [t.name for t in reg.resolve(None)]
             assert names == sorted(names)
+            assert len(names) >= last  # the registry only grows
+            last = len(names)
             assert reg.resolve(["calculator", "text_stats"])[0] is calculator
             seen += 1
+            time.sleep(0)
         return seen
 
     with ThreadPoolExecutor(max_workers=writers + readers) as pool:
         reads = [pool.submit(read) for _ in range(readers)]
-        writes = [pool.submit(write, w) for w in range(writers)]
+        writes = [pool.submit(write, batch) for batch in batches]
         for f in writes:
             f.result()
         stop.set()

@@ -30,7 +30,7 @@ _FUNCS: dict[str, Callable[..., float]] = {
     "log": math.log,
     "exp": math.exp,
     "abs": abs,
-    "round": round,
+    "round": lambda x, ndigits=0: _round(x, ndigits),
     "min": min,
     "max": max,
 }
@@ -38,6 +38,14 @@ _NAMES = {"pi": math.pi, "e": math.e}
 _MAX_EXPONENT = 1000
 _MAX_DIGITS = 1000
 _MAX_EXPRESSION = 500
+
+
+def _round(x: float, ndigits: float = 0) -> float:
+    # round(5, -10**9) builds 10 ** 10**9 inside Python: bound the digits first.
+    if not float(ndigits).is_integer() or abs(ndigits) > _MAX_DIGITS:
+        msg = f"round() takes a whole number of digits up to {_MAX_DIGITS}, got {ndigits}"
+        raise ValueError(msg)
+    return round(x, int(ndigits))
 
 
 def _check_power(base: float, exponent: float) -> None:
@@ -65,7 +73,11 @@ def _bounded(value: float) -> float:
 def _eval(node: ast.AST) -> float:
     if isinstance(node, ast.Expression):
         return _eval(node.body)
-    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+    if (
+        isinstance(node, ast.Constant)
+        and isinstance(node.value, int | float)
+        and not isinstance(node.value, bool)
+    ):
         return node.value
     if isinstance(node, ast.Name) and node.id in _NAMES:
         return _NAMES[node.id]
