@@ -17,6 +17,7 @@ from nodes.context import DEFAULT_MAX_CONCURRENCY, Policy, RunSettings
 from nodes.domain import ErrorInfo, Plan, RunMetrics, SubagentResult, Task
 from nodes.errors import PlanError, TaskFailedError
 from nodes.events import EVENT_KEY, is_event
+from nodes.models import aclose_models
 from nodes.state import OrchestratorInput
 
 EventHandler = Callable[[dict[str, Any]], None]
@@ -118,8 +119,19 @@ async def _stream(
 
 
 def run(request: str, **kwargs: Any) -> RunOutput:
-    """Run the orchestrator from synchronous code; see `arun` for the arguments."""
-    return asyncio.run(arun(request, **kwargs))
+    """Run the orchestrator from synchronous code; see `arun` for the arguments.
+
+    Each call has its own event loop; the model clients opened on it are closed
+    before it ends.
+    """
+
+    async def _run() -> RunOutput:
+        try:
+            return await arun(request, **kwargs)
+        finally:
+            await aclose_models()
+
+    return asyncio.run(_run())
 
 
 def as_tasks(tasks: Sequence[Task | str]) -> list[Task]:

@@ -15,6 +15,7 @@ from nodes.context import DEFAULT_MAX_CONCURRENCY, POLICIES, RunSettings
 from nodes.domain import ErrorInfo, RunMetrics
 from nodes.errors import FanfoldError, PlanError, TaskFailedError
 from nodes.events import EVENT_KEY
+from nodes.models import aclose_models
 
 DEMO_REQUEST = (
     "Compare asyncio, threads and processes for I/O-bound Python work; "
@@ -130,11 +131,18 @@ async def _main(args: argparse.Namespace) -> int:
     return code
 
 
+async def _main_closing(args: argparse.Namespace) -> int:
+    try:
+        return await _main(args)
+    finally:
+        await aclose_models()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     args = _parser().parse_args(argv)
     try:
-        return asyncio.run(_main(args))
+        return asyncio.run(_main_closing(args))
     except (PlanError, ValueError, TypeError) as exc:
         print(f"fanfold: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

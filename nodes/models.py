@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import math
 import os
+import threading
+import weakref
 
 from langchain_core.language_models import BaseChatModel
 
@@ -24,8 +26,9 @@ def load_chat_model(spec: str | BaseChatModel) -> BaseChatModel:
         honoured, so any OpenAI-compatible server works.
         `openai:<model>@<base_url>`: the same against that base URL.
 
-    One instance per spec and process, so every subagent of a run shares one
-    HTTP client (and its connection pool).
+    One instance per spec and event loop, so every subagent of a run shares one
+    HTTP client (and its connection pool), and no connection outlives the loop
+    it was opened on (a second `asyncio.run` in one process gets fresh clients).
 
     Raises:
         ValueError: the spec names no known provider or has bad options.
@@ -35,13 +38,49 @@ def load_chat_model(spec: str | BaseChatModel) -> BaseChatModel:
     if not isinstance(spec, str):
         msg = f"model must be a spec string or a chat model, got `{type(spec).__name__}`"
         raise TypeError(msg)
-    return _load_cached(
-        spec.strip(), os.environ.get("OPENAI_BASE_URL"), os.environ.get("OPENAI_API_KEY")
-    )
+    key = (spec.strip(), os.environ.get("OPENAI_BASE_URL"), os.environ.get("OPENAI_API_KEY"))
+    try:
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    with _LOCK:
+        cache = _SYNC_MODELS if loop is None else _LOOP_MODELS.setdefault(loop, {})
+        model = cache.get(key)
+        if model is None:
+            model = cache[key] = _build(*key)
+    return model
 
 
-@functools.lru_cache(maxsize=32)
-def _load_cached(spec: str, env_base_url: str | None, env_api_key: str | None) -> BaseChatModel:
+async def aclose_models() -> None:
+    """Close the HTTP clients of the models cached for the running event loop.
+
+    Call it before a loop you started ends (`graphs.run` and the CLI do), so no
+    pooled connection is left to be collected after its loop closed.
+    """
+    loop = asyncio.get_running_loop()
+    with _LOCK:
+        models = list(_LOOP_MODELS.pop(loop, {}).values())
+    for model in models:
+        client = getattr(model, "http_async_client", None)
+        if client is not None and hasattr(client, "aclose"):
+            await client.aclose()
+
+
+def clear_model_cache() -> None:
+    """Forget every cached model (tests; a changed environment)."""
+    with _LOCK:
+        _SYNC_MODELS.clear()
+        _LOOP_MODELS.clear()
+
+
+_LOCK = threading.Lock()
+_SYNC_MODELS: dict[tuple[str, str | None, str | None], BaseChatModel] = {}
+_LOOP_MODELS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[str, str | None, str | None], BaseChatModel]
+] = weakref.WeakKeyDictionary()
+
+
+def _build(spec: str, env_base_url: str | None, env_api_key: str | None) -> BaseChatModel:
     provider, _, rest = spec.partition(":")
     if provider == "demo":
         return DemoChatModel(**_demo_options(spec, rest))
@@ -61,8 +100,12 @@ def _load_cached(spec: str, env_base_url: str | None, env_api_key: str | None) -
                 "local OpenAI-compatible server)"
             )
             raise ValueError(msg)
+        import httpx
+
         return ChatOpenAI(
             model=model,
+            # Our own client, not langchain-openai's process-wide one per base URL.
+            http_async_client=httpx.AsyncClient(timeout=OPENAI_TIMEOUT_S),
             base_url=base,
             api_key=SecretStr(key),
             stream_usage=True,

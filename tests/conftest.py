@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from nodes.models import _load_cached
+from nodes.models import clear_model_cache
 
 
 def _is_loopback(address: Any) -> bool:
@@ -46,4 +46,4 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     yield
-    _load_cached.cache_clear()
+    clear_model_cache()

@@ -12,7 +12,7 @@ from langchain_openai import ChatOpenAI
 from openai import AsyncOpenAI
 from pydantic import SecretStr
 
-from graphs.api import arun, execute_tasks_parallel
+from graphs.api import arun, execute_tasks_parallel, run
 from graphs.orchestrator import compile_orchestrator
 from nodes.context import RunSettings
 from nodes.domain import SubagentResult, Task, Usage
@@ -574,3 +574,24 @@ async def test_message_streaming_still_counts_every_token(server: ScriptedOpenAI
     # The answer really came in pieces.
     assert values["answer"] == "Answer built from 2 results: t1 (ok), t2 (ok)."
     assert len(streamed) > 3
+
+
+def test_sync_run_twice_in_one_process_gets_fresh_clients() -> None:
+    # Each `run` has its own event loop: a client pooled on the first loop must not
+    # be reused on the second ("Event loop is closed"), nor left open after it.
+    srv = ScriptedOpenAI(latency_s=0.0).start()
+    try:
+        srv.plan = {
+            "tasks": [
+                {"id": "t1", "description": "one", "kind": "general", "tools": []},
+                {"id": "t2", "description": "two", "kind": "general", "tools": []},
+            ],
+            "rationale": "two",
+        }
+        srv.tasks = {"t1": TaskScript("first"), "t2": TaskScript("second")}
+        for _ in range(3):
+            out = run("x", settings=RunSettings(model=srv.spec(), max_concurrency=2))
+            assert [(r.task_id, r.status) for r in out.results] == [("t1", "ok"), ("t2", "ok")]
+        assert srv.errors == []
+    finally:
+        srv.stop()
