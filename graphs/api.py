@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal, cast
@@ -66,7 +67,9 @@ async def arun(
         TaskFailedError: a task failed under `fail_fast`; `results` holds every
             result that had finished, in plan order.
     """
-    settings = settings or RunSettings()
+    # A copy per run: the run's RunScope (limits, budgets, stop signal) is keyed by
+    # this object, so two runs never share one even when given the same settings.
+    settings = dataclasses.replace(settings) if settings is not None else RunSettings()
     graph = graph or _default_graph(True)
     run_config: RunnableConfig = {**(config or {}), **settings.as_config()}
     if config and "configurable" in config:
@@ -161,11 +164,13 @@ async def execute_tasks_parallel(
     task_timeout_s: float | None = None,
     policy: Policy = "settle",
     on_event: EventHandler | None = None,
+    settings: RunSettings | None = None,
 ) -> list[SubagentResult]:
     """Run given tasks through the orchestrator's own subagents, without a planner.
 
     Dependencies between Task objects are honoured. Returns one result per
-    task, in input order.
+    task, in input order. `settings` supplies every other run setting (budgets,
+    retries, rate limit...); the keyword arguments here override it.
 
     Raises:
         PlanError: the tasks do not form a valid DAG, or name unknown tools or kinds.
@@ -176,7 +181,8 @@ async def execute_tasks_parallel(
         plan = Plan(tasks=items, rationale="given tasks")
     except ValidationError as exc:
         raise PlanError([str(e["msg"]) for e in exc.errors()]) from exc
-    settings = RunSettings(
+    settings = dataclasses.replace(
+        settings or RunSettings(),
         model=model,
         tools=list(tools or []),
         max_concurrency=max_concurrency,

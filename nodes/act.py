@@ -8,10 +8,12 @@ from langchain_core.messages import AIMessage
 from langchain_core.tools import BaseTool
 from langgraph.runtime import Runtime
 
+from nodes.calls import CallStats, call_model
 from nodes.context import RunSettings, settings_of
-from nodes.domain import ErrorInfo, Task
-from nodes.errors import MaxStepsExceeded
+from nodes.domain import ErrorInfo, Task, Usage
+from nodes.errors import BudgetExceeded, MaxStepsExceeded, RunStopped
 from nodes.models import load_chat_model
+from nodes.scope import scope_of
 from nodes.state import SubagentState
 from nodes.usage import usage_of
 
@@ -25,30 +27,51 @@ def allowed_tools(task: Task, settings: RunSettings) -> list[BaseTool]:
     return settings.registry().resolve(names)
 
 
-async def act(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str, Any]:
-    """Call the model with the conversation so far and the task's tools."""
-    settings = settings_of(runtime.context)
-    steps = state.get("steps", 0)
+def _over_budget(steps: int, usage: Usage, settings: RunSettings) -> Exception | None:
     if steps >= settings.max_steps:
-        err = MaxStepsExceeded(
+        return MaxStepsExceeded(
             f"stopped after {steps} model calls (max_steps={settings.max_steps}) "
             "while the model still asked for tools"
         )
-        return {"error": ErrorInfo.of(err)}
+    limit = settings.max_task_tokens
+    if limit is not None and usage.total_tokens >= limit:
+        return BudgetExceeded(f"task token budget of {limit} spent ({usage.total_tokens} used)")
+    return None
+
+
+async def act(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str, Any]:
+    """Call the model with the conversation so far and the task's tools."""
+    if state.get("error") is not None:
+        return {}  # the tools step ended the task (the run stopped)
+    settings = settings_of(runtime.context)
+    steps = state.get("steps", 0)
+    usage = state.get("usage") or Usage()
+    stop = _over_budget(steps, usage, settings)
+    if stop is not None:
+        return {"error": ErrorInfo.of(stop)}
+    stats = CallStats()
     try:
         model = load_chat_model(settings.model)
         tools = allowed_tools(state["task"], settings)
         runnable = model.bind_tools(tools) if tools else model
-        reply = await runnable.ainvoke(state["messages"])
+        reply = await call_model(
+            runnable, state["messages"], settings=settings, scope=scope_of(settings), stats=stats
+        )
     except Exception as exc:  # noqa: BLE001 - every failure becomes the task's result
-        return {"error": ErrorInfo.of(exc), "steps": steps + 1}
+        return {
+            "error": ErrorInfo.of(exc),
+            "cancelled": isinstance(exc, RunStopped | BudgetExceeded),
+            "steps": steps + 1,
+            "retries": state.get("retries", 0) + stats.retries,
+        }
     if not isinstance(reply, AIMessage):  # pragma: no cover - chat models return AIMessage
         reply = AIMessage(content=str(reply))
     return {
         "messages": [reply],
         "steps": steps + 1,
-        "usage": state.get("usage") + usage_of(reply),
+        "usage": usage + usage_of(reply),
         "tool_calls": state.get("tool_calls", 0) + len(reply.tool_calls),
+        "retries": state.get("retries", 0) + stats.retries,
     }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 from typing import Any
 
 from langchain_core.messages import HumanMessage, SystemMessage
@@ -24,6 +26,9 @@ async def brief(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str
     system = kind.system_prompt if kind else settings.agent_kinds()["general"].system_prompt
     started = now()
     task_started(runtime.stream_writer, task, started)
+    if settings.start_jitter_s:
+        # Spread the first calls of a burst of subagents over a few milliseconds.
+        await asyncio.sleep(random.uniform(0, settings.start_jitter_s))
     return {
         "task": task,
         "messages": [
@@ -34,5 +39,7 @@ async def brief(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str
         "usage": Usage(),
         "steps": 0,
         "tool_calls": 0,
+        "retries": 0,
         "error": None,
+        "cancelled": False,
     }

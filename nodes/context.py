@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig
@@ -13,8 +14,29 @@ from pydantic import WithJsonSchema
 from nodes.kinds import BUILTIN_KINDS, AgentKind
 from tools import ToolRegistry, default_registry
 
-Policy = Literal["settle", "fail_fast"]
-POLICIES: tuple[Policy, ...] = ("settle", "fail_fast")
+Policy = str
+"""`settle`, `fail_fast` or `quorum:K` (K >= 1)."""
+POLICIES: tuple[str, ...] = ("settle", "fail_fast", "quorum:K")
+_QUORUM = re.compile(r"^quorum:([1-9][0-9]*)$")
+
+
+def quorum_of(policy: str) -> int | None:
+    """Return K for `quorum:K`, else `None`."""
+    match = _QUORUM.match(policy)
+    return int(match.group(1)) if match else None
+
+
+def check_policy(policy: str) -> str:
+    """Return the policy when it is valid.
+
+    Raises:
+        ValueError: naming the policy and the valid forms.
+    """
+    if policy in ("settle", "fail_fast") or quorum_of(policy) is not None:
+        return policy
+    msg = f"`policy` must be `settle`, `fail_fast` or `quorum:K` (K >= 1), got `{policy}`"
+    raise ValueError(msg)
+
 
 DEFAULT_MAX_CONCURRENCY = 8
 
@@ -37,7 +59,7 @@ KindList = Annotated[
 ]
 
 
-@dataclass
+@dataclass(eq=False)  # identity hash: a run's RunScope is keyed by its settings object
 class RunSettings:
     """Everything a run may set. It is the graphs' `context_schema`.
 
@@ -54,12 +76,31 @@ class RunSettings:
     """Most subagents running at once (applied through the run config)."""
     task_timeout_s: float | None = 120.0
     """Per-task timeout when a task sets none; `None` means no timeout."""
-    policy: Policy = "settle"
-    """`settle`: failures become results and the run goes on; `fail_fast`: the first stops it."""
+    policy: Annotated[
+        str,
+        WithJsonSchema({"type": "string", "pattern": "^(settle|fail_fast|quorum:[1-9][0-9]*)$"}),
+    ] = "settle"
+    """`settle`: failures become results, the run goes on; `fail_fast`: the first failure
+    stops the run; `quorum:K`: stop once K tasks succeeded, fail once K is out of reach."""
     max_tasks: int = 50
     """Largest plan accepted."""
     max_steps: int = 12
     """Most model calls one subagent may make before it is stopped."""
+    max_retries: int = 3
+    """Retries of one model call on a transient fault (429, 5xx, timeout, dropped or
+    malformed response); never on other errors."""
+    request_timeout_s: float | None = 60.0
+    """Timeout of one model request; a timed-out request counts as a transient fault."""
+    requests_per_second: float | None = None
+    """One shared limit on model requests per second for the whole run; `None`: none."""
+    start_jitter_s: float = 0.02
+    """Each subagent waits a random 0..start_jitter_s before its first call."""
+    max_total_tokens: int | None = None
+    """Token budget of the run; when spent, the run stops with `budget_exceeded`."""
+    max_wall_time_s: float | None = None
+    """Wall-time budget of the run; when spent, the run stops with `budget_exceeded`."""
+    max_task_tokens: int | None = None
+    """Token budget of each task; a task past it fails with `BudgetExceeded`."""
     tools: ToolList = field(default_factory=list)
     """Extra tools, added to the built-ins (same name: yours wins)."""
     kinds: KindList = field(default_factory=list)
@@ -69,8 +110,22 @@ class RunSettings:
         self.kinds = [
             k if isinstance(k, AgentKind) else AgentKind.model_validate(k) for k in self.kinds
         ]
-        if self.policy not in POLICIES:
-            msg = f"`policy` must be one of {POLICIES}, got `{self.policy}`"
+        check_policy(self.policy)
+        for name in ("max_total_tokens", "max_task_tokens"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                msg = f"`{name}` must be an int >= 1 or None, got `{value}`"
+                raise ValueError(msg)
+        for name in ("max_wall_time_s", "request_timeout_s", "requests_per_second"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                msg = f"`{name}` must be > 0 or None, got `{value}`"
+                raise ValueError(msg)
+        if self.max_retries < 0 or self.start_jitter_s < 0:
+            msg = (
+                f"`max_retries` and `start_jitter_s` must be >= 0, "
+                f"got {self.max_retries} and {self.start_jitter_s}"
+            )
             raise ValueError(msg)
         if not isinstance(self.max_concurrency, int) or self.max_concurrency < 1:
             msg = f"`max_concurrency` must be an int >= 1, got `{self.max_concurrency}`"
@@ -81,6 +136,24 @@ class RunSettings:
         if self.max_tasks < 1 or self.max_steps < 1:
             msg = f"`max_tasks`, `max_steps` must be >= 1: {self.max_tasks}, {self.max_steps}"
             raise ValueError(msg)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the settings that survive JSON: model specs (not instances), limits.
+
+        Tools and chat-model instances are Python objects and are left out; a
+        resumed run gets them from its caller again.
+        """
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("tools", "kinds"):
+                continue
+            if f.name in ("model", "planner_model") and not (
+                value is None or isinstance(value, str)
+            ):
+                continue
+            out[f.name] = value
+        return out
 
     def registry(self) -> ToolRegistry:
         """Return the tools this run may hand out."""
@@ -102,7 +175,9 @@ class RunSettings:
 def settings_of(context: RunSettings | dict[str, Any] | None) -> RunSettings:
     """Return run settings from a node's `runtime.context` (a dict when sent over HTTP)."""
     if context is None:
-        return RunSettings()
+        # One shared object, so a run started with no context (Studio's default)
+        # still has one RunScope for all its nodes.
+        return _DEFAULT_SETTINGS
     if isinstance(context, RunSettings):
         return context
     if isinstance(context, dict):
@@ -114,3 +189,6 @@ def settings_of(context: RunSettings | dict[str, Any] | None) -> RunSettings:
         return RunSettings(**context)
     msg = f"run context must be RunSettings or a dict, got `{type(context).__name__}`"
     raise TypeError(msg)
+
+
+_DEFAULT_SETTINGS = RunSettings()

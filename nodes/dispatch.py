@@ -9,6 +9,7 @@ from langgraph.types import Send
 
 from nodes.context import RunSettings, settings_of
 from nodes.domain import Plan, SubagentResult, Task
+from nodes.scope import scope_of
 from nodes.state import OrchestratorState, SubagentInput
 
 SUBAGENT = "subagent"
@@ -45,10 +46,13 @@ def make_send(task: Task, results: list[SubagentResult], settings: RunSettings) 
 def dispatch(state: OrchestratorState, runtime: Runtime[RunSettings]) -> list[Send] | str:
     """Fan the ready tasks out, one `Send` each, or return `done` when none is ready."""
     results = state.get("results", [])
+    settings = settings_of(runtime.context)
+    # The run scope learns the plan and what is done: quorum checks need both,
+    # and after a resume this is how a new process catches up.
+    scope_of(settings).sync(state["plan"], {r.task_id: r.status for r in results})
     ready = ready_tasks(state["plan"], results)
     if not ready:
         return DONE
-    settings = settings_of(runtime.context)
     return [make_send(t, results, settings) for t in ready]
 
 

@@ -219,6 +219,14 @@ class RunMetrics(BaseModel):
     speedup: float = 0.0
     tokens: Usage = Field(default_factory=Usage)
     rounds: int = 0
+    retries: int = 0
+    """Model calls retried after a transient fault, run-wide."""
+    faults: dict[str, int] = Field(default_factory=dict)
+    """Transient faults seen, by kind (`rate_limited` counts 429s)."""
+    effective_concurrency: list[tuple[float, int]] = Field(default_factory=list)
+    """(seconds since the run began, model-call limit) at each change of the adaptive limit."""
+    stop_reason: str | None = None
+    """Why the run stopped early (budget, quorum), if it did."""
 
 
 def peak_overlap(results: Iterable[SubagentResult]) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from nodes.domain import SubagentResult
@@ -41,11 +41,33 @@ class TaskFailedError(FanfoldError):
         why = f"{err.type}: {err.message}" if err else result.status
         super().__init__(f"task `{result.task_id}` {result.status} under fail_fast ({why})")
 
-    def __reduce__(
-        self,
-    ) -> tuple[type[TaskFailedError], tuple[SubagentResult, list[SubagentResult]]]:
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.result, self.results))
 
 
 class MaxStepsExceeded(FanfoldError):
     """A subagent kept calling tools past its step bound."""
+
+
+class BudgetExceeded(FanfoldError):
+    """A run or task budget (tokens, wall time) is spent; never retried."""
+
+
+class RunStopped(FanfoldError):
+    """The run stopped (budget, quorum met) while this task was still running."""
+
+
+class QuorumUnreachable(FanfoldError):
+    """Under `quorum:K`, too few tasks can still succeed to reach K.
+
+    Attributes:
+        results: every result finished before the run stopped, in task order
+            (filled in by the run API).
+    """
+
+    def __init__(self, message: str, results: list[SubagentResult] | None = None) -> None:
+        self.results: list[SubagentResult] = list(results or [])
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.results))

@@ -1,12 +1,15 @@
-"""Run metrics, computed from the results themselves."""
+"""Run metrics and run status, computed from the results (and the run scope)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime
 
+from nodes.context import RunSettings, quorum_of
 from nodes.domain import TASK_STATUSES, RunMetrics, SubagentResult, Usage, peak_overlap
 from nodes.events import now
+from nodes.policy import quorum_met
+from nodes.scope import RunScope
 
 
 def compute_metrics(
@@ -16,11 +19,13 @@ def compute_metrics(
     started_at: datetime | None,
     overhead: Usage | None,
     rounds: int,
+    scope: RunScope | None = None,
 ) -> RunMetrics:
-    """Return metrics: counts, measured peak concurrency, wall and task time, tokens."""
+    """Return metrics: counts, measured peak concurrency, wall and task time, tokens, faults."""
     counts = Counter(r.status for r in results)
     wall = (now() - started_at).total_seconds() if started_at else 0.0
     task_time = sum(r.duration_s for r in results)
+    extra = scope.snapshot() if scope is not None else {}
     return RunMetrics(
         tasks=tasks,
         counts={s: counts.get(s, 0) for s in TASK_STATUSES},
@@ -30,10 +35,26 @@ def compute_metrics(
         speedup=round(task_time / wall, 3) if wall > 0 else 0.0,
         tokens=Usage.total(r.usage for r in results) + (overhead or Usage()),
         rounds=rounds,
+        **extra,
     )
 
 
-def run_status(results: list[SubagentResult], tasks: int) -> str:
-    """Return `ok` when every task has an ok result, else `partial`."""
-    ok = sum(1 for r in results if r.status == "ok")
+def run_status(
+    results: list[SubagentResult],
+    tasks: int,
+    settings: RunSettings | None = None,
+    scope: RunScope | None = None,
+) -> str:
+    """Return `ok`, `partial` or `budget_exceeded`.
+
+    `ok`: every task ended ok, or a `quorum:K` run reached K; `budget_exceeded`: a
+    run budget stopped it; `partial`: anything else.
+    """
+    if scope is not None and scope.stop_kind == "budget":
+        return "budget_exceeded"
+    status = {r.task_id: r.status for r in results}
+    k = quorum_of(settings.policy) if settings is not None else None
+    if k is not None and quorum_met(status, k):
+        return "ok"
+    ok = sum(1 for s in status.values() if s == "ok")
     return "ok" if ok == tasks else "partial"

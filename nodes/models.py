@@ -13,7 +13,8 @@ from langchain_core.language_models import BaseChatModel
 from nodes.demo_model import DemoChatModel
 
 OPENAI_TIMEOUT_S = 60.0
-OPENAI_MAX_RETRIES = 2
+OPENAI_MAX_RETRIES = 0
+"""The client never retries: `nodes.calls.call_model` is the one retry layer."""
 
 
 def load_chat_model(spec: str | BaseChatModel) -> BaseChatModel:

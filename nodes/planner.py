@@ -10,12 +10,14 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langgraph.runtime import Runtime
 from pydantic import ValidationError
 
+from nodes.calls import call_model
 from nodes.context import RunSettings, settings_of
 from nodes.domain import Plan, Usage, validate_plan
 from nodes.errors import PlanError
 from nodes.events import now, plan_ready
 from nodes.models import load_chat_model
 from nodes.prompts import PLAN_REPAIR, PLANNER_SYSTEM
+from nodes.scope import scope_of
 from nodes.state import OrchestratorState
 from nodes.usage import usage_of
 
@@ -34,7 +36,13 @@ async def planner(state: OrchestratorState, runtime: Runtime[RunSettings]) -> di
         model = load_chat_model(settings.planner_model or settings.model)
         plan, usage = await make_plan(model, state["request"], settings)
     plan_ready(runtime.stream_writer, len(plan.tasks), len(plan.generations()))
-    return {"plan": plan, "started_at": started, "rounds": 0, "usage": usage}
+    return {
+        "plan": plan,
+        "started_at": started,
+        "rounds": 0,
+        "usage": usage,
+        "settings": settings.to_json(),
+    }
 
 
 def check_plan(plan: Plan, settings: RunSettings) -> Plan:
@@ -96,8 +104,9 @@ async def make_plan(
     usage = Usage()
     problems: list[str] = []
     raw_text = ""
+    scope = scope_of(settings)
     for _ in range(1 + REPAIR_ROUNDS):
-        out = await structured.ainvoke(messages)
+        out = await call_model(structured, messages, settings=settings, scope=scope)
         raw = out.get("raw")
         usage = usage + usage_of(raw)
         raw_text = _raw_text(raw)

@@ -7,10 +7,12 @@ from typing import Any
 from langchain_core.messages import AIMessage
 from langgraph.runtime import Runtime
 
-from nodes.context import RunSettings, settings_of
+from nodes.context import RunSettings, quorum_of, settings_of
 from nodes.domain import SubagentResult
-from nodes.errors import TaskFailedError
+from nodes.errors import QuorumUnreachable, TaskFailedError
 from nodes.events import now, task_finished
+from nodes.policy import can_still_succeed, quorum_met
+from nodes.scope import RunScope, scope_of
 from nodes.state import SubagentState
 
 
@@ -21,12 +23,18 @@ def build_result(state: SubagentState) -> SubagentResult:
     error = state.get("error")
     last = state["messages"][-1] if state.get("messages") else None
     output = last.text if isinstance(last, AIMessage) and error is None else ""
+    if error is None:
+        status = "ok"
+    elif state.get("cancelled"):
+        status = "cancelled"
+    else:
+        status = "failed"
     return SubagentResult(
         task_id=state["task"].id,
-        status="failed" if error is not None else "ok",
+        status=status,
         output=output,
         error=error,
-        attempts=1,
+        attempts=1 + state.get("retries", 0),
         started_at=started,
         ended_at=ended,
         duration_s=round((ended - started).total_seconds(), 6),
@@ -35,10 +43,35 @@ def build_result(state: SubagentState) -> SubagentResult:
     )
 
 
+def apply_policy(result: SubagentResult, settings: RunSettings, scope: RunScope) -> None:
+    """Record a finished task run-wide and act on the run's policy.
+
+    Raises:
+        TaskFailedError: under `fail_fast`, for a result that is not ok.
+        QuorumUnreachable: under `quorum:K`, once K successes are out of reach.
+    """
+    scope.status[result.task_id] = result.status
+    if result.status == "ok":
+        k = quorum_of(settings.policy)
+        if k is not None and quorum_met(scope.status, k):
+            scope.stop("quorum", f"quorum of {k} ok tasks reached")
+        return
+    if result.status == "cancelled":
+        return
+    if settings.policy == "fail_fast":
+        raise TaskFailedError(result)
+    k = quorum_of(settings.policy)
+    if k is not None and scope.plan is not None:
+        possible = can_still_succeed(scope.plan, scope.status)
+        if possible < k:
+            msg = f"quorum of {k} is out of reach: at most {possible} tasks can still end ok"
+            raise QuorumUnreachable(msg)
+
+
 async def report(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str, Any]:
-    """Write exactly one result; under `fail_fast` a failure stops the run instead."""
+    """Write exactly one result; the run's policy may stop the run instead."""
+    settings = settings_of(runtime.context)
     result = build_result(state)
     task_finished(runtime.stream_writer, result)
-    if result.status != "ok" and settings_of(runtime.context).policy == "fail_fast":
-        raise TaskFailedError(result)
+    apply_policy(result, settings, scope_of(settings))
     return {"results": [result]}

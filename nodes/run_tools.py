@@ -12,6 +12,9 @@ from pydantic import BaseModel, ValidationError
 
 from nodes.act import allowed_tools
 from nodes.context import RunSettings, settings_of
+from nodes.domain import ErrorInfo
+from nodes.errors import BudgetExceeded, RunStopped
+from nodes.scope import scope_of
 from nodes.state import SubagentState
 
 
@@ -48,5 +51,10 @@ async def run_tools(state: SubagentState, runtime: Runtime[RunSettings]) -> dict
     last = state["messages"][-1]
     calls = last.tool_calls if isinstance(last, AIMessage) else []
     tools = {t.name: t for t in allowed_tools(state["task"], settings)}
-    replies = await asyncio.gather(*(call_tool(c, tools) for c in calls))
+    try:
+        replies = await scope_of(settings).race(
+            asyncio.gather(*(call_tool(c, tools) for c in calls))
+        )
+    except (RunStopped, BudgetExceeded) as exc:
+        return {"error": ErrorInfo.of(exc), "cancelled": True}
     return {"messages": list(replies)}

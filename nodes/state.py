@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, NotRequired
+from typing import Annotated, Any, NotRequired
 
 from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
@@ -68,6 +68,8 @@ class OrchestratorState(TypedDict):
     """Tokens spent by the planner and the synthesizer (subagents' are in results)."""
     started_at: datetime
     """When the planner began: the start of wall time."""
+    settings: dict[str, Any]
+    """The run's settings as JSON (model specs, limits, policy), so a resume can reuse them."""
     rounds: int
     """Fan-out rounds dispatched so far."""
     metrics: RunMetrics
@@ -107,5 +109,9 @@ class SubagentState(SubagentInput, SubagentOutput):
     """Model calls made so far."""
     tool_calls: int
     """Tool calls requested so far."""
+    retries: int
+    """Model calls retried after transient faults so far."""
     error: ErrorInfo | None
     """Set when the subagent cannot go on."""
+    cancelled: bool
+    """The run stopped (budget, quorum) while this subagent ran."""

@@ -11,26 +11,19 @@ from langgraph.types import Command
 from nodes.context import RunSettings, settings_of
 from nodes.dispatch import REDUCER
 from nodes.domain import ErrorInfo, SubagentResult, Task
-from nodes.errors import TaskFailedError
+from nodes.errors import QuorumUnreachable, TaskFailedError
 from nodes.events import now, task_finished
+from nodes.report import apply_policy
+from nodes.scope import scope_of
 from nodes.state import SubagentInput
 
 
-async def on_subagent_error(
-    state: SubagentInput, error: NodeError, runtime: Runtime[RunSettings]
-) -> Command[str]:
-    """Turn the failure into the task's result (`settle`) or stop the run (`fail_fast`)."""
-    exc = error.error
-    if isinstance(exc, TaskFailedError):
-        # A new exception object: LangGraph marks the one it handed us as handled,
-        # and re-raising it would not stop the sibling tasks.
-        raise TaskFailedError(exc.result, exc.results) from exc
-    task = state["task"]
-    task_id = task.id if isinstance(task, Task) else str(task["id"])
+def failure_result(task_id: str, exc: BaseException) -> SubagentResult:
+    """Return the result of a subagent that raised or timed out."""
     ended = now()
     if isinstance(exc, NodeTimeoutError):
         elapsed = exc.elapsed
-        result = SubagentResult(
+        return SubagentResult(
             task_id=task_id,
             status="timed_out",
             error=ErrorInfo(
@@ -41,17 +34,35 @@ async def on_subagent_error(
             ended_at=ended,
             duration_s=round(elapsed, 6),
         )
-    else:
-        result = SubagentResult(
-            task_id=task_id,
-            status="failed",
-            error=ErrorInfo.of(exc),
-            started_at=ended,
-            ended_at=ended,
-        )
+    return SubagentResult(
+        task_id=task_id,
+        status="failed",
+        error=ErrorInfo.of(exc),
+        started_at=ended,
+        ended_at=ended,
+    )
+
+
+async def on_subagent_error(
+    state: SubagentInput, error: NodeError, runtime: Runtime[RunSettings]
+) -> Command[str]:
+    """Turn the failure into the task's result, or stop the run as its policy says."""
+    exc = error.error
+    # Raise new exception objects: LangGraph marks the one it handed us as handled,
+    # and re-raising that one would not stop the sibling tasks.
+    if isinstance(exc, TaskFailedError):
+        raise TaskFailedError(exc.result, exc.results) from exc
+    if isinstance(exc, QuorumUnreachable):
+        raise QuorumUnreachable(str(exc), exc.results) from exc
+    task = state["task"]
+    task_id = task.id if isinstance(task, Task) else str(task["id"])
+    result = failure_result(task_id, exc)
     task_finished(runtime.stream_writer, result)
-    if settings_of(runtime.context).policy == "fail_fast":
-        raise TaskFailedError(result) from exc
+    settings = settings_of(runtime.context)
+    try:
+        apply_policy(result, settings, scope_of(settings))
+    except (TaskFailedError, QuorumUnreachable) as stop:
+        raise stop from exc
     # The handler is a node of its own: without `goto`, a superstep in which every
     # subagent failed would never reach the reducer.
     return Command(update={"results": [result]}, goto=REDUCER)

@@ -7,36 +7,48 @@ from typing import Any
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
+from nodes.calls import call_model
 from nodes.context import RunSettings, settings_of
 from nodes.domain import Usage
-from nodes.metrics import compute_metrics
+from nodes.errors import BudgetExceeded
+from nodes.metrics import compute_metrics, run_status
 from nodes.models import load_chat_model
 from nodes.prompts import SYNTHESIZE_SYSTEM, synthesis_prompt
+from nodes.scope import scope_of
 from nodes.state import OrchestratorState
 from nodes.usage import usage_of
 
 
 async def synthesize(state: OrchestratorState, runtime: Runtime[RunSettings]) -> dict[str, Any]:
-    """Write the final answer from every result, in plan order."""
+    """Write the final answer from every result, in plan order (not when a budget ran out)."""
     settings = settings_of(runtime.context)
-    model = load_chat_model(settings.planner_model or settings.model)
+    scope = scope_of(settings)
     results = state.get("results", [])
-    reply = await model.ainvoke(
-        [
-            SystemMessage(SYNTHESIZE_SYSTEM),
-            HumanMessage(synthesis_prompt(state["request"], results)),
-        ]
-    )
-    usage = usage_of(reply)
     plan = state["plan"]
+    usage = Usage()
+    if scope.stop_kind == "budget":
+        answer = ""  # the budget is spent: no further model call
+    else:
+        model = load_chat_model(settings.planner_model or settings.model)
+        prompt = synthesis_prompt(state["request"], results)
+        messages = [SystemMessage(SYNTHESIZE_SYSTEM), HumanMessage(prompt)]
+        try:
+            reply = await call_model(model, messages, settings=settings, scope=scope)
+        except BudgetExceeded:
+            answer = ""  # the wall-time budget ran out between the reducer and here
+        else:
+            usage = usage_of(reply)
+            answer = reply.text
     return {
-        "answer": reply.text,
+        "answer": answer,
         "usage": usage,
+        "status": run_status(results, len(plan.tasks), settings, scope),
         "metrics": compute_metrics(
             results,
             tasks=len(plan.tasks),
             started_at=state.get("started_at"),
             overhead=(state.get("usage") or Usage()) + usage,
             rounds=state.get("rounds", 0),
+            scope=scope,
         ),
     }

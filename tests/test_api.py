@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from langchain_core.tools import tool
 
-from graphs import PlanError, Task, TaskFailedError, execute_task, execute_tasks_parallel
+from graphs import (
+    PlanError,
+    RunSettings,
+    Task,
+    TaskFailedError,
+    execute_task,
+    execute_tasks_parallel,
+)
 from tests.fakes import TaskScript, TaskScriptedModel
 
 
@@ -13,7 +20,10 @@ async def test_strings_become_tasks_and_results_come_back_in_input_order() -> No
     scripts = {f"t{i}": TaskScript(latency=0.05 - 0.01 * i) for i in range(1, 5)}
     model = TaskScriptedModel(scripts=scripts)
     results = await execute_tasks_parallel(
-        ["first", "second", "third", "fourth"], model=model, max_concurrency=4
+        ["first", "second", "third", "fourth"],
+        model=model,
+        max_concurrency=4,
+        settings=RunSettings(start_jitter_s=0),
     )
     assert [r.task_id for r in results] == ["t1", "t2", "t3", "t4"]
     assert all(r.status == "ok" for r in results)

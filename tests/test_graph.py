@@ -23,7 +23,7 @@ async def test_twenty_tasks_at_concurrency_four() -> None:
     events: list[dict[str, Any]] = []
     out = await arun(
         "do twenty things",
-        settings=RunSettings(model=model, max_concurrency=4),
+        settings=RunSettings(model=model, max_concurrency=4, start_jitter_s=0),
         on_event=events.append,
     )
     ids = [t["id"] for t in plan["tasks"]]
@@ -65,7 +65,9 @@ async def test_results_follow_plan_order_not_completion_order() -> None:
     model = TaskScriptedModel(scripts=scripts, plan=plan)
     events: list[dict[str, Any]] = []
     out = await arun(
-        "x", settings=RunSettings(model=model, max_concurrency=6), on_event=events.append
+        "x",
+        settings=RunSettings(model=model, max_concurrency=6, start_jitter_s=0),
+        on_event=events.append,
     )
     finished = [e["task_id"] for e in events if e["fanfold"] == "task_finished"]
     assert finished == [f"t{i}" for i in range(6, 0, -1)]
@@ -154,7 +156,7 @@ async def test_max_concurrency_from_the_compiled_default_and_run_config() -> Non
     scripts = {f"c{i}": TaskScript(latency=0.03) for i in range(8)}
     model = TaskScriptedModel(scripts=scripts, plan=plan)
     graph = compile_orchestrator(max_concurrency=2)
-    settings = RunSettings(model=model)
+    settings = RunSettings(model=model, start_jitter_s=0)
     # Straight through LangGraph: the compiled default applies.
     out = await graph.ainvoke({"request": "x"}, context=settings)
     assert model.recorder.peak == 2

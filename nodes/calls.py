@@ -1,0 +1,75 @@
+"""Every model call of a run goes through `call_model`: the one retry layer.
+
+Order of the gates: the run's stop signal and budgets, the shared
+requests-per-second limit, the adaptive concurrency limit, then the request
+with its own timeout. Transient faults (see `nodes.faults`) are retried with
+exponential backoff and jitter, honouring Retry-After; anything else is raised
+at once. ChatOpenAI's own client retries are off (`max_retries=0` in
+`nodes.models`), so retries are never stacked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import Runnable
+
+from nodes.context import RunSettings
+from nodes.errors import FanfoldError
+from nodes.faults import backoff_s, classify, retry_after_s
+from nodes.scope import RunScope
+from nodes.usage import usage_of
+
+
+@dataclass
+class CallStats:
+    """What happened across one caller's model calls."""
+
+    retries: int = 0
+
+
+async def call_model(
+    runnable: Runnable[Any, Any],
+    messages: Sequence[BaseMessage],
+    *,
+    settings: RunSettings,
+    scope: RunScope,
+    stats: CallStats | None = None,
+) -> Any:
+    """Call a chat model (or a structured-output runnable) under the run's limits.
+
+    Raises:
+        RunStopped: the run stopped (budget, quorum) before or during the call.
+        BudgetExceeded: the run's budget is spent.
+        Exception: a non-transient error, or a transient one after `max_retries`.
+    """
+    stats = stats if stats is not None else CallStats()
+    retries = 0
+    while True:
+        if scope.rate is not None:
+            await scope.race(scope.rate.aacquire())
+        try:
+            async with scope.limit:
+                request = runnable.ainvoke(list(messages))
+                if settings.request_timeout_s is not None:
+                    request = asyncio.wait_for(request, settings.request_timeout_s)
+                reply = await scope.race(request)
+        except FanfoldError:
+            raise
+        except Exception as exc:
+            kind = classify(exc)
+            if kind is None or retries >= settings.max_retries:
+                raise
+            scope.record_fault(kind)
+            retries += 1
+            stats.retries += 1
+            await scope.race(asyncio.sleep(backoff_s(retries, retry_after_s(exc))))
+            continue
+        await scope.limit.on_success()
+        message = reply.get("raw") if isinstance(reply, dict) else reply
+        scope.add_tokens(usage_of(message).total_tokens)
+        return reply

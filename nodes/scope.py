@@ -1,0 +1,230 @@
+"""What one run shares across all its subagents, in process: limits, budgets, a stop signal.
+
+LangGraph enforces `max_concurrency` per graph level and knows nothing of
+requests per second, 429s or budgets. A `RunScope` is Fanfold's run-wide layer
+for those. It lives beside the run's `RunSettings` object (one per run: LangGraph
+builds a fresh one from a dict context for each run, and `arun` copies yours),
+never in the checkpointed state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import weakref
+from collections import Counter
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from langchain_core.rate_limiters import InMemoryRateLimiter
+
+from nodes.errors import BudgetExceeded, FanfoldError, RunStopped
+from nodes.faults import FaultKind
+
+if TYPE_CHECKING:
+    from nodes.context import RunSettings
+    from nodes.domain import Plan
+
+T = TypeVar("T")
+
+SUCCESS_WINDOW = 10
+"""Successful model calls after which the adaptive limit grows by one."""
+
+
+class AdaptiveLimit:
+    """A concurrency limit for model calls that halves on 429s and grows back slowly.
+
+    Additive increase, multiplicative decrease: each throttle halves the limit (not
+    below 1); each `window` successes in a row add one, never above `ceiling`.
+    """
+
+    def __init__(self, ceiling: int, *, window: int = SUCCESS_WINDOW) -> None:
+        self.ceiling = ceiling
+        self.window = window
+        self.limit = ceiling
+        self.in_use = 0
+        self.successes = 0
+        self.t0 = time.monotonic()
+        self.timeline: list[tuple[float, int]] = [(0.0, ceiling)]
+        self._cond: asyncio.Condition | None = None
+
+    def _condition(self) -> asyncio.Condition:
+        if self._cond is None:
+            self._cond = asyncio.Condition()
+        return self._cond
+
+    async def __aenter__(self) -> AdaptiveLimit:
+        cond = self._condition()
+        async with cond:
+            await cond.wait_for(lambda: self.in_use < self.limit)
+            self.in_use += 1
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        cond = self._condition()
+        async with cond:
+            self.in_use -= 1
+            cond.notify_all()
+
+    def _record(self) -> None:
+        self.timeline.append((round(time.monotonic() - self.t0, 4), self.limit))
+
+    def on_throttle(self) -> None:
+        """Halve the limit after a 429."""
+        self.successes = 0
+        new = max(1, self.limit // 2)
+        if new != self.limit:
+            self.limit = new
+            self._record()
+
+    async def on_success(self) -> None:
+        """Count a success; grow the limit by one after a window of them."""
+        self.successes += 1
+        if self.successes >= self.window and self.limit < self.ceiling:
+            self.successes = 0
+            self.limit += 1
+            self._record()
+            cond = self._condition()
+            async with cond:
+                cond.notify_all()
+
+
+class RunScope:
+    """Run-wide limits, budgets, fault counts and the stop signal of one run."""
+
+    def __init__(self, settings: RunSettings) -> None:
+        self.settings = settings
+        self.t0 = time.monotonic()
+        rps = settings.requests_per_second
+        self.rate: InMemoryRateLimiter | None = (
+            InMemoryRateLimiter(
+                requests_per_second=rps,
+                check_every_n_seconds=min(0.05, 0.5 / rps),
+                max_bucket_size=max(1.0, rps / 10),
+            )
+            if rps
+            else None
+        )
+        self.limit = AdaptiveLimit(settings.max_concurrency)
+        self.tokens = 0
+        self.faults: Counter[str] = Counter()
+        self.retries = 0
+        self.deadline = self.t0 + settings.max_wall_time_s if settings.max_wall_time_s else None
+        self.plan: Plan | None = None
+        self.status: dict[str, str] = {}
+        """Live task statuses (what state knows plus what just finished)."""
+        self.stop_reason: str | None = None
+        self.stop_kind: str | None = None
+        self._stopped: asyncio.Event | None = None
+
+    # --- the stop signal -------------------------------------------------------------
+
+    @property
+    def stopped(self) -> bool:
+        """Tell whether the run was told to stop dispatching and end its tasks."""
+        return self.stop_reason is not None
+
+    def stop(self, kind: str, reason: str) -> None:
+        """Stop the run: no more dispatch; running tasks end at their next call."""
+        if self.stop_reason is None:
+            self.stop_kind, self.stop_reason = kind, reason
+            if self._stopped is not None:
+                self._stopped.set()
+
+    def check(self) -> None:
+        """Raise `RunStopped` (or `BudgetExceeded`) when the run must not go on."""
+        limits = self.settings
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.stop("budget", f"wall time budget of {limits.max_wall_time_s:g}s spent")
+        if limits.max_total_tokens is not None and self.tokens >= limits.max_total_tokens:
+            self.stop(
+                "budget", f"token budget of {limits.max_total_tokens} spent ({self.tokens} used)"
+            )
+        if self.stop_reason is not None:
+            if self.stop_kind == "budget":
+                raise BudgetExceeded(self.stop_reason)
+            raise RunStopped(self.stop_reason)
+
+    @property
+    def needs_race(self) -> bool:
+        """Tell whether calls must race the stop signal (some budget or policy can stop)."""
+        s = self.settings
+        return bool(s.max_total_tokens or s.max_wall_time_s or s.policy.startswith("quorum"))
+
+    async def race(self, aw: Awaitable[T]) -> T:
+        """Await `aw` unless the run stops first; then cancel it and raise."""
+        try:
+            self.check()
+        except FanfoldError:
+            if asyncio.iscoroutine(aw):
+                aw.close()  # never started: close it, or Python warns it was never awaited
+            raise
+        if not self.needs_race:
+            return await aw
+        if self._stopped is None:
+            self._stopped = asyncio.Event()
+            if self.stop_reason is not None:
+                self._stopped.set()
+        work = asyncio.ensure_future(aw)
+        stop = asyncio.ensure_future(self._stopped.wait())
+        timeout = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+        try:
+            done, _ = await asyncio.wait(
+                {work, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        except asyncio.CancelledError:
+            work.cancel()
+            stop.cancel()
+            raise
+        stop.cancel()
+        if work in done:
+            return work.result()
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await work
+        self.check()
+        raise RunStopped(self.stop_reason or "stopped")  # pragma: no cover - check raised
+
+    # --- ledger ----------------------------------------------------------------------
+
+    def add_tokens(self, n: int) -> None:
+        """Count tokens spent by any model call of the run."""
+        self.tokens += n
+
+    def seed_tokens(self, n: int) -> None:
+        """Start the count from what a resumed run had already spent."""
+        self.tokens = max(self.tokens, n)
+
+    def sync(self, plan: Plan, status: dict[str, str]) -> None:
+        """Learn the plan and the statuses the state holds (after a resume, too)."""
+        self.plan = plan
+        for tid, st in status.items():
+            self.status.setdefault(tid, st)
+
+    def record_fault(self, kind: FaultKind) -> None:
+        """Count a transient fault and the retry it causes."""
+        self.faults[kind] += 1
+        self.retries += 1
+        if kind == "rate_limited":
+            self.limit.on_throttle()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return the run-wide counts for RunMetrics."""
+        return {
+            "faults": dict(sorted(self.faults.items())),
+            "retries": self.retries,
+            "effective_concurrency": list(self.limit.timeline),
+            "stop_reason": self.stop_reason,
+        }
+
+
+_SCOPES: weakref.WeakKeyDictionary[RunSettings, RunScope] = weakref.WeakKeyDictionary()
+
+
+def scope_of(settings: RunSettings) -> RunScope:
+    """Return the run scope that belongs to this settings object (made on first use)."""
+    scope = _SCOPES.get(settings)
+    if scope is None:
+        scope = _SCOPES[settings] = RunScope(settings)
+    return scope
