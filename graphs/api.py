@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, ValidationError
 from graphs.orchestrator import Orchestrator, compile_orchestrator
 from nodes.context import DEFAULT_MAX_CONCURRENCY, Policy, RunSettings
 from nodes.domain import ErrorInfo, Plan, RunMetrics, SubagentResult, Task
-from nodes.errors import PlanError, TaskFailedError
+from nodes.errors import PlanError, QuorumUnreachable, TaskFailedError
 from nodes.events import EVENT_KEY, is_event
 from nodes.models import aclose_models
 from nodes.state import OrchestratorInput
@@ -24,7 +24,7 @@ from nodes.state import OrchestratorInput
 EventHandler = Callable[[dict[str, Any]], None]
 """Called with every Fanfold progress event (a dict), as it happens."""
 
-RunStatus = Literal["ok", "partial", "failed"]
+RunStatus = Literal["ok", "partial", "failed", "budget_exceeded"]
 
 
 class RunOutput(BaseModel):
@@ -82,7 +82,7 @@ async def arun(
 
 async def _stream(
     graph: Orchestrator,
-    inputs: dict[str, Any],
+    inputs: dict[str, Any] | None,
     settings: RunSettings,
     config: RunnableConfig,
     on_event: EventHandler | None,
@@ -91,11 +91,16 @@ async def _stream(
     finished: dict[str, SubagentResult] = {}
     try:
         stream: AsyncIterator[Any] = graph.astream(
-            cast(OrchestratorInput, inputs),
+            cast(OrchestratorInput | None, inputs),
             config,
             context=settings,
             stream_mode=["custom", "values"],
             subgraphs=True,
+            # Default durability ("async"): a finished task's write is saved in the
+            # background as it finishes. "sync" would be stricter, but langgraph
+            # 1.2.24 fails subgraphs compiled with checkpointer=False under it
+            # (AttributeError: '_put_checkpoint_fut'), and that is our default
+            # checkpoint granularity.
         )
         async for namespace, mode, chunk in stream:
             if mode == "values" and not namespace:
@@ -106,12 +111,17 @@ async def _stream(
                     finished[event["task_id"]] = SubagentResult.model_validate(event["result"])
                 if on_event is not None:
                     on_event(event)
-    except TaskFailedError as exc:
+    except (TaskFailedError, QuorumUnreachable) as exc:
         plan = values.get("plan")
         order = plan.order() if isinstance(plan, Plan) else {}
-        finished[exc.result.task_id] = exc.result
+        if isinstance(exc, TaskFailedError):
+            finished[exc.result.task_id] = exc.result
         exc.results = sorted(finished.values(), key=lambda r: order.get(r.task_id, len(order)))
         raise
+    return _output(values)
+
+
+def _output(values: dict[str, Any]) -> RunOutput:
     return RunOutput(
         answer=values.get("answer", ""),
         status=values.get("status", "ok"),
@@ -119,6 +129,38 @@ async def _stream(
         results=values.get("results", []),
         metrics=values.get("metrics") or RunMetrics(),
     )
+
+
+async def aresume(
+    thread_id: str,
+    *,
+    graph: Orchestrator,
+    settings: RunSettings | None = None,
+    on_event: EventHandler | None = None,
+) -> RunOutput:
+    """Continue a checkpointed run: only tasks without a saved result run again.
+
+    Args:
+        thread_id: the run's thread id.
+        graph: the orchestrator compiled with the same checkpointer.
+        settings: run settings; by default the ones the run saved (model specs,
+            limits, policy). Tools and model instances are not saved: pass them.
+        on_event: called with each progress event.
+
+    Raises:
+        KeyError: no run is saved under `thread_id`.
+    """
+    config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
+    snapshot = await graph.aget_state(config)
+    if not snapshot.values:
+        msg = f"no checkpointed run with thread id `{thread_id}`"
+        raise KeyError(msg)
+    if settings is None:
+        settings = RunSettings(**snapshot.values.get("settings", {}))
+    run_config: RunnableConfig = {**settings.as_config(), "configurable": {"thread_id": thread_id}}
+    if not snapshot.next:
+        return _output(snapshot.values)
+    return await _stream(graph, None, dataclasses.replace(settings), run_config, on_event)
 
 
 def run(request: str, **kwargs: Any) -> RunOutput:

@@ -7,13 +7,18 @@ import asyncio
 import json
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from graphs.api import RunOutput, arun
-from nodes.context import DEFAULT_MAX_CONCURRENCY, POLICIES, RunSettings
+from langchain_core.runnables import RunnableConfig
+
+from graphs.api import RunOutput, aresume, arun
+from graphs.checkpoint import open_checkpointer
+from graphs.orchestrator import Orchestrator, compile_orchestrator
+from nodes.context import DEFAULT_MAX_CONCURRENCY, RunSettings, check_policy
 from nodes.domain import ErrorInfo, RunMetrics
-from nodes.errors import FanfoldError, PlanError, TaskFailedError
+from nodes.errors import FanfoldError, PlanError, QuorumUnreachable, TaskFailedError
 from nodes.events import EVENT_KEY
 from nodes.models import aclose_models
 
@@ -53,6 +58,39 @@ class Progress:
         print(f"[{t:7.2f}s] {line}", file=self.stream, flush=True)
 
 
+def _policy(text: str) -> str:
+    try:
+        return check_policy(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_run_options(p: argparse.ArgumentParser, *, model: str | None) -> None:
+    p.add_argument("--model", default=model, help=f"model spec (default: {model or 'saved'})")
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=None,
+        help=f"most subagents at once (default: {DEFAULT_MAX_CONCURRENCY})",
+    )
+    p.add_argument("--task-timeout", type=float, default=None, help="seconds per task")
+    p.add_argument(
+        "--policy",
+        type=_policy,
+        default=None,
+        help="settle (default) | fail_fast | quorum:K",
+    )
+    p.add_argument("--max-retries", type=int, default=None, help="retries per model call")
+    p.add_argument("--rps", type=float, default=None, help="model requests per second, run-wide")
+    p.add_argument("--max-tokens", type=int, default=None, help="token budget of the run")
+    p.add_argument("--max-wall-time", type=float, default=None, help="seconds budget of the run")
+    p.add_argument("--max-task-tokens", type=int, default=None, help="token budget of each task")
+    p.add_argument(
+        "--checkpoint", default=None, help="SQLite file or postgresql:// URL to checkpoint to"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fanfold", description="Run many LLM subagents in parallel on LangGraph."
@@ -61,28 +99,35 @@ def _parser() -> argparse.ArgumentParser:
     run_p = sub.add_parser("run", help="plan a request, run its tasks in parallel, answer")
     run_p.add_argument("request", help="what to do, in words")
     demo_p = sub.add_parser("demo", help="run a built-in request on the offline demo model")
+    resume_p = sub.add_parser("resume", help="continue a checkpointed run")
+    resume_p.add_argument("thread_id", help="the run's thread id")
     for p, model in ((run_p, "demo"), (demo_p, DEMO_MODEL)):
-        p.add_argument("--model", default=model, help=f"model spec (default: {model})")
-        p.add_argument(
-            "--max-concurrency",
-            type=int,
-            default=DEFAULT_MAX_CONCURRENCY,
-            help=f"most subagents at once (default: {DEFAULT_MAX_CONCURRENCY})",
-        )
-        p.add_argument("--task-timeout", type=float, default=None, help="seconds per task")
-        p.add_argument("--policy", choices=POLICIES, default="settle", help="on a task failure")
-        p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+        _add_run_options(p, model=model)
+        p.add_argument("--thread-id", default=None, help="thread id of a checkpointed run")
+    _add_run_options(resume_p, model=None)
     return parser
 
 
-def _settings(args: argparse.Namespace) -> RunSettings:
-    kwargs: dict[str, Any] = {
-        "model": args.model,
-        "max_concurrency": args.max_concurrency,
-        "policy": args.policy,
-    }
-    if args.task_timeout is not None:
-        kwargs["task_timeout_s"] = args.task_timeout
+_SETTING_FLAGS = {
+    "model": "model",
+    "max_concurrency": "max_concurrency",
+    "task_timeout": "task_timeout_s",
+    "policy": "policy",
+    "max_retries": "max_retries",
+    "rps": "requests_per_second",
+    "max_tokens": "max_total_tokens",
+    "max_wall_time": "max_wall_time_s",
+    "max_task_tokens": "max_task_tokens",
+}
+
+
+def _settings(args: argparse.Namespace, base: dict[str, Any] | None = None) -> RunSettings:
+    """Return settings from `base` (a saved run's) with every flag given on top."""
+    kwargs = dict(base or {})
+    for flag, field_name in _SETTING_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            kwargs[field_name] = value
     return RunSettings(**kwargs)
 
 
@@ -106,16 +151,38 @@ def _print_human(out: RunOutput, stream: TextIO) -> None:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    request = args.request if args.command == "run" else DEMO_REQUEST
-    if isinstance(settings.model, str) and settings.model.startswith("demo"):
-        print(
-            f"model: {settings.model} (offline demo model, not an LLM)", file=sys.stderr, flush=True
-        )
+    if args.command == "resume" and not args.checkpoint:
+        raise ValueError("`fanfold resume` needs --checkpoint (the run's SQLite file or URL)")
+    if args.checkpoint:
+        async with open_checkpointer(args.checkpoint) as saver:
+            graph = compile_orchestrator(checkpointer=saver)
+            return await _execute(args, graph)
+    return await _execute(args, None)
+
+
+async def _execute(args: argparse.Namespace, graph: Orchestrator | None) -> int:
+    progress = Progress(sys.stderr)
     try:
-        out = await arun(request, settings=settings, on_event=Progress(sys.stderr))
+        if args.command == "resume":
+            assert graph is not None
+            saved = await graph.aget_state({"configurable": {"thread_id": args.thread_id}})
+            settings = _settings(args, saved.values.get("settings") if saved.values else None)
+            _announce(settings, args.thread_id)
+            out = await aresume(args.thread_id, graph=graph, settings=settings, on_event=progress)
+        else:
+            settings = _settings(args)
+            request = args.request if args.command == "run" else DEMO_REQUEST
+            config: RunnableConfig = {}
+            thread_id = args.thread_id
+            if graph is not None:
+                thread_id = thread_id or uuid.uuid4().hex
+                config = {"configurable": {"thread_id": thread_id}}
+            _announce(settings, thread_id)
+            out = await arun(
+                request, settings=settings, graph=graph, config=config, on_event=progress
+            )
         code = EXIT_OK
-    except TaskFailedError as exc:
+    except (TaskFailedError, QuorumUnreachable) as exc:
         out = RunOutput(
             status="failed",
             results=exc.results,
@@ -131,6 +198,15 @@ async def _main(args: argparse.Namespace) -> int:
     return code
 
 
+def _announce(settings: RunSettings, thread_id: str | None) -> None:
+    if isinstance(settings.model, str) and settings.model.startswith("demo"):
+        print(
+            f"model: {settings.model} (offline demo model, not an LLM)", file=sys.stderr, flush=True
+        )
+    if thread_id is not None:
+        print(f"thread: {thread_id}", file=sys.stderr, flush=True)
+
+
 async def _main_closing(args: argparse.Namespace) -> int:
     try:
         return await _main(args)
@@ -143,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return asyncio.run(_main_closing(args))
-    except (PlanError, ValueError, TypeError) as exc:
+    except (PlanError, ValueError, TypeError, KeyError) as exc:
         print(f"fanfold: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except FanfoldError as exc:  # pragma: no cover - every subclass is handled above

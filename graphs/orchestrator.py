@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -18,19 +18,26 @@ from nodes.state import OrchestratorInput, OrchestratorOutput, OrchestratorState
 from nodes.subagent_error import on_subagent_error
 from nodes.synthesize import synthesize
 
+Granularity = Literal["task", "step"]
+
 Orchestrator = CompiledStateGraph[
     OrchestratorState, RunSettings, OrchestratorInput, OrchestratorOutput
 ]
 
 
 def build_orchestrator(
-    *, synthesize_answer: bool = True
+    *, synthesize_answer: bool = True, checkpoint_granularity: Granularity = "task"
 ) -> StateGraph[OrchestratorState, RunSettings, OrchestratorInput, OrchestratorOutput]:
     """Wire planner -> dispatch =Send=> subagent -> reducer -> (dispatch | synthesize).
 
     Args:
         synthesize_answer: end with one model call that writes the answer; without
             it the run ends at the reducer (as `execute_tasks_parallel` does).
+        checkpoint_granularity: with a checkpointer, `task` saves each subagent's
+            result when it finishes (a resumed run restarts unfinished subagents from
+            their first step); `step` also checkpoints every step inside each
+            subagent (a resumed subagent goes on mid-conversation, at ~7
+            checkpoints per ReAct subagent).
     """
     builder = StateGraph(
         OrchestratorState,
@@ -40,7 +47,8 @@ def build_orchestrator(
     )
     routes = dispatch_path_map("synthesize" if synthesize_answer else END)
     builder.add_node("planner", planner)
-    builder.add_node(SUBAGENT, compile_subagent(), error_handler=on_subagent_error)
+    subagent = compile_subagent(checkpointer=None if checkpoint_granularity == "step" else False)
+    builder.add_node(SUBAGENT, subagent, error_handler=on_subagent_error)
     builder.add_node(REDUCER, reducer)
     builder.add_edge(START, "planner")
     builder.add_conditional_edges("planner", dispatch, routes)
@@ -56,6 +64,7 @@ def compile_orchestrator(
     *,
     synthesize_answer: bool = True,
     checkpointer: Checkpointer = None,
+    checkpoint_granularity: Granularity = "task",
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     name: str = "orchestrator",
     **compile_kwargs: Any,
@@ -64,7 +73,13 @@ def compile_orchestrator(
 
     A run config's own top-level `max_concurrency` still wins.
     """
-    compiled = build_orchestrator(synthesize_answer=synthesize_answer).compile(
+    if checkpoint_granularity not in ("task", "step"):
+        msg = f"`checkpoint_granularity` must be `task` or `step`, got `{checkpoint_granularity}`"
+        raise ValueError(msg)
+    builder = build_orchestrator(
+        synthesize_answer=synthesize_answer, checkpoint_granularity=checkpoint_granularity
+    )
+    compiled = builder.compile(
         checkpointer=allow_fanfold_types(checkpointer), name=name, **compile_kwargs
     )
     return compiled.with_config(max_concurrency=max_concurrency)

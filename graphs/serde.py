@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
-from langgraph.types import Checkpointer
 
 from nodes.domain import ErrorInfo, Plan, RunMetrics, SubagentResult, Task, Usage
 from nodes.kinds import AgentKind
@@ -21,9 +20,27 @@ FANFOLD_TYPES: tuple[type[Any], ...] = (
 )
 
 
-def allow_fanfold_types(checkpointer: Checkpointer) -> Checkpointer:
-    """Add Fanfold's models to a checkpointer's msgpack allowlist, in place."""
+C = TypeVar("C")
+
+
+def allow_fanfold_types(checkpointer: C) -> C:
+    """Let a checkpointer restore Fanfold's models without a warning per value, in place.
+
+    LangGraph's default serializer allows every type but logs a warning for each
+    one not on an allowlist ("Deserializing unregistered type ..."), and will
+    block them in a future version. A default serializer is replaced by one whose
+    allowlist is exactly Fanfold's models (LangGraph's safe types, messages
+    included, are always allowed); an explicit allowlist is extended.
+    """
     serde = getattr(checkpointer, "serde", None)
-    if isinstance(serde, JsonPlusSerializer):
-        checkpointer.serde = serde.with_msgpack_allowlist(FANFOLD_TYPES)  # type: ignore[union-attr]
+    if type(serde) is not JsonPlusSerializer:
+        return checkpointer  # a custom or encrypting serializer: the owner decides
+    # `_allowed_msgpack_modules is True` is the permissive default (warn on each type).
+    if getattr(serde, "_allowed_msgpack_modules", None) is True:
+        replacement = JsonPlusSerializer(
+            pickle_fallback=serde.pickle_fallback, allowed_msgpack_modules=FANFOLD_TYPES
+        )
+    else:
+        replacement = serde.with_msgpack_allowlist(FANFOLD_TYPES)
+    setattr(checkpointer, "serde", replacement)  # noqa: B010
     return checkpointer

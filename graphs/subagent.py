@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Checkpointer
 
 from nodes.act import act, after_act
 from nodes.brief import brief
@@ -33,11 +34,16 @@ def build_subagent() -> StateGraph[SubagentState, RunSettings, SubagentInput, Su
     return builder
 
 
-def compile_subagent() -> CompiledStateGraph[
-    SubagentState, RunSettings, SubagentInput, SubagentOutput
-]:
-    """Return the compiled subagent, as the orchestrator embeds it."""
-    return build_subagent().compile(name="subagent")
+Subagent = CompiledStateGraph[SubagentState, RunSettings, SubagentInput, SubagentOutput]
+
+
+def compile_subagent(checkpointer: Checkpointer = None) -> Subagent:
+    """Return the compiled subagent, as the orchestrator embeds it.
+
+    `checkpointer=None` inherits the parent's checkpointer (a checkpoint per step);
+    `False` keeps the subagent out of checkpoints (only its result is saved).
+    """
+    return build_subagent().compile(name="subagent", checkpointer=checkpointer)
 
 
 graph = compile_subagent()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from nodes.prompts import INPUTS_HEADER, REQUEST_HEADER, RESULTS_HEADER
 
 DEMO_LABEL = "[demo model]"
 DEFAULT_DEMO_LATENCY_S = 0.05
+MAX_DEMO_PARTS = 40
 
 _ARITH = re.compile(r"\d+(?:\.\d+)?(?:\s*[-+*/x×^]\s*\(?\d+(?:\.\d+)?\)?)+")
 _SPLIT = re.compile(r";|,|\band\b|\bversus\b|\bvs\.?(?=\s)", re.IGNORECASE)
@@ -54,7 +56,7 @@ def _tool_names(tools: Sequence[dict[str, Any]] | None) -> list[str]:
 def demo_plan(request: str) -> dict[str, Any]:
     """Return the plan the demo model writes for a request, as plain data."""
     parts = [p.strip(" .?!:") for p in _SPLIT.split(request)]
-    parts = [p for p in parts if len(p) > 2][:6] or [request.strip() or "the request"]
+    parts = [p for p in parts if len(p) > 2][:MAX_DEMO_PARTS] or [request.strip() or "the request"]
     tasks: list[dict[str, Any]] = []
     for i, part in enumerate(parts, start=1):
         arithmetic = bool(_ARITH.search(part))
@@ -98,6 +100,8 @@ class DemoChatModel(BaseChatModel):
 
     latency: float = DEFAULT_DEMO_LATENCY_S
     """Seconds each call takes, so the parallelism is visible."""
+    log: str | None = None
+    """A file to append one JSON line to per call (`{"who": ..., "pid": ...}`), to count calls."""
 
     @property
     def _llm_type(self) -> str:
@@ -138,12 +142,23 @@ class DemoChatModel(BaseChatModel):
         self, messages: list[BaseMessage], tools: Sequence[dict[str, Any]] | None
     ) -> ChatResult:
         message = self._respond(messages, _tool_names(tools))
+        if self.log:
+            self._log(messages, tools)
         prompt = sum(_tokens(_text(m)) for m in messages)
         out = _tokens(_text(message) + json.dumps(message.tool_calls))
         message.usage_metadata = UsageMetadata(
             input_tokens=prompt, output_tokens=out, total_tokens=prompt + out
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _log(self, messages: list[BaseMessage], tools: Sequence[dict[str, Any]] | None) -> None:
+        first_user = next((_text(m) for m in messages if isinstance(m, HumanMessage)), "")
+        task = _TASK.search(first_user)
+        names = _tool_names(tools)
+        who = task.group(1) if task else ("planner" if "Plan" in names else "synthesizer")
+        line = json.dumps({"who": who, "pid": os.getpid(), "t": time.time()})
+        with open(str(self.log), "a", encoding="utf-8") as fh:  # noqa: ASYNC230 - one short line
+            fh.write(line + "\n")
 
     def _respond(self, messages: list[BaseMessage], tools: list[str]) -> AIMessage:
         first_user = next((_text(m) for m in messages if isinstance(m, HumanMessage)), "")

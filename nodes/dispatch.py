@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
@@ -43,8 +44,18 @@ def make_send(task: Task, results: list[SubagentResult], settings: RunSettings) 
     return Send(SUBAGENT, payload, timeout=timeout)
 
 
-def dispatch(state: OrchestratorState, runtime: Runtime[RunSettings]) -> list[Send] | str:
-    """Fan the ready tasks out, one `Send` each, or return `done` when none is ready."""
+def dispatch(
+    state: OrchestratorState, config: RunnableConfig, runtime: Runtime[RunSettings]
+) -> list[Send] | str:
+    """Fan ready tasks out, one `Send` each, at most `max_concurrency` per step; or `done`.
+
+    Why a window: LangGraph gates everything it submits in a step behind one
+    `max_concurrency` semaphore, the checkpoint writes of finished tasks included.
+    With more Sends than slots, a finished task's write waits behind every queued
+    task, so a crash mid-step loses finished work (measured: none of 24 finished
+    subagents of a 30-wide step had been saved). At most one Send per slot keeps
+    each write immediate; the reducer dispatches the next window.
+    """
     results = state.get("results", [])
     settings = settings_of(runtime.context)
     # The run scope learns the plan and what is done: quorum checks need both,
@@ -53,6 +64,8 @@ def dispatch(state: OrchestratorState, runtime: Runtime[RunSettings]) -> list[Se
     ready = ready_tasks(state["plan"], results)
     if not ready:
         return DONE
+    window = config.get("max_concurrency") or settings.max_concurrency
+    ready = ready[:window]
     return [make_send(t, results, settings) for t in ready]
 
 

@@ -7,6 +7,7 @@ import math
 import os
 import threading
 import weakref
+from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
@@ -117,19 +118,26 @@ def _build(spec: str, env_base_url: str | None, env_api_key: str | None) -> Base
     raise ValueError(msg)
 
 
-def _demo_options(spec: str, rest: str) -> dict[str, float]:
-    options: dict[str, float] = {}
+def _demo_options(spec: str, rest: str) -> dict[str, Any]:
+    options: dict[str, Any] = {}
     for part in filter(None, rest.split(",")):
         key, _, value = part.partition("=")
+        if key == "log":
+            if not value:
+                msg = f"demo model option `log` needs a file path, in `{spec}`"
+                raise ValueError(msg)
+            options["log"] = value
+            continue
         if key != "latency":
-            msg = f"unknown demo model option `{key}` in `{spec}`; known: latency"
+            msg = f"unknown demo model option `{key}` in `{spec}`; known: latency, log"
             raise ValueError(msg)
         try:
-            options["latency"] = float(value)
+            latency = float(value)
         except ValueError:
             msg = f"demo model latency must be a number of seconds, got `{value}` in `{spec}`"
             raise ValueError(msg) from None
-        if not math.isfinite(options["latency"]) or options["latency"] < 0:
+        if not math.isfinite(latency) or latency < 0:
             msg = f"demo model latency must be a finite number >= 0, got `{value}`"
             raise ValueError(msg)
+        options["latency"] = latency
     return options
