@@ -7,22 +7,32 @@ given tasks without a planner.
 
 from graphs.api import (
     RunOutput,
+    aresume,
     arun,
     execute_task,
     execute_tasks_parallel,
     run,
 )
+from graphs.checkpoint import open_checkpointer
 from graphs.orchestrator import build_orchestrator, compile_orchestrator
 from graphs.subagent import build_subagent, compile_subagent
 from nodes.context import RunSettings
 from nodes.domain import Plan, RunMetrics, SubagentResult, Task, Usage
-from nodes.errors import FanfoldError, PlanError, TaskFailedError
+from nodes.errors import (
+    BudgetExceeded,
+    FanfoldError,
+    PlanError,
+    QuorumUnreachable,
+    TaskFailedError,
+)
 from nodes.models import load_chat_model
 
 __all__ = [
+    "BudgetExceeded",
     "FanfoldError",
     "Plan",
     "PlanError",
+    "QuorumUnreachable",
     "RunMetrics",
     "RunOutput",
     "RunSettings",
@@ -30,6 +40,7 @@ __all__ = [
     "Task",
     "TaskFailedError",
     "Usage",
+    "aresume",
     "arun",
     "build_orchestrator",
     "build_subagent",
@@ -38,5 +49,6 @@ __all__ = [
     "execute_task",
     "execute_tasks_parallel",
     "load_chat_model",
+    "open_checkpointer",
     "run",
 ]
