@@ -39,11 +39,15 @@ async def call_model(
     settings: RunSettings,
     scope: RunScope,
     stats: CallStats | None = None,
+    interruptible: bool = True,
 ) -> Any:
     """Call a chat model (or a structured-output runnable) under the run's limits.
 
+    `interruptible=False`: a stopped run (quorum met) does not stop this call; a spent
+    budget still does.
+
     Raises:
-        RunStopped: the run stopped (budget, quorum) before or during the call.
+        RunStopped: the run stopped (quorum met) before or during the call.
         BudgetExceeded: the run's budget is spent.
         Exception: a non-transient error, or a transient one after `max_retries`.
     """
@@ -51,13 +55,13 @@ async def call_model(
     retries = 0
     while True:
         if scope.rate is not None:
-            await scope.race(scope.rate.aacquire())
+            await scope.race(scope.rate.aacquire(), include_stop=interruptible)
         try:
             async with scope.limit:
                 request = runnable.ainvoke(list(messages))
                 if settings.request_timeout_s is not None:
                     request = asyncio.wait_for(request, settings.request_timeout_s)
-                reply = await scope.race(request)
+                reply = await scope.race(request, include_stop=interruptible)
         except FanfoldError:
             raise
         except Exception as exc:
@@ -67,7 +71,9 @@ async def call_model(
             scope.record_fault(kind)
             retries += 1
             stats.retries += 1
-            await scope.race(asyncio.sleep(backoff_s(retries, retry_after_s(exc))))
+            await scope.race(
+                asyncio.sleep(backoff_s(retries, retry_after_s(exc))), include_stop=interruptible
+            )
             continue
         await scope.limit.on_success()
         message = reply.get("raw") if isinstance(reply, dict) else reply

@@ -44,7 +44,7 @@ def make_send(task: Task, results: list[SubagentResult], settings: RunSettings) 
     return Send(SUBAGENT, payload, timeout=timeout)
 
 
-def dispatch(
+async def dispatch(
     state: OrchestratorState, config: RunnableConfig, runtime: Runtime[RunSettings]
 ) -> list[Send] | str:
     """Fan ready tasks out, one `Send` each, at most `max_concurrency` per step; or `done`.

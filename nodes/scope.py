@@ -37,6 +37,7 @@ class AdaptiveLimit:
 
     Additive increase, multiplicative decrease: each throttle halves the limit (not
     below 1); each `window` successes in a row add one, never above `ceiling`.
+    Release never awaits, so a holder cancelled mid-release cannot leak its slot.
     """
 
     def __init__(self, ceiling: int, *, window: int = SUCCESS_WINDOW) -> None:
@@ -47,25 +48,32 @@ class AdaptiveLimit:
         self.successes = 0
         self.t0 = time.monotonic()
         self.timeline: list[tuple[float, int]] = [(0.0, ceiling)]
-        self._cond: asyncio.Condition | None = None
-
-    def _condition(self) -> asyncio.Condition:
-        if self._cond is None:
-            self._cond = asyncio.Condition()
-        return self._cond
+        self._waiters: list[asyncio.Future[None]] = []
 
     async def __aenter__(self) -> AdaptiveLimit:
-        cond = self._condition()
-        async with cond:
-            await cond.wait_for(lambda: self.in_use < self.limit)
-            self.in_use += 1
+        while self.in_use >= self.limit:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        self.in_use += 1
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        cond = self._condition()
-        async with cond:
-            self.in_use -= 1
-            cond.notify_all()
+        self.in_use -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        free = self.limit - self.in_use
+        for waiter in list(self._waiters):
+            if free <= 0:
+                break
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
 
     def _record(self) -> None:
         self.timeline.append((round(time.monotonic() - self.t0, 4), self.limit))
@@ -85,9 +93,7 @@ class AdaptiveLimit:
             self.successes = 0
             self.limit += 1
             self._record()
-            cond = self._condition()
-            async with cond:
-                cond.notify_all()
+            self._wake()
 
 
 class RunScope:
@@ -95,6 +101,7 @@ class RunScope:
 
     def __init__(self, settings: RunSettings) -> None:
         self.settings = settings
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.t0 = time.monotonic()
         rps = settings.requests_per_second
         self.rate: InMemoryRateLimiter | None = (
@@ -132,8 +139,12 @@ class RunScope:
             if self._stopped is not None:
                 self._stopped.set()
 
-    def check(self) -> None:
-        """Raise `RunStopped` (or `BudgetExceeded`) when the run must not go on."""
+    def check(self, *, include_stop: bool = True) -> None:
+        """Raise when the run must not go on.
+
+        `BudgetExceeded` when a run budget is spent; `RunStopped` when the run was
+        stopped (a quorum met) and `include_stop` is true.
+        """
         limits = self.settings
         if self.deadline is not None and time.monotonic() >= self.deadline:
             self.stop("budget", f"wall time budget of {limits.max_wall_time_s:g}s spent")
@@ -144,7 +155,8 @@ class RunScope:
         if self.stop_reason is not None:
             if self.stop_kind == "budget":
                 raise BudgetExceeded(self.stop_reason)
-            raise RunStopped(self.stop_reason)
+            if include_stop:
+                raise RunStopped(self.stop_reason)
 
     @property
     def needs_race(self) -> bool:
@@ -152,10 +164,14 @@ class RunScope:
         s = self.settings
         return bool(s.max_total_tokens or s.max_wall_time_s or s.policy.startswith("quorum"))
 
-    async def race(self, aw: Awaitable[T]) -> T:
-        """Await `aw` unless the run stops first; then cancel it and raise."""
+    async def race(self, aw: Awaitable[T], *, include_stop: bool = True) -> T:
+        """Await `aw` unless the run stops first; then cancel it and raise.
+
+        With `include_stop=False` only a spent budget interrupts (the synthesizer
+        still writes the answer of a run whose quorum was met).
+        """
         try:
-            self.check()
+            self.check(include_stop=include_stop)
         except FanfoldError:
             if asyncio.iscoroutine(aw):
                 aw.close()  # never started: close it, or Python warns it was never awaited
@@ -180,11 +196,13 @@ class RunScope:
         stop.cancel()
         if work in done:
             return work.result()
-        work.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await work
-        self.check()
-        raise RunStopped(self.stop_reason or "stopped")  # pragma: no cover - check raised
+        if not done or include_stop or self.stop_kind == "budget":
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await work
+            self.check()
+            raise RunStopped(self.stop_reason or "stopped")  # pragma: no cover - check raised
+        return await work  # stopped by a quorum, and this call does not stop for it
 
     # --- ledger ----------------------------------------------------------------------
 
@@ -223,8 +241,18 @@ _SCOPES: weakref.WeakKeyDictionary[RunSettings, RunScope] = weakref.WeakKeyDicti
 
 
 def scope_of(settings: RunSettings) -> RunScope:
-    """Return the run scope that belongs to this settings object (made on first use)."""
+    """Return the run scope that belongs to this settings object (made on first use).
+
+    A scope serves one event loop: the same settings used from another loop (two
+    `asyncio.run` calls) get a fresh scope.
+    """
+    try:
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
     scope = _SCOPES.get(settings)
-    if scope is None:
+    if scope is None or (loop is not None and scope.loop not in (None, loop)):
         scope = _SCOPES[settings] = RunScope(settings)
+    if scope.loop is None:
+        scope.loop = loop
     return scope

@@ -33,7 +33,9 @@ async def synthesize(state: OrchestratorState, runtime: Runtime[RunSettings]) ->
         prompt = synthesis_prompt(state["request"], results)
         messages = [SystemMessage(SYNTHESIZE_SYSTEM), HumanMessage(prompt)]
         try:
-            reply = await call_model(model, messages, settings=settings, scope=scope)
+            reply = await call_model(
+                model, messages, settings=settings, scope=scope, interruptible=False
+            )
         except BudgetExceeded:
             answer = ""  # the wall-time budget ran out between the reducer and here
         else:

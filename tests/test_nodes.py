@@ -247,9 +247,9 @@ def test_ready_tasks() -> None:
     assert [t.id for t in ready_tasks(plan, [_failed("t1"), _ok("t3")])] == []
 
 
-def test_dispatch_sends_ready_tasks_with_their_inputs_and_timeouts() -> None:
+async def test_dispatch_sends_ready_tasks_with_their_inputs_and_timeouts() -> None:
     state = {"plan": DISPATCH_PLAN, "results": [_ok("t1", "one"), _ok("t3", "three")]}
-    sends = dispatch(state, {}, _rt(task_timeout_s=30))
+    sends = await dispatch(state, {}, _rt(task_timeout_s=30))
     assert isinstance(sends, list) and all(isinstance(s, Send) for s in sends)
     assert [s.node for s in sends] == [SUBAGENT, SUBAGENT]
     t2, t4 = sends
@@ -259,8 +259,8 @@ def test_dispatch_sends_ready_tasks_with_their_inputs_and_timeouts() -> None:
     assert t2.timeout is not None and t2.timeout.run_timeout == 30
 
 
-def test_dispatch_uses_the_task_timeout_over_the_run_timeout() -> None:
-    sends = dispatch({"plan": DISPATCH_PLAN, "results": []}, {}, _rt(task_timeout_s=30))
+async def test_dispatch_uses_the_task_timeout_over_the_run_timeout() -> None:
+    sends = await dispatch({"plan": DISPATCH_PLAN, "results": []}, {}, _rt(task_timeout_s=30))
     assert isinstance(sends, list)
     t1, t3 = sends
     assert t1.arg["task"].id == "t1" and t1.arg["dependency_outputs"] == {}
@@ -268,17 +268,17 @@ def test_dispatch_uses_the_task_timeout_over_the_run_timeout() -> None:
     assert t3.timeout is not None and t3.timeout.run_timeout == 5
 
 
-def test_dispatch_without_any_timeout() -> None:
-    [t1, t3] = dispatch({"plan": DISPATCH_PLAN}, {}, _rt(task_timeout_s=None))
+async def test_dispatch_without_any_timeout() -> None:
+    [t1, t3] = await dispatch({"plan": DISPATCH_PLAN}, {}, _rt(task_timeout_s=None))
     assert t1.timeout is None
     assert t3.timeout is not None and t3.timeout.run_timeout == 5
 
 
-def test_dispatch_goes_to_done_when_nothing_is_ready() -> None:
+async def test_dispatch_goes_to_done_when_nothing_is_ready() -> None:
     everything = [_ok(t.id) for t in DISPATCH_PLAN.tasks]
-    assert dispatch({"plan": DISPATCH_PLAN, "results": everything}, {}, _rt()) == DONE
+    assert await dispatch({"plan": DISPATCH_PLAN, "results": everything}, {}, _rt()) == DONE
     blocked = [_failed("t1"), _ok("t3")]
-    assert dispatch({"plan": DISPATCH_PLAN, "results": blocked}, {}, _rt()) == DONE
+    assert await dispatch({"plan": DISPATCH_PLAN, "results": blocked}, {}, _rt()) == DONE
 
 
 def test_dispatch_path_map_sends_done_to_its_target() -> None:
