@@ -15,6 +15,7 @@ from nodes.errors import BudgetExceeded, MaxStepsExceeded, RunStopped
 from nodes.models import load_chat_model
 from nodes.scope import scope_of
 from nodes.state import SubagentState
+from nodes.tracing import subagent_config
 from nodes.usage import usage_of
 
 
@@ -54,8 +55,16 @@ async def act(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str, 
         model = load_chat_model(settings.model)
         tools = allowed_tools(state["task"], settings)
         runnable = model.bind_tools(tools) if tools else model
+        config = subagent_config(
+            state["task"], round_=state.get("round", 1), depth=state.get("depth", 1)
+        )
         reply = await call_model(
-            runnable, state["messages"], settings=settings, scope=scope_of(settings), stats=stats
+            runnable,
+            state["messages"],
+            settings=settings,
+            scope=scope_of(settings),
+            stats=stats,
+            config=config,
         )
     except Exception as exc:  # noqa: BLE001 - every failure becomes the task's result
         return {

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import BaseMessage
-from langchain_core.runnables import Runnable
+from langchain_core.runnables import Runnable, RunnableConfig
 
 from nodes.context import RunSettings
 from nodes.errors import FanfoldError
@@ -40,6 +40,7 @@ async def call_model(
     scope: RunScope,
     stats: CallStats | None = None,
     interruptible: bool = True,
+    config: RunnableConfig | None = None,
 ) -> Any:
     """Call a chat model (or a structured-output runnable) under the run's limits.
 
@@ -58,7 +59,7 @@ async def call_model(
             await scope.race(scope.rate.aacquire(), include_stop=interruptible)
         try:
             async with scope.limit:
-                request = runnable.ainvoke(list(messages))
+                request = runnable.ainvoke(list(messages), config)
                 if settings.request_timeout_s is not None:
                     request = asyncio.wait_for(request, settings.request_timeout_s)
                 reply = await scope.race(request, include_stop=interruptible)

@@ -33,12 +33,16 @@ def ready_tasks(plan: Plan, results: list[SubagentResult]) -> list[Task]:
     ]
 
 
-def make_send(task: Task, results: list[SubagentResult], settings: RunSettings) -> Send:
+def make_send(
+    task: Task, results: list[SubagentResult], settings: RunSettings, *, round_: int = 1
+) -> Send:
     """Return the `Send` that runs one task, with its dependencies' outputs and timeout."""
     by_id = {r.task_id: r for r in results}
     payload: SubagentInput = {
         "task": task,
         "dependency_outputs": {d: by_id[d].output for d in task.depends_on},
+        "round": round_,
+        "depth": 1,
     }
     timeout = task.timeout_s if task.timeout_s is not None else settings.task_timeout_s
     return Send(SUBAGENT, payload, timeout=timeout)
@@ -66,7 +70,8 @@ async def dispatch(
         return DONE
     window = config.get("max_concurrency") or settings.max_concurrency
     ready = ready[:window]
-    return [make_send(t, results, settings) for t in ready]
+    round_ = state.get("rounds", 0) + 1
+    return [make_send(t, results, settings, round_=round_) for t in ready]
 
 
 def dispatch_path_map(done_target: str) -> dict[Hashable, str]:

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from langchain_core.messages import AIMessage, ToolCall, ToolMessage
+from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, ValidationError
@@ -16,9 +17,12 @@ from nodes.domain import ErrorInfo
 from nodes.errors import BudgetExceeded, RunStopped
 from nodes.scope import scope_of
 from nodes.state import SubagentState
+from nodes.tracing import subagent_config
 
 
-async def call_tool(call: ToolCall, tools: dict[str, BaseTool]) -> ToolMessage:
+async def call_tool(
+    call: ToolCall, tools: dict[str, BaseTool], config: RunnableConfig | None = None
+) -> ToolMessage:
     """Run one tool call; any failure becomes an error message the model can act on."""
     call_id = call.get("id") or ""
     name = call["name"]
@@ -38,7 +42,7 @@ async def call_tool(call: ToolCall, tools: dict[str, BaseTool]) -> ToolMessage:
         content = f"Error: bad arguments for `{name}`: {problems}. Fix them and call again."
         return ToolMessage(content, tool_call_id=call_id, name=name, status="error")
     try:
-        output = await tool.ainvoke(args)
+        output = await tool.ainvoke(args, config)
     except Exception as exc:  # noqa: BLE001 - the model decides what to do next
         content = f"Error: `{name}` failed: {type(exc).__name__}: {exc}"
         return ToolMessage(content, tool_call_id=call_id, name=name, status="error")
@@ -51,9 +55,13 @@ async def run_tools(state: SubagentState, runtime: Runtime[RunSettings]) -> dict
     last = state["messages"][-1]
     calls = last.tool_calls if isinstance(last, AIMessage) else []
     tools = {t.name: t for t in allowed_tools(state["task"], settings)}
+    config = subagent_config(
+        state["task"], round_=state.get("round", 1), depth=state.get("depth", 1)
+    )
+    config.pop("run_name")  # a tool run keeps its tool's name; tags and metadata say whose
     try:
         replies = await scope_of(settings).race(
-            asyncio.gather(*(call_tool(c, tools) for c in calls))
+            asyncio.gather(*(call_tool(c, tools, config) for c in calls))
         )
     except (RunStopped, BudgetExceeded) as exc:
         return {"error": ErrorInfo.of(exc), "cancelled": True}

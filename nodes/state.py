@@ -87,6 +87,10 @@ class SubagentInput(TypedDict):
     """The task to do."""
     dependency_outputs: dict[str, str]
     """Outputs of the tasks this one depends on, by task id."""
+    round: NotRequired[int]
+    """The dispatch round (1 = first window) that started this task."""
+    depth: NotRequired[int]
+    """Nesting depth: 1 for the orchestrator's own subagents."""
 
 
 class SubagentOutput(TypedDict):
