@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import inspect
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal, cast
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.types import Command
 from pydantic import BaseModel, Field, ValidationError
 
 from graphs.orchestrator import Orchestrator, compile_orchestrator
@@ -24,7 +28,7 @@ from nodes.state import OrchestratorInput
 EventHandler = Callable[[dict[str, Any]], None]
 """Called with every Fanfold progress event (a dict), as it happens."""
 
-RunStatus = Literal["ok", "partial", "failed", "budget_exceeded"]
+RunStatus = Literal["ok", "partial", "failed", "budget_exceeded", "rejected", "awaiting_approval"]
 
 
 class RunOutput(BaseModel):
@@ -38,9 +42,18 @@ class RunOutput(BaseModel):
     error: ErrorInfo | None = None
 
 
+ApprovalHandler = Callable[[Plan], Any]
+"""Called with the plan when `approve_plan` is set; returns (or awaits to) a decision:
+`"accept"`, `"reject"`, `{"action": "reject", "reason": ...}`,
+`{"action": "edit", "tasks": [...]}` or a `Plan`."""
+
+
 @functools.cache
-def _default_graph(synthesize_answer: bool) -> Orchestrator:
-    return compile_orchestrator(synthesize_answer=synthesize_answer)
+def _default_graph(synthesize_answer: bool, memory: bool = False) -> Orchestrator:
+    # `memory`: an in-memory checkpointer, which an interrupt (plan approval) needs.
+    return compile_orchestrator(
+        synthesize_answer=synthesize_answer, checkpointer=InMemorySaver() if memory else None
+    )
 
 
 async def arun(
@@ -51,6 +64,7 @@ async def arun(
     graph: Orchestrator | None = None,
     on_event: EventHandler | None = None,
     config: RunnableConfig | None = None,
+    on_approval: ApprovalHandler | None = None,
 ) -> RunOutput:
     """Run the orchestrator on a request and return its output.
 
@@ -61,28 +75,56 @@ async def arun(
         graph: a compiled orchestrator (e.g. one with a checkpointer).
         on_event: called with each progress event while the run goes on.
         config: extra run config (e.g. `{"configurable": {"thread_id": ...}}`).
+        on_approval: with `settings.approve_plan`, decides on the plan (see
+            `ApprovalHandler`); required then.
 
     Raises:
-        PlanError: no valid plan.
+        ValueError: `approve_plan` without `on_approval`.
+        PlanError: no valid plan (or an edited plan still invalid after 3 tries).
         TaskFailedError: a task failed under `fail_fast`; `results` holds every
             result that had finished, in plan order.
     """
     # A copy per run: the run's RunScope (limits, budgets, stop signal) is keyed by
     # this object, so two runs never share one even when given the same settings.
     settings = dataclasses.replace(settings) if settings is not None else RunSettings()
-    graph = graph or _default_graph(True)
+    if settings.approve_plan and on_approval is None:
+        msg = "`approve_plan=True` needs `on_approval=` (or run the graph and resume it yourself)"
+        raise ValueError(msg)
+    if graph is None:
+        graph = _default_graph(True, memory=settings.approve_plan)
     run_config: RunnableConfig = {**(config or {}), **settings.as_config()}
-    if config and "configurable" in config:
-        run_config["configurable"] = dict(config["configurable"])
+    configurable = dict((config or {}).get("configurable") or {})
+    if graph.checkpointer and "thread_id" not in configurable:
+        configurable["thread_id"] = uuid.uuid4().hex
+    if configurable:
+        run_config["configurable"] = configurable
     inputs: dict[str, Any] = {"request": request}
     if plan is not None:
-        inputs["plan"] = plan
-    return await _stream(graph, inputs, settings, run_config, on_event)
+        inputs["given_plan"] = plan
+    out = await _stream(graph, inputs, settings, run_config, on_event)
+    while on_approval is not None and (pending := await _pending_plan(graph, run_config)):
+        decision = on_approval(pending)
+        if inspect.isawaitable(decision):
+            decision = await decision
+        out = await _stream(graph, Command(resume=decision), settings, run_config, on_event)
+    return out
+
+
+async def _pending_plan(graph: Orchestrator, config: RunnableConfig) -> Plan | None:
+    """Return the plan an approval interrupt is waiting on, if the run is paused there."""
+    if not graph.checkpointer:
+        return None
+    snapshot = await graph.aget_state(config)
+    for pending in snapshot.interrupts:
+        value = pending.value
+        if isinstance(value, dict) and "plan" in value:
+            return Plan.model_validate(value["plan"])
+    return None
 
 
 async def _stream(
     graph: Orchestrator,
-    inputs: dict[str, Any] | None,
+    inputs: dict[str, Any] | Command[Any] | None,
     settings: RunSettings,
     config: RunnableConfig,
     on_event: EventHandler | None,
@@ -91,7 +133,7 @@ async def _stream(
     finished: dict[str, SubagentResult] = {}
     try:
         stream: AsyncIterator[Any] = graph.astream(
-            cast(OrchestratorInput | None, inputs),
+            cast(OrchestratorInput | Command[Any] | None, inputs),
             config,
             context=settings,
             stream_mode=["custom", "values"],
@@ -124,10 +166,16 @@ async def _stream(
 def _output(values: dict[str, Any]) -> RunOutput:
     return RunOutput(
         answer=values.get("answer", ""),
-        status=values.get("status", "ok"),
+        # No status yet: the run is paused before its first reducer step (approval).
+        status=values.get("status") or "awaiting_approval",
         plan=values.get("plan"),
         results=values.get("results", []),
         metrics=values.get("metrics") or RunMetrics(),
+        error=(
+            ErrorInfo(type="PlanRejected", message=values.get("rejection") or "rejected")
+            if values.get("status") == "rejected"
+            else None
+        ),
     )
 
 
@@ -137,6 +185,7 @@ async def aresume(
     graph: Orchestrator,
     settings: RunSettings | None = None,
     on_event: EventHandler | None = None,
+    decision: Any = None,
 ) -> RunOutput:
     """Continue a checkpointed run: only tasks without a saved result run again.
 
@@ -146,6 +195,7 @@ async def aresume(
         settings: run settings; by default the ones the run saved (model specs,
             limits, policy). Tools and model instances are not saved: pass them.
         on_event: called with each progress event.
+        decision: for a run paused at plan approval, the decision to resume with.
 
     Raises:
         KeyError: no run is saved under `thread_id`.
@@ -160,7 +210,8 @@ async def aresume(
     run_config: RunnableConfig = {**settings.as_config(), "configurable": {"thread_id": thread_id}}
     if not snapshot.next:
         return _output(snapshot.values)
-    return await _stream(graph, None, dataclasses.replace(settings), run_config, on_event)
+    command: Command[Any] | None = Command(resume=decision) if decision is not None else None
+    return await _stream(graph, command, dataclasses.replace(settings), run_config, on_event)
 
 
 def run(request: str, **kwargs: Any) -> RunOutput:

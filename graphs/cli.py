@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from langchain_core.runnables import RunnableConfig
@@ -17,7 +18,7 @@ from graphs.api import RunOutput, aresume, arun
 from graphs.checkpoint import open_checkpointer
 from graphs.orchestrator import Orchestrator, compile_orchestrator
 from nodes.context import DEFAULT_MAX_CONCURRENCY, RunSettings, check_policy
-from nodes.domain import ErrorInfo, RunMetrics
+from nodes.domain import ErrorInfo, Plan, RunMetrics
 from nodes.errors import FanfoldError, PlanError, QuorumUnreachable, TaskFailedError
 from nodes.events import EVENT_KEY
 from nodes.models import aclose_models
@@ -89,6 +90,32 @@ def _add_run_options(p: argparse.ArgumentParser, *, model: str | None) -> None:
         "--checkpoint", default=None, help="SQLite file or postgresql:// URL to checkpoint to"
     )
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument(
+        "--approve",
+        action="store_true",
+        help="show the plan and ask on stdin: [a]ccept, [r]eject [reason], [e]dit FILE.json",
+    )
+
+
+def _ask_approval(plan: Plan) -> Any:
+    """Show the plan on stderr and read a decision from stdin."""
+    print("plan:", file=sys.stderr)
+    for t in plan.tasks:
+        deps = f" <- {', '.join(t.depends_on)}" if t.depends_on else ""
+        print(f"  {t.id} ({t.kind}): {t.description}{deps}", file=sys.stderr)
+    print("accept, reject [reason] or edit FILE.json? ", end="", file=sys.stderr, flush=True)
+    line = sys.stdin.readline()
+    if not line:
+        return {"action": "reject", "reason": "no answer on stdin"}
+    word, _, rest = line.strip().partition(" ")
+    if word in ("a", "accept", "y", "yes"):
+        return "accept"
+    if word in ("r", "reject", "n", "no"):
+        return {"action": "reject", "reason": rest.strip() or "rejected"}
+    if word in ("e", "edit") and rest.strip():
+        data = json.loads(Path(rest.strip()).read_text(encoding="utf-8"))
+        return {"action": "edit", "plan": data if "tasks" in data else {"tasks": data}}
+    return {"action": "unknown", "answer": line.strip()}  # asked again, with the problem
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -124,6 +151,8 @@ _SETTING_FLAGS = {
 def _settings(args: argparse.Namespace, base: dict[str, Any] | None = None) -> RunSettings:
     """Return settings from `base` (a saved run's) with every flag given on top."""
     kwargs = dict(base or {})
+    if getattr(args, "approve", False):
+        kwargs["approve_plan"] = True
     for flag, field_name in _SETTING_FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:
@@ -179,7 +208,12 @@ async def _execute(args: argparse.Namespace, graph: Orchestrator | None) -> int:
                 config = {"configurable": {"thread_id": thread_id}}
             _announce(settings, thread_id)
             out = await arun(
-                request, settings=settings, graph=graph, config=config, on_event=progress
+                request,
+                settings=settings,
+                graph=graph,
+                config=config,
+                on_event=progress,
+                on_approval=_ask_approval if settings.approve_plan else None,
             )
         code = EXIT_OK
     except (TaskFailedError, QuorumUnreachable) as exc:

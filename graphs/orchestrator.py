@@ -10,8 +10,16 @@ from langgraph.types import Checkpointer
 
 from graphs.serde import allow_fanfold_types
 from graphs.subagent import compile_subagent
+from nodes.approve import approve
 from nodes.context import DEFAULT_MAX_CONCURRENCY, RunSettings
-from nodes.dispatch import REDUCER, SUBAGENT, dispatch, dispatch_path_map
+from nodes.dispatch import (
+    REDUCER,
+    REJECTED,
+    SUBAGENT,
+    dispatch,
+    dispatch_approved,
+    dispatch_path_map,
+)
 from nodes.planner import planner
 from nodes.reducer import reducer
 from nodes.state import OrchestratorInput, OrchestratorOutput, OrchestratorState
@@ -28,7 +36,7 @@ Orchestrator = CompiledStateGraph[
 def build_orchestrator(
     *, synthesize_answer: bool = True, checkpoint_granularity: Granularity = "task"
 ) -> StateGraph[OrchestratorState, RunSettings, OrchestratorInput, OrchestratorOutput]:
-    """Wire planner -> dispatch =Send=> subagent -> reducer -> (dispatch | synthesize).
+    """Wire planner -> approve -> dispatch =Send=> subagent -> reducer -> (dispatch | synthesize).
 
     Args:
         synthesize_answer: end with one model call that writes the answer; without
@@ -47,11 +55,13 @@ def build_orchestrator(
     )
     routes = dispatch_path_map("synthesize" if synthesize_answer else END)
     builder.add_node("planner", planner)
+    builder.add_node("approve", approve)
     subagent = compile_subagent(checkpointer=None if checkpoint_granularity == "step" else False)
     builder.add_node(SUBAGENT, subagent, error_handler=on_subagent_error)
     builder.add_node(REDUCER, reducer)
     builder.add_edge(START, "planner")
-    builder.add_conditional_edges("planner", dispatch, routes)
+    builder.add_edge("planner", "approve")
+    builder.add_conditional_edges("approve", dispatch_approved, {**routes, REJECTED: END})
     builder.add_edge(SUBAGENT, REDUCER)
     builder.add_conditional_edges(REDUCER, dispatch, routes)
     if synthesize_answer:
@@ -85,4 +95,6 @@ def compile_orchestrator(
     return compiled.with_config(max_concurrency=max_concurrency)
 
 
-graph = compile_orchestrator()
+# Studio's view: `step` granularity keeps the subagent a visible subgraph (LangGraph
+# leaves subgraphs compiled with checkpointer=False out of `get_graph(xray=...)`).
+graph = compile_orchestrator(checkpoint_granularity="step")

@@ -82,6 +82,8 @@ class RunSettings:
     ] = "settle"
     """`settle`: failures become results, the run goes on; `fail_fast`: the first failure
     stops the run; `quorum:K`: stop once K tasks succeeded, fail once K is out of reach."""
+    approve_plan: bool = False
+    """Stop after planning until the plan is accepted, edited or rejected (an interrupt)."""
     max_tasks: int = 50
     """Largest plan accepted."""
     max_steps: int = 12

@@ -77,3 +77,16 @@ async def dispatch(
 def dispatch_path_map(done_target: str) -> dict[Hashable, str]:
     """Return dispatch's path map: the labelled fan-out edge, and where `done` goes."""
     return {FAN_OUT: SUBAGENT, DONE: done_target}
+
+
+REJECTED = "rejected"
+"""What the first dispatch returns when the plan was rejected at approval."""
+
+
+async def dispatch_approved(
+    state: OrchestratorState, config: RunnableConfig, runtime: Runtime[RunSettings]
+) -> list[Send] | str:
+    """Dispatch after the approval step: a rejected plan ends the run."""
+    if state.get("status") == REJECTED:
+        return REJECTED
+    return await dispatch(state, config, runtime)

