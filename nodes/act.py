@@ -19,13 +19,16 @@ from nodes.tracing import subagent_config
 from nodes.usage import usage_of
 
 
-def allowed_tools(task: Task, settings: RunSettings) -> list[BaseTool]:
-    """Return only the tools this task may use: its allow-list, else its kind's."""
+async def allowed_tools(task: Task, settings: RunSettings) -> list[BaseTool]:
+    """Return only the tools this task may use: its allow-list, else its kind's.
+
+    Dynamic providers are refreshed here when their TTL has run out.
+    """
     kinds = settings.agent_kinds()
     names = task.tools
     if names is None and task.kind in kinds:
         names = kinds[task.kind].tools
-    return settings.registry().resolve(names)
+    return await settings.registry().aresolve(names)
 
 
 def _over_budget(steps: int, usage: Usage, settings: RunSettings) -> Exception | None:
@@ -53,7 +56,7 @@ async def act(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str, 
     stats = CallStats()
     try:
         model = load_chat_model(settings.model)
-        tools = allowed_tools(state["task"], settings)
+        tools = await allowed_tools(state["task"], settings)
         runnable = model.bind_tools(tools) if tools else model
         config = subagent_config(
             state["task"], round_=state.get("round", 1), depth=state.get("depth", 1)

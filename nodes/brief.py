@@ -40,6 +40,7 @@ async def brief(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str
         "steps": 0,
         "tool_calls": 0,
         "retries": 0,
+        "tool_errors": 0,
         "error": None,
         "cancelled": False,
     }

@@ -13,6 +13,7 @@ from pydantic import WithJsonSchema
 
 from nodes.kinds import BUILTIN_KINDS, AgentKind
 from tools import ToolRegistry, default_registry
+from tools.workspace import make_workspace_tools
 
 Policy = str
 """`settle`, `fail_fast` or `quorum:K` (K >= 1)."""
@@ -54,6 +55,9 @@ OptionalModelRef = Annotated[
 ToolList = Annotated[
     list[BaseTool], WithJsonSchema({"type": "array", "description": "extra tools (Python only)"})
 ]
+RegistryRef = Annotated[
+    ToolRegistry | None, WithJsonSchema({"type": "null", "description": "Python only"})
+]
 KindList = Annotated[
     list[AgentKind], WithJsonSchema({"type": "array", "description": "extra agent kinds"})
 ]
@@ -84,6 +88,8 @@ class RunSettings:
     stops the run; `quorum:K`: stop once K tasks succeeded, fail once K is out of reach."""
     approve_plan: bool = False
     """Stop after planning until the plan is accepted, edited or rejected (an interrupt)."""
+    tool_timeout_s: float | None = 30.0
+    """Timeout of one tool call; a timed-out call is an error the model sees."""
     max_tasks: int = 50
     """Largest plan accepted."""
     max_steps: int = 12
@@ -107,6 +113,13 @@ class RunSettings:
     """Extra tools, added to the built-ins (same name: yours wins)."""
     kinds: KindList = field(default_factory=list)
     """Extra agent kinds, added to the built-ins (same name: yours wins)."""
+    tool_registry: RegistryRef = None
+    """A registry to use instead of the built-ins plus `tools` (share one across runs to
+    keep its providers' cache); `tools` are added to it."""
+    workspace: str | None = None
+    """A folder the workspace file tools (list, read, grep, write) are confined to;
+    `None`: no file tools."""
+    _registry: ToolRegistry | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.kinds = [
@@ -118,7 +131,12 @@ class RunSettings:
             if value is not None and (not isinstance(value, int) or value < 1):
                 msg = f"`{name}` must be an int >= 1 or None, got `{value}`"
                 raise ValueError(msg)
-        for name in ("max_wall_time_s", "request_timeout_s", "requests_per_second"):
+        for name in (
+            "max_wall_time_s",
+            "request_timeout_s",
+            "requests_per_second",
+            "tool_timeout_s",
+        ):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 msg = f"`{name}` must be > 0 or None, got `{value}`"
@@ -148,7 +166,7 @@ class RunSettings:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("tools", "kinds"):
+            if f.name in ("tools", "kinds", "tool_registry", "_registry"):
                 continue
             if f.name in ("model", "planner_model") and not (
                 value is None or isinstance(value, str)
@@ -158,9 +176,16 @@ class RunSettings:
         return out
 
     def registry(self) -> ToolRegistry:
-        """Return the tools this run may hand out."""
-        reg = default_registry()
-        return reg.merged(self.tools) if self.tools else reg
+        """Return the tools this run may hand out (built once per settings object)."""
+        if self._registry is None:
+            base = self.tool_registry if self.tool_registry is not None else default_registry()
+            extra = list(self.tools)
+            if self.workspace is not None:
+                extra = make_workspace_tools(self.workspace) + extra
+            if extra:
+                base = base.merged(extra)  # a layer: a shared registry keeps its cache
+            self._registry = base
+        return self._registry
 
     def agent_kinds(self) -> dict[str, AgentKind]:
         """Return the agent kinds this run knows."""

@@ -206,6 +206,8 @@ class SubagentResult(BaseModel):
     duration_s: float = 0.0
     usage: Usage = Field(default_factory=Usage)
     tool_calls: int = 0
+    tool_errors: int = 0
+    """Tool calls that came back to the model as errors."""
 
 
 class RunMetrics(BaseModel):
@@ -227,6 +229,8 @@ class RunMetrics(BaseModel):
     """(seconds since the run began, model-call limit) at each change of the adaptive limit."""
     stop_reason: str | None = None
     """Why the run stopped early (budget, quorum), if it did."""
+    tool_cache: dict[str, int] = Field(default_factory=dict)
+    """Tool registry look-ups during the run: hits, misses, refreshes, errors."""
 
 
 def peak_overlap(results: Iterable[SubagentResult]) -> int:

@@ -29,6 +29,7 @@ async def planner(state: OrchestratorState, runtime: Runtime[RunSettings]) -> di
     """Write the plan: validate a given one, or ask the planner model for one."""
     settings = settings_of(runtime.context)
     started = now()
+    await settings.registry().arefresh()  # dynamic tools known before the plan is checked
     given = state.get("given_plan")
     if given is not None:
         plan = check_plan(_coerce_plan(given), settings)

@@ -40,6 +40,7 @@ def build_result(state: SubagentState) -> SubagentResult:
         duration_s=round((ended - started).total_seconds(), 6),
         usage=state.get("usage"),
         tool_calls=state.get("tool_calls", 0),
+        tool_errors=state.get("tool_errors", 0),
     )
 
 

@@ -21,7 +21,10 @@ from nodes.tracing import subagent_config
 
 
 async def call_tool(
-    call: ToolCall, tools: dict[str, BaseTool], config: RunnableConfig | None = None
+    call: ToolCall,
+    tools: dict[str, BaseTool],
+    config: RunnableConfig | None = None,
+    timeout_s: float | None = None,
 ) -> ToolMessage:
     """Run one tool call; any failure becomes an error message the model can act on."""
     call_id = call.get("id") or ""
@@ -42,7 +45,10 @@ async def call_tool(
         content = f"Error: bad arguments for `{name}`: {problems}. Fix them and call again."
         return ToolMessage(content, tool_call_id=call_id, name=name, status="error")
     try:
-        output = await tool.ainvoke(args, config)
+        output = await asyncio.wait_for(tool.ainvoke(args, config), timeout_s)
+    except TimeoutError:
+        content = f"Error: `{name}` timed out after {timeout_s:g}s. Try a smaller request."
+        return ToolMessage(content, tool_call_id=call_id, name=name, status="error")
     except Exception as exc:  # noqa: BLE001 - the model decides what to do next
         content = f"Error: `{name}` failed: {type(exc).__name__}: {exc}"
         return ToolMessage(content, tool_call_id=call_id, name=name, status="error")
@@ -54,15 +60,16 @@ async def run_tools(state: SubagentState, runtime: Runtime[RunSettings]) -> dict
     settings = settings_of(runtime.context)
     last = state["messages"][-1]
     calls = last.tool_calls if isinstance(last, AIMessage) else []
-    tools = {t.name: t for t in allowed_tools(state["task"], settings)}
+    tools = {t.name: t for t in await allowed_tools(state["task"], settings)}
     config = subagent_config(
         state["task"], round_=state.get("round", 1), depth=state.get("depth", 1)
     )
     config.pop("run_name")  # a tool run keeps its tool's name; tags and metadata say whose
     try:
         replies = await scope_of(settings).race(
-            asyncio.gather(*(call_tool(c, tools, config) for c in calls))
+            asyncio.gather(*(call_tool(c, tools, config, settings.tool_timeout_s) for c in calls))
         )
     except (RunStopped, BudgetExceeded) as exc:
         return {"error": ErrorInfo.of(exc), "cancelled": True}
-    return {"messages": list(replies)}
+    errors = sum(1 for r in replies if r.status == "error")
+    return {"messages": list(replies), "tool_errors": state.get("tool_errors", 0) + errors}

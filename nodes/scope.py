@@ -114,6 +114,7 @@ class RunScope:
             else None
         )
         self.limit = AdaptiveLimit(settings.max_concurrency)
+        self.tools_at_start = settings.registry().stats
         self.tokens = 0
         self.faults: Counter[str] = Counter()
         self.retries = 0
@@ -234,6 +235,7 @@ class RunScope:
             "retries": self.retries,
             "effective_concurrency": list(self.limit.timeline),
             "stop_reason": self.stop_reason,
+            "tool_cache": self.settings.registry().stats.minus(self.tools_at_start),
         }
 
 

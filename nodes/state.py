@@ -119,6 +119,8 @@ class SubagentState(SubagentInput, SubagentOutput):
     """Tool calls requested so far."""
     retries: int
     """Model calls retried after transient faults so far."""
+    tool_errors: int
+    """Tool calls that came back as errors (unknown tool, bad arguments, raised, timed out)."""
     error: ErrorInfo | None
     """Set when the subagent cannot go on."""
     cancelled: bool

@@ -32,6 +32,7 @@ class TaskScript:
     latency: float = 0.01
     behaviour: Behaviour = "ok"
     expression: str | None = None  # a calculator call before answering
+    call: tuple[str, dict[str, Any]] | None = None  # any tool call before answering
 
 
 @dataclass
@@ -122,6 +123,9 @@ class TaskScriptedModel(BaseChatModel):
             rec.in_flight -= 1
             rec.last_end[task_id] = time.monotonic()
         done = [m for m in messages if isinstance(m, ToolMessage)]
+        if script.call is not None and not done:
+            name, args = script.call
+            return self._reply(AIMessage("", tool_calls=[_call(name, args, task_id)]))
         if script.expression and "calculator" in tools and not done:
             args = {"expression": script.expression}
             return self._reply(AIMessage("", tool_calls=[_call("calculator", args, task_id)]))

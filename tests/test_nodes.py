@@ -465,23 +465,23 @@ def test_after_act_routes() -> None:
     assert after_act({"messages": [asks], "error": err}) == "report"
 
 
-def test_allowed_tools() -> None:
+async def test_allowed_tools() -> None:
     settings = RunSettings()
 
-    def names(task: Task) -> list[str]:
-        return [t.name for t in allowed_tools(task, settings)]
+    async def names(task: Task) -> list[str]:
+        return [t.name for t in await allowed_tools(task, settings)]
 
-    assert names(Task(id="a", description="x", tools=["text_stats", "calculator"])) == [
+    assert await names(Task(id="a", description="x", tools=["text_stats", "calculator"])) == [
         "text_stats",
         "calculator",
     ]
-    assert names(Task(id="a", description="x", kind="writer")) == []
-    assert names(Task(id="a", description="x", kind="general")) == [
+    assert await names(Task(id="a", description="x", kind="writer")) == []
+    assert await names(Task(id="a", description="x", kind="general")) == [
         "calculator",
         "current_time",
         "text_stats",
     ]
-    assert names(Task(id="a", description="x", kind="writer", tools=["calculator"])) == [
+    assert await names(Task(id="a", description="x", kind="writer", tools=["calculator"])) == [
         "calculator"
     ]
 

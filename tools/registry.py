@@ -1,11 +1,25 @@
-"""A registry of tools that many subagents look up at once."""
+"""A registry of tools that many subagents look up at once.
+
+Static tools are registered once. Dynamic providers (a sync or async callable
+returning tools, as an MCP client's `list_tools` would) are cached for a TTL and
+refreshed once per expiry, however many subagents look them up at the same time.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 from langchain_core.tools import BaseTool
+
+ToolProvider = Callable[[], Iterable[BaseTool] | Awaitable[Iterable[BaseTool]]]
+"""A callable returning the current tools of a dynamic source."""
+
+DEFAULT_TTL_S = 30.0
 
 
 class UnknownToolError(KeyError):
@@ -21,18 +35,58 @@ class UnknownToolError(KeyError):
         return str(self.args[0])
 
 
-class ToolRegistry:
-    """Named LangChain tools, safe to read from many subagents at once.
+@dataclass
+class RegistryStats:
+    """Cache counters of a registry.
 
-    Registration takes a lock; look-ups read an immutable snapshot, so a
-    subagent never sees a half-updated registry.
+    `hits`: look-ups served from cache; `misses`: look-ups that met an expired
+    provider; `refreshes`: provider calls; `errors`: provider calls that raised.
     """
 
-    def __init__(self, tools: Iterable[BaseTool] = ()) -> None:
+    hits: int = 0
+    misses: int = 0
+    refreshes: int = 0
+    errors: int = 0
+
+    def minus(self, other: RegistryStats) -> dict[str, int]:
+        """Return the counts since `other`, as a dict."""
+        return {
+            "hits": self.hits - other.hits,
+            "misses": self.misses - other.misses,
+            "refreshes": self.refreshes - other.refreshes,
+            "errors": self.errors - other.errors,
+        }
+
+
+@dataclass
+class _Provider:
+    name: str
+    fn: ToolProvider
+    ttl_s: float
+    tools: dict[str, BaseTool] = field(default_factory=dict)
+    expires_at: float = 0.0  # monotonic; 0: never loaded
+    inflight: asyncio.Future[None] | None = None
+
+
+class ToolRegistry:
+    """Named LangChain tools, safe to use from many subagents at once.
+
+    Writes take a lock and swap in new dicts; reads use a snapshot, so a subagent
+    never sees a half-updated registry.
+    """
+
+    def __init__(
+        self, tools: Iterable[BaseTool] = (), *, parent: ToolRegistry | None = None
+    ) -> None:
+        self._parent = parent
         self._lock = threading.Lock()
         self._tools: dict[str, BaseTool] = {}
+        self._providers: list[_Provider] = []
+        self._stats = RegistryStats()
         for tool in tools:
             self.register(tool)
+
+    # --- writing ---------------------------------------------------------------------
 
     def register(self, tool: BaseTool, *, replace: bool = False) -> None:
         """Add a tool under its own name.
@@ -52,20 +106,56 @@ class ToolRegistry:
             tools[tool.name] = tool
             self._tools = tools
 
-    def names(self) -> list[str]:
-        """Return the registered tool names, sorted."""
-        return sorted(self._tools)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._tools
-
-    def resolve(self, names: Sequence[str] | None) -> list[BaseTool]:
-        """Return the tools for an allow-list; `None` means every tool.
+    def add_provider(
+        self, fn: ToolProvider, *, name: str | None = None, ttl_s: float = DEFAULT_TTL_S
+    ) -> None:
+        """Add a dynamic source of tools, cached for `ttl_s` seconds.
 
         Raises:
-            UnknownToolError: a name is not registered.
+            TypeError: `fn` is not callable.
+            ValueError: `ttl_s` is not positive.
         """
-        tools = self._tools
+        if not callable(fn):
+            msg = f"tool provider `{fn!r}` is not callable"
+            raise TypeError(msg)
+        if not ttl_s > 0:
+            msg = f"`ttl_s` must be > 0, got `{ttl_s}`"
+            raise ValueError(msg)
+        label = name or str(getattr(fn, "__name__", "provider"))
+        with self._lock:
+            self._providers = [*self._providers, _Provider(label, fn, ttl_s)]
+
+    # --- reading ---------------------------------------------------------------------
+
+    def _snapshot(self) -> dict[str, BaseTool]:
+        tools: dict[str, BaseTool] = self._parent._snapshot() if self._parent else {}
+        for provider in self._providers:
+            tools.update(provider.tools)
+        tools.update(self._tools)  # a static tool wins over a provider's of the same name
+        return tools
+
+    def names(self) -> list[str]:
+        """Return the tool names known now (providers as last loaded), sorted."""
+        return sorted(self._snapshot())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._snapshot()
+
+    @property
+    def stats(self) -> RegistryStats:
+        """Return a copy of the cache counters."""
+        if self._parent is not None and not self._providers:
+            return self._parent.stats
+        s = self._stats
+        return RegistryStats(s.hits, s.misses, s.refreshes, s.errors)
+
+    def resolve(self, names: Sequence[str] | None) -> list[BaseTool]:
+        """Return the tools for an allow-list (`None`: every tool), without refreshing.
+
+        Raises:
+            UnknownToolError: a name is not known.
+        """
+        tools = self._snapshot()
         if names is None:
             return [tools[n] for n in sorted(tools)]
         missing = [n for n in names if n not in tools]
@@ -73,9 +163,62 @@ class ToolRegistry:
             raise UnknownToolError(missing, tools)
         return [tools[n] for n in names]
 
+    async def aresolve(self, names: Sequence[str] | None) -> list[BaseTool]:
+        """Refresh expired providers (once each, however many callers), then resolve.
+
+        Raises:
+            UnknownToolError: a name is not known.
+        """
+        await self.arefresh()
+        return self.resolve(names)
+
+    async def arefresh(self) -> None:
+        """Bring every expired provider up to date; count a hit or a miss."""
+        if self._parent is not None:
+            await self._parent.arefresh()
+            if not self._providers:
+                return
+        now = time.monotonic()
+        expired = [p for p in self._providers if p.expires_at <= now]
+        if not expired:
+            self._stats.hits += 1
+            return
+        self._stats.misses += 1
+        await asyncio.gather(*(self._refresh(p) for p in expired))
+
+    async def _refresh(self, provider: _Provider) -> None:
+        loop = asyncio.get_running_loop()
+        inflight = provider.inflight
+        if inflight is not None and not inflight.done() and inflight.get_loop() is loop:
+            await asyncio.shield(inflight)  # someone else is refreshing: wait for it
+            return
+        fut: asyncio.Future[None] = loop.create_future()
+        provider.inflight = fut
+        try:
+            self._stats.refreshes += 1
+            result = provider.fn()
+            if inspect.isawaitable(result):
+                result = await result
+            tools = {}
+            for tool in result:
+                if not isinstance(tool, BaseTool):
+                    msg = f"provider `{provider.name}` returned `{tool!r}`, not a BaseTool"
+                    raise TypeError(msg)
+                tools[tool.name] = tool
+            provider.tools = tools
+            provider.expires_at = time.monotonic() + provider.ttl_s
+        except Exception:  # noqa: BLE001 - keep the last good tools; try again next look-up
+            self._stats.errors += 1
+        finally:
+            fut.set_result(None)
+            provider.inflight = None
+
     def merged(self, extra: Iterable[BaseTool]) -> ToolRegistry:
-        """Return a new registry with these tools plus `extra` (extra wins on a name)."""
-        reg = ToolRegistry(self._tools.values())
+        """Return a registry layered on this one, plus `extra` (extra wins on a name).
+
+        The layer shares this registry's providers and their cache.
+        """
+        reg = ToolRegistry(parent=self)
         for tool in extra:
             reg.register(tool, replace=True)
         return reg
