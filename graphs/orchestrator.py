@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
@@ -12,6 +14,7 @@ from graphs.serde import allow_fanfold_types
 from graphs.subagent import compile_subagent
 from nodes.approve import approve
 from nodes.context import DEFAULT_MAX_CONCURRENCY, RunSettings
+from nodes.delegation import register_runner
 from nodes.dispatch import (
     REDUCER,
     REJECTED,
@@ -20,6 +23,7 @@ from nodes.dispatch import (
     dispatch_approved,
     dispatch_path_map,
 )
+from nodes.domain import Plan, SubagentResult
 from nodes.planner import planner
 from nodes.reducer import reducer
 from nodes.state import OrchestratorInput, OrchestratorOutput, OrchestratorState
@@ -94,6 +98,28 @@ def compile_orchestrator(
     )
     return compiled.with_config(max_concurrency=max_concurrency)
 
+
+@functools.cache
+def _nested_graph() -> Orchestrator:
+    # checkpointer=False: a delegated fan-out lives inside one tool call of its
+    # parent subagent, which restarts it whole if the run is resumed.
+    return compile_orchestrator(synthesize_answer=False, checkpointer=False, name="delegated")
+
+
+async def run_delegated(
+    plan: Plan, settings: RunSettings, depth: int, config: RunnableConfig
+) -> list[SubagentResult]:
+    """Run a delegated plan as a nested fan-out of the same machinery, at `depth`."""
+    nested = settings.nested()
+    out = await _nested_graph().ainvoke(
+        {"request": "", "given_plan": plan, "depth": depth},
+        {**config, "max_concurrency": settings.max_concurrency},
+        context=nested,
+    )
+    return list(out["results"])
+
+
+register_runner(run_delegated)
 
 # Studio's view: `step` granularity keeps the subagent a visible subgraph (LangGraph
 # leaves subgraphs compiled with checkpointer=False out of `get_graph(xray=...)`).

@@ -10,6 +10,7 @@ from langgraph.runtime import Runtime
 
 from nodes.calls import CallStats, call_model
 from nodes.context import RunSettings, settings_of
+from nodes.delegation import DELEGATE, can_delegate, make_delegate_tool
 from nodes.domain import ErrorInfo, Task, Usage
 from nodes.errors import BudgetExceeded, MaxStepsExceeded, RunStopped
 from nodes.models import load_chat_model
@@ -19,16 +20,23 @@ from nodes.tracing import subagent_config
 from nodes.usage import usage_of
 
 
-async def allowed_tools(task: Task, settings: RunSettings) -> list[BaseTool]:
+async def allowed_tools(task: Task, settings: RunSettings, depth: int = 1) -> list[BaseTool]:
     """Return only the tools this task may use: its allow-list, else its kind's.
 
-    Dynamic providers are refreshed here when their TTL has run out.
+    Dynamic providers are refreshed here when their TTL has run out. `delegate` is
+    offered below the depth limit (to tasks whose allow-list is open or names it),
+    and never at it.
     """
     kinds = settings.agent_kinds()
     names = task.tools
     if names is None and task.kind in kinds:
         names = kinds[task.kind].tools
-    return await settings.registry().aresolve(names)
+    wants_delegate = names is None or DELEGATE in names
+    listed = [n for n in names if n != DELEGATE] if names is not None else None
+    tools = await settings.registry().aresolve(listed)
+    if wants_delegate and can_delegate(settings, depth):
+        tools.append(make_delegate_tool(settings, parent=task, depth=depth))
+    return tools
 
 
 def _over_budget(steps: int, usage: Usage, settings: RunSettings) -> Exception | None:
@@ -56,7 +64,7 @@ async def act(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str, 
     stats = CallStats()
     try:
         model = load_chat_model(settings.model)
-        tools = await allowed_tools(state["task"], settings)
+        tools = await allowed_tools(state["task"], settings, state.get("depth", 1))
         runnable = model.bind_tools(tools) if tools else model
         config = subagent_config(
             state["task"], round_=state.get("round", 1), depth=state.get("depth", 1)

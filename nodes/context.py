@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field, fields
 from typing import Annotated, Any
@@ -90,6 +91,9 @@ class RunSettings:
     """Stop after planning until the plan is accepted, edited or rejected (an interrupt)."""
     tool_timeout_s: float | None = 30.0
     """Timeout of one tool call; a timed-out call is an error the model sees."""
+    max_depth: int = 1
+    """Nesting limit: 1, subagents cannot delegate; 2, they may spawn one level of
+    sub-tasks through the `delegate` tool; and so on."""
     max_tasks: int = 50
     """Largest plan accepted."""
     max_steps: int = 12
@@ -120,6 +124,7 @@ class RunSettings:
     """A folder the workspace file tools (list, read, grep, write) are confined to;
     `None`: no file tools."""
     _registry: ToolRegistry | None = field(default=None, init=False, repr=False, compare=False)
+    _parent: RunSettings | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.kinds = [
@@ -157,6 +162,28 @@ class RunSettings:
             msg = f"`max_tasks`, `max_steps` must be >= 1: {self.max_tasks}, {self.max_steps}"
             raise ValueError(msg)
 
+    @property
+    def root(self) -> RunSettings:
+        """Return the top-level run's settings (itself, unless this is a nested run's)."""
+        return self._parent if self._parent is not None else self
+
+    @property
+    def is_nested(self) -> bool:
+        """Tell whether these are the settings of a nested (delegated) fan-out."""
+        return self._parent is not None
+
+    def nested(self) -> RunSettings:
+        """Return settings for a fan-out a subagent delegates.
+
+        They share the top-level run's scope (limits, budgets, registry) and settle:
+        a sub-task's failure is a result its parent's model reads, and the run's
+        policy (fail_fast, quorum) counts top-level tasks only.
+        """
+        child = dataclasses.replace(self, policy="settle")
+        child._parent = self.root
+        child._registry = self.root.registry()
+        return child
+
     def to_json(self) -> dict[str, Any]:
         """Return the settings that survive JSON: model specs (not instances), limits.
 
@@ -166,7 +193,7 @@ class RunSettings:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("tools", "kinds", "tool_registry", "_registry"):
+            if f.name in ("tools", "kinds", "tool_registry", "_registry", "_parent"):
                 continue
             if f.name in ("model", "planner_model") and not (
                 value is None or isinstance(value, str)

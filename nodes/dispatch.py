@@ -34,7 +34,12 @@ def ready_tasks(plan: Plan, results: list[SubagentResult]) -> list[Task]:
 
 
 def make_send(
-    task: Task, results: list[SubagentResult], settings: RunSettings, *, round_: int = 1
+    task: Task,
+    results: list[SubagentResult],
+    settings: RunSettings,
+    *,
+    round_: int = 1,
+    depth: int = 1,
 ) -> Send:
     """Return the `Send` that runs one task, with its dependencies' outputs and timeout."""
     by_id = {r.task_id: r for r in results}
@@ -42,7 +47,7 @@ def make_send(
         "task": task,
         "dependency_outputs": {d: by_id[d].output for d in task.depends_on},
         "round": round_,
-        "depth": 1,
+        "depth": depth,
     }
     timeout = task.timeout_s if task.timeout_s is not None else settings.task_timeout_s
     return Send(SUBAGENT, payload, timeout=timeout)
@@ -64,14 +69,16 @@ async def dispatch(
     settings = settings_of(runtime.context)
     # The run scope learns the plan and what is done: quorum checks need both,
     # and after a resume this is how a new process catches up.
-    scope_of(settings).sync(state["plan"], {r.task_id: r.status for r in results})
+    if not settings.is_nested:
+        scope_of(settings).sync(state["plan"], {r.task_id: r.status for r in results})
     ready = ready_tasks(state["plan"], results)
     if not ready:
         return DONE
     window = config.get("max_concurrency") or settings.max_concurrency
     ready = ready[:window]
     round_ = state.get("rounds", 0) + 1
-    return [make_send(t, results, settings, round_=round_) for t in ready]
+    depth = state.get("depth") or 1
+    return [make_send(t, results, settings, round_=round_, depth=depth) for t in ready]
 
 
 def dispatch_path_map(done_target: str) -> dict[Hashable, str]:

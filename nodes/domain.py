@@ -208,6 +208,8 @@ class SubagentResult(BaseModel):
     tool_calls: int = 0
     tool_errors: int = 0
     """Tool calls that came back to the model as errors."""
+    subtasks: list[SubagentResult] = Field(default_factory=list)
+    """Results of the sub-tasks this task delegated (their tokens are in `usage`)."""
 
 
 class RunMetrics(BaseModel):

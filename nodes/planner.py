@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from nodes.calls import call_model
 from nodes.context import RunSettings, settings_of
+from nodes.delegation import DELEGATE
 from nodes.domain import Plan, Usage, validate_plan
 from nodes.errors import PlanError
 from nodes.events import now, plan_ready
@@ -62,7 +63,7 @@ def check_plan(plan: Plan, settings: RunSettings) -> Plan:
     return validate_plan(
         plan,
         kinds=settings.agent_kinds(),
-        tools=settings.registry().names(),
+        tools=settings.registry().names() + ([DELEGATE] if settings.max_depth > 1 else []),
         max_tasks=settings.max_tasks,
     )
 

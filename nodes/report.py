@@ -8,7 +8,7 @@ from langchain_core.messages import AIMessage
 from langgraph.runtime import Runtime
 
 from nodes.context import RunSettings, quorum_of, settings_of
-from nodes.domain import SubagentResult
+from nodes.domain import SubagentResult, Usage
 from nodes.errors import QuorumUnreachable, TaskFailedError
 from nodes.events import now, task_finished
 from nodes.policy import can_still_succeed, quorum_met
@@ -51,6 +51,8 @@ def apply_policy(result: SubagentResult, settings: RunSettings, scope: RunScope)
         TaskFailedError: under `fail_fast`, for a result that is not ok.
         QuorumUnreachable: under `quorum:K`, once K successes are out of reach.
     """
+    if settings.is_nested:
+        return  # a delegated sub-task: its parent's model reads the result
     scope.status[result.task_id] = result.status
     if result.status == "ok":
         k = quorum_of(settings.policy)
@@ -73,6 +75,11 @@ async def report(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[st
     """Write exactly one result; the run's policy may stop the run instead."""
     settings = settings_of(runtime.context)
     result = build_result(state)
+    children = scope_of(settings).children.pop(result.task_id, [])
+    if children:
+        # Roll the delegated sub-tasks up into this task's result and its tokens.
+        usage = result.usage + Usage.total(c.usage for c in children)
+        result = result.model_copy(update={"subtasks": children, "usage": usage})
     task_finished(runtime.stream_writer, result)
     apply_policy(result, settings, scope_of(settings))
     return {"results": [result]}

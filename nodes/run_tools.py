@@ -60,7 +60,7 @@ async def run_tools(state: SubagentState, runtime: Runtime[RunSettings]) -> dict
     settings = settings_of(runtime.context)
     last = state["messages"][-1]
     calls = last.tool_calls if isinstance(last, AIMessage) else []
-    tools = {t.name: t for t in await allowed_tools(state["task"], settings)}
+    tools = {t.name: t for t in await allowed_tools(state["task"], settings, state.get("depth", 1))}
     config = subagent_config(
         state["task"], round_=state.get("round", 1), depth=state.get("depth", 1)
     )

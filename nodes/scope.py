@@ -24,7 +24,7 @@ from nodes.faults import FaultKind
 
 if TYPE_CHECKING:
     from nodes.context import RunSettings
-    from nodes.domain import Plan
+    from nodes.domain import Plan, SubagentResult
 
 T = TypeVar("T")
 
@@ -119,6 +119,8 @@ class RunScope:
         self.faults: Counter[str] = Counter()
         self.retries = 0
         self.deadline = self.t0 + settings.max_wall_time_s if settings.max_wall_time_s else None
+        self.children: dict[str, list[SubagentResult]] = {}
+        """Results of sub-tasks each task delegated, by the delegating task's id."""
         self.plan: Plan | None = None
         self.status: dict[str, str] = {}
         """Live task statuses (what state knows plus what just finished)."""
@@ -246,8 +248,10 @@ def scope_of(settings: RunSettings) -> RunScope:
     """Return the run scope that belongs to this settings object (made on first use).
 
     A scope serves one event loop: the same settings used from another loop (two
-    `asyncio.run` calls) get a fresh scope.
+    `asyncio.run` calls) get a fresh scope. A nested run's settings share the
+    top-level run's scope.
     """
+    settings = settings.root
     try:
         loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:

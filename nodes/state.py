@@ -38,6 +38,8 @@ class OrchestratorInput(TypedDict):
     """The user's request, in words."""
     given_plan: NotRequired[Plan]
     """A ready plan: when given, the planner validates it and calls no model."""
+    depth: NotRequired[int]
+    """Nesting depth of this run's subagents (1, unless a subagent delegated it)."""
 
 
 class OrchestratorOutput(TypedDict):
@@ -74,6 +76,8 @@ class OrchestratorState(TypedDict):
     """The run's settings as JSON (model specs, limits, policy), so a resume can reuse them."""
     rounds: int
     """Fan-out rounds dispatched so far."""
+    depth: int
+    """Nesting depth of this run's subagents: 1 at the top."""
     metrics: RunMetrics
     """Metrics as of the last reducer or synthesizer step."""
     status: str
