@@ -11,6 +11,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
 from pydantic import WithJsonSchema
+from pydantic.json_schema import SkipJsonSchema
 
 from nodes.kinds import BUILTIN_KINDS, AgentKind
 from tools import ToolRegistry, default_registry
@@ -123,8 +124,13 @@ class RunSettings:
     workspace: str | None = None
     """A folder the workspace file tools (list, read, grep, write) are confined to;
     `None`: no file tools."""
-    _registry: ToolRegistry | None = field(default=None, init=False, repr=False, compare=False)
-    _parent: RunSettings | None = field(default=None, init=False, repr=False, compare=False)
+    # Per-object caches, not settings: left out of the JSON schema Studio shows.
+    _registry: SkipJsonSchema[ToolRegistry | None] = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    _parent: SkipJsonSchema[RunSettings | None] = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         self.kinds = [

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from langchain_core.tools import BaseTool
 
@@ -74,6 +75,13 @@ class ToolRegistry:
     Writes take a lock and swap in new dicts; reads use a snapshot, so a subagent
     never sees a half-updated registry.
     """
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        """Let pydantic accept a registry as it is (in run settings), never copy it."""
+        from pydantic_core import core_schema
+
+        return core_schema.is_instance_schema(cls)
 
     def __init__(
         self, tools: Iterable[BaseTool] = (), *, parent: ToolRegistry | None = None
