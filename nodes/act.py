@@ -63,7 +63,8 @@ async def act(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str, 
         return {"error": ErrorInfo.of(stop)}
     stats = CallStats()
     try:
-        model = load_chat_model(settings.model)
+        kind = settings.agent_kinds().get(state["task"].kind)
+        model = load_chat_model(kind.model if kind and kind.model else settings.model)
         tools = await allowed_tools(state["task"], settings, state.get("depth", 1))
         runnable = model.bind_tools(tools) if tools else model
         config = subagent_config(

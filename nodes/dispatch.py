@@ -49,7 +49,11 @@ def make_send(
         "round": round_,
         "depth": depth,
     }
-    timeout = task.timeout_s if task.timeout_s is not None else settings.task_timeout_s
+    kind = settings.agent_kinds().get(task.kind)
+    timeout = next(
+        (t for t in (task.timeout_s, kind.timeout_s if kind else None) if t is not None),
+        settings.task_timeout_s,
+    )
     return Send(SUBAGENT, payload, timeout=timeout)
 
 

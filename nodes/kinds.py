@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from langchain_core.language_models import BaseChatModel
 from pydantic import BaseModel, Field
 
 
@@ -14,6 +15,13 @@ class AgentKind(BaseModel):
         default=None, description="Default tool allow-list; null means every registered tool."
     )
     description: str = ""
+    model: str | BaseChatModel | None = Field(
+        default=None,
+        description="Model spec (or chat model) for this kind's subagents; null: the run's.",
+    )
+    timeout_s: float | None = Field(
+        default=None, gt=0, description="Timeout of this kind's tasks; null: the run's."
+    )
 
 
 _BASE = (
