@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
+from langgraph.graph._node import StateNode
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
 
@@ -38,13 +39,19 @@ Orchestrator = CompiledStateGraph[
 
 
 def build_orchestrator(
-    *, synthesize_answer: bool = True, checkpoint_granularity: Granularity = "task"
+    *,
+    synthesize_answer: bool = True,
+    checkpoint_granularity: Granularity = "task",
+    plan_with: StateNode[Any, Any] = planner,
+    answer_with: StateNode[Any, Any] = synthesize,
 ) -> StateGraph[OrchestratorState, RunSettings, OrchestratorInput, OrchestratorOutput]:
     """Wire planner -> approve -> dispatch =Send=> subagent -> reducer -> (dispatch | synthesize).
 
     Args:
         synthesize_answer: end with one model call that writes the answer; without
             it the run ends at the reducer (as `execute_tasks_parallel` does).
+        plan_with: the node that writes the plan (a preset graph swaps it).
+        answer_with: the node that writes the answer.
         checkpoint_granularity: with a checkpointer, `task` saves each subagent's
             result when it finishes (a resumed run restarts unfinished subagents from
             their first step); `step` also checkpoints every step inside each
@@ -57,21 +64,27 @@ def build_orchestrator(
         input_schema=OrchestratorInput,
         output_schema=OrchestratorOutput,
     )
-    routes = dispatch_path_map("synthesize" if synthesize_answer else END)
-    builder.add_node("planner", planner)
+    plan_node = _name(plan_with)
+    answer_node = _name(answer_with)
+    routes = dispatch_path_map(answer_node if synthesize_answer else END)
+    builder.add_node(plan_node, plan_with)
     builder.add_node("approve", approve)
     subagent = compile_subagent(checkpointer=None if checkpoint_granularity == "step" else False)
     builder.add_node(SUBAGENT, subagent, error_handler=on_subagent_error)
     builder.add_node(REDUCER, reducer)
-    builder.add_edge(START, "planner")
-    builder.add_edge("planner", "approve")
+    builder.add_edge(START, plan_node)
+    builder.add_edge(plan_node, "approve")
     builder.add_conditional_edges("approve", dispatch_approved, {**routes, REJECTED: END})
     builder.add_edge(SUBAGENT, REDUCER)
     builder.add_conditional_edges(REDUCER, dispatch, routes)
     if synthesize_answer:
-        builder.add_node("synthesize", synthesize)
-        builder.add_edge("synthesize", END)
+        builder.add_node(answer_node, answer_with)
+        builder.add_edge(answer_node, END)
     return builder
+
+
+def _name(node: StateNode[Any, Any]) -> str:
+    return str(getattr(node, "__name__", type(node).__name__))
 
 
 def compile_orchestrator(
@@ -80,6 +93,8 @@ def compile_orchestrator(
     checkpointer: Checkpointer = None,
     checkpoint_granularity: Granularity = "task",
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    plan_with: StateNode[Any, Any] = planner,
+    answer_with: StateNode[Any, Any] = synthesize,
     name: str = "orchestrator",
     **compile_kwargs: Any,
 ) -> Orchestrator:
@@ -91,7 +106,10 @@ def compile_orchestrator(
         msg = f"`checkpoint_granularity` must be `task` or `step`, got `{checkpoint_granularity}`"
         raise ValueError(msg)
     builder = build_orchestrator(
-        synthesize_answer=synthesize_answer, checkpoint_granularity=checkpoint_granularity
+        synthesize_answer=synthesize_answer,
+        checkpoint_granularity=checkpoint_granularity,
+        plan_with=plan_with,
+        answer_with=answer_with,
     )
     compiled = builder.compile(
         checkpointer=allow_fanfold_types(checkpointer), name=name, **compile_kwargs

@@ -13,7 +13,7 @@ from langchain_core.tools import BaseTool
 from pydantic import WithJsonSchema
 from pydantic.json_schema import SkipJsonSchema
 
-from nodes.kinds import BUILTIN_KINDS, AgentKind
+from nodes.kinds import BUILTIN_KINDS, DEFAULT_PERSPECTIVES, AgentKind
 from tools import ToolRegistry, default_registry
 from tools.workspace import make_workspace_tools
 
@@ -92,6 +92,8 @@ class RunSettings:
     """Stop after planning until the plan is accepted, edited or rejected (an interrupt)."""
     tool_timeout_s: float | None = 30.0
     """Timeout of one tool call; a timed-out call is an error the model sees."""
+    perspectives: list[str] = field(default_factory=lambda: list(DEFAULT_PERSPECTIVES))
+    """Agent kinds the `perspectives` graph asks, each given the whole request."""
     max_depth: int = 1
     """Nesting limit: 1, subagents cannot delegate; 2, they may spawn one level of
     sub-tasks through the `delegate` tool; and so on."""

@@ -38,6 +38,13 @@ _TASK = re.compile(r"^Task (\S+) \(([^)]*)\): (.*)$", re.MULTILINE)
 _INPUT = re.compile(r"^\[(\S+?)(?: (\w+))?\] (.*)$", re.MULTILINE)
 
 
+_STANCES = {
+    "optimist": "the upside is real if the first step is small and measured.",
+    "skeptic": "the costs and risks are likely underestimated; ask what fails first.",
+    "engineer": "it is feasible in stages; estimate the work before committing.",
+}
+
+
 def _tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4))
 
@@ -198,6 +205,8 @@ class DemoChatModel(BaseChatModel):
         inputs = (
             _INPUT.findall(prompt.split(INPUTS_HEADER, 1)[-1]) if INPUTS_HEADER in prompt else []
         )
+        if task and not inputs and task.group(2) in _STANCES:
+            return f"{DEMO_LABEL} As the {task.group(2)}: {_STANCES[task.group(2)]}"
         if task:
             joined = " | ".join(f"{tid}: {text[:120]}" for tid, _, text in inputs)
             return f"{DEMO_LABEL} {task.group(3)} from {len(inputs)} input(s): {joined}"

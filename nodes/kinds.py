@@ -49,5 +49,24 @@ BUILTIN_KINDS: dict[str, AgentKind] = {
             tools=[],
             description="Writes prose from other tasks' outputs; no tools.",
         ),
+        AgentKind(
+            name="optimist",
+            system_prompt=_BASE + " You argue for the best realistic case: what could go right.",
+            tools=[],
+            description="A perspective: the case for.",
+        ),
+        AgentKind(
+            name="skeptic",
+            system_prompt=_BASE + " You argue the risks, costs and what could go wrong.",
+            tools=[],
+            description="A perspective: the case against.",
+        ),
+        AgentKind(
+            name="engineer",
+            system_prompt=_BASE + " You judge feasibility: effort, numbers, how to build it.",
+            description="A perspective: what it takes.",
+        ),
     ]
 }
+
+DEFAULT_PERSPECTIVES = ("optimist", "skeptic", "engineer")

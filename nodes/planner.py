@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -39,7 +40,16 @@ async def planner(state: OrchestratorState, runtime: Runtime[RunSettings]) -> di
         model = load_chat_model(settings.planner_model or settings.model)
         plan, usage = await make_plan(model, state["request"], settings)
     plan_ready(runtime.stream_writer, len(plan.tasks), len(plan.generations()))
-    # A thread may hold an earlier run: everything of that run is reset here.
+    return planned(plan, started=started, usage=usage, settings=settings)
+
+
+def planned(
+    plan: Plan, *, started: datetime, usage: Usage, settings: RunSettings
+) -> dict[str, Any]:
+    """Return the state update that starts a run on `plan`.
+
+    A thread may hold an earlier run: everything of that run is reset here.
+    """
     return {
         "given_plan": None,
         "plan": plan,

@@ -26,6 +26,10 @@ Return a corrected plan that fixes every problem."""
 SYNTHESIZE_SYSTEM = """You write the final answer for the user from the results of a
 team of subagents. Use only what the results say; say plainly which parts failed."""
 
+MERGE_VIEWS_SYSTEM = """You merge the views of several perspectives on one request into a
+single answer. Keep who said what: attribute every point to the perspective that made
+it, show where they agree and where they disagree, and end with a balanced verdict."""
+
 TASK_HEADER = "Task {id} ({kind}): {description}"
 INPUTS_HEADER = "Inputs from the tasks this one depends on:"
 REQUEST_HEADER = "Request: {request}"

@@ -55,6 +55,8 @@ class OrchestratorOutput(TypedDict):
     """One result per task, in plan order."""
     metrics: RunMetrics
     """What the run cost and how parallel it was."""
+    views: NotRequired[dict[str, str]]
+    """The perspectives graph only: each perspective's view, by kind."""
 
 
 class OrchestratorState(TypedDict):
@@ -86,6 +88,8 @@ class OrchestratorState(TypedDict):
     """The final answer."""
     rejection: str
     """Why the plan was rejected at approval, when it was."""
+    views: dict[str, str]
+    """The perspectives graph only: each perspective's view, by kind."""
 
 
 class SubagentInput(TypedDict):

@@ -21,6 +21,13 @@ from nodes.usage import usage_of
 
 async def synthesize(state: OrchestratorState, runtime: Runtime[RunSettings]) -> dict[str, Any]:
     """Write the final answer from every result, in plan order (not when a budget ran out)."""
+    return await write_answer(state, runtime, SYNTHESIZE_SYSTEM)
+
+
+async def write_answer(
+    state: OrchestratorState, runtime: Runtime[RunSettings], system: str
+) -> dict[str, Any]:
+    """Make the one model call over the ordered results, with `system` as its instructions."""
     settings = settings_of(runtime.context)
     scope = scope_of(settings)
     results = state.get("results", [])
@@ -31,7 +38,7 @@ async def synthesize(state: OrchestratorState, runtime: Runtime[RunSettings]) ->
     else:
         model = load_chat_model(settings.planner_model or settings.model)
         prompt = synthesis_prompt(state["request"], results)
-        messages = [SystemMessage(SYNTHESIZE_SYSTEM), HumanMessage(prompt)]
+        messages = [SystemMessage(system), HumanMessage(prompt)]
         try:
             reply = await call_model(
                 model, messages, settings=settings, scope=scope, interruptible=False

@@ -1,0 +1,37 @@
+"""perspectives_planner and merge_views: one request, several named viewpoints, one answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from nodes.context import RunSettings, settings_of
+from nodes.domain import Plan, Task, Usage
+from nodes.events import now, plan_ready
+from nodes.planner import check_plan, planned
+from nodes.prompts import MERGE_VIEWS_SYSTEM
+from nodes.state import OrchestratorState
+from nodes.synthesize import write_answer
+
+
+async def perspectives_planner(
+    state: OrchestratorState, runtime: Runtime[RunSettings]
+) -> dict[str, Any]:
+    """Give the whole request to each perspective kind, in parallel (no model call)."""
+    settings = settings_of(runtime.context)
+    started = now()
+    tasks = [
+        Task(id=kind, description=state["request"], kind=kind)
+        for kind in dict.fromkeys(settings.perspectives)
+    ]
+    plan = check_plan(Plan(tasks=tasks, rationale="one view per perspective"), settings)
+    plan_ready(runtime.stream_writer, len(plan.tasks), 1)
+    return planned(plan, started=started, usage=Usage(), settings=settings)
+
+
+async def merge_views(state: OrchestratorState, runtime: Runtime[RunSettings]) -> dict[str, Any]:
+    """Merge the views into one answer that keeps who said what (and keep each view)."""
+    update = await write_answer(state, runtime, MERGE_VIEWS_SYSTEM)
+    update["views"] = {r.task_id: r.output for r in state.get("results", []) if r.status == "ok"}
+    return update
