@@ -89,6 +89,9 @@ def _add_run_options(p: argparse.ArgumentParser, *, model: str | None) -> None:
     p.add_argument(
         "--checkpoint", default=None, help="SQLite file or postgresql:// URL to checkpoint to"
     )
+    p.add_argument("--max-rounds", type=int, default=None, help="planning rounds (1: no replan)")
+    p.add_argument("--max-depth", type=int, default=None, help="delegation depth (1: none)")
+    p.add_argument("--workspace", default=None, help="folder the file tools are confined to")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument(
         "--approve",
@@ -145,6 +148,9 @@ _SETTING_FLAGS = {
     "max_tokens": "max_total_tokens",
     "max_wall_time": "max_wall_time_s",
     "max_task_tokens": "max_task_tokens",
+    "max_rounds": "max_rounds",
+    "max_depth": "max_depth",
+    "workspace": "workspace",
 }
 
 

@@ -19,6 +19,7 @@ from nodes.delegation import register_runner
 from nodes.dispatch import (
     REDUCER,
     REJECTED,
+    REPLAN,
     SUBAGENT,
     dispatch,
     dispatch_approved,
@@ -27,6 +28,7 @@ from nodes.dispatch import (
 from nodes.domain import Plan, SubagentResult
 from nodes.planner import planner
 from nodes.reducer import reducer
+from nodes.replan import replan
 from nodes.state import OrchestratorInput, OrchestratorOutput, OrchestratorState
 from nodes.subagent_error import on_subagent_error
 from nodes.synthesize import synthesize
@@ -45,7 +47,10 @@ def build_orchestrator(
     plan_with: StateNode[Any, Any] = planner,
     answer_with: StateNode[Any, Any] = synthesize,
 ) -> StateGraph[OrchestratorState, RunSettings, OrchestratorInput, OrchestratorOutput]:
-    """Wire planner -> approve -> dispatch =Send=> subagent -> reducer -> (dispatch | synthesize).
+    """Wire planner -> approve -> dispatch =Send=> subagent -> reducer -> ... -> synthesize.
+
+    From the reducer, dispatch goes on to the next ready tasks, to `replan` (when
+    rounds are left and every task is done) or to the answer.
 
     Args:
         synthesize_answer: end with one model call that writes the answer; without
@@ -66,7 +71,8 @@ def build_orchestrator(
     )
     plan_node = _name(plan_with)
     answer_node = _name(answer_with)
-    routes = dispatch_path_map(answer_node if synthesize_answer else END)
+    done = answer_node if synthesize_answer else END
+    routes = dispatch_path_map(done)
     builder.add_node(plan_node, plan_with)
     builder.add_node("approve", approve)
     subagent = compile_subagent(checkpointer=None if checkpoint_granularity == "step" else False)
@@ -76,7 +82,9 @@ def build_orchestrator(
     builder.add_edge(plan_node, "approve")
     builder.add_conditional_edges("approve", dispatch_approved, {**routes, REJECTED: END})
     builder.add_edge(SUBAGENT, REDUCER)
-    builder.add_conditional_edges(REDUCER, dispatch, routes)
+    builder.add_conditional_edges(REDUCER, dispatch, dispatch_path_map(done, replan=REPLAN))
+    builder.add_node(REPLAN, replan)
+    builder.add_conditional_edges(REPLAN, dispatch, routes)
     if synthesize_answer:
         builder.add_node(answer_node, answer_with)
         builder.add_edge(answer_node, END)

@@ -94,6 +94,9 @@ class RunSettings:
     """Timeout of one tool call; a timed-out call is an error the model sees."""
     perspectives: list[str] = field(default_factory=lambda: list(DEFAULT_PERSPECTIVES))
     """Agent kinds the `perspectives` graph asks, each given the whole request."""
+    max_rounds: int = 1
+    """Planning rounds: after a plan's tasks are done the planner may add tasks, until
+    this many rounds; 1 means no re-planning."""
     max_depth: int = 1
     """Nesting limit: 1, subagents cannot delegate; 2, they may spawn one level of
     sub-tasks through the `delegate` tool; and so on."""
@@ -165,6 +168,9 @@ class RunSettings:
             raise ValueError(msg)
         if self.task_timeout_s is not None and self.task_timeout_s <= 0:
             msg = f"`task_timeout_s` must be > 0 or None, got `{self.task_timeout_s}`"
+            raise ValueError(msg)
+        if self.max_rounds < 1 or self.max_depth < 1:
+            msg = f"`max_rounds`, `max_depth` must be >= 1: {self.max_rounds}, {self.max_depth}"
             raise ValueError(msg)
         if self.max_tasks < 1 or self.max_steps < 1:
             msg = f"`max_tasks`, `max_steps` must be >= 1: {self.max_tasks}, {self.max_steps}"

@@ -102,6 +102,22 @@ def demo_plan(request: str) -> dict[str, Any]:
     }
 
 
+def demo_extension(prompt: str) -> dict[str, Any]:
+    """Return the demo's re-plan: one follow-up check after the last task, once."""
+    found = re.search(r"^Existing task ids: (.*)$", prompt, re.MULTILINE)
+    ids = [i.strip() for i in found.group(1).split(",")] if found else []
+    if not ids or "followup" in ids:
+        return {"tasks": [], "rationale": "the results answer the request"}
+    task = {
+        "id": "followup",
+        "description": "Check the findings so far for gaps",
+        "kind": "analyst",
+        "depends_on": [ids[-1]],
+        "tools": ["text_stats"],
+    }
+    return {"tasks": [task], "rationale": "one check of the findings"}
+
+
 class DemoChatModel(BaseChatModel):
     """A deterministic offline model that plans, calls tools and answers."""
 
@@ -169,6 +185,11 @@ class DemoChatModel(BaseChatModel):
 
     def _respond(self, messages: list[BaseMessage], tools: list[str]) -> AIMessage:
         first_user = next((_text(m) for m in messages if isinstance(m, HumanMessage)), "")
+        if "PlanExtension" in tools:
+            args = demo_extension(first_user)
+            return AIMessage(
+                content="", tool_calls=[{"name": "PlanExtension", "args": args, "id": "ext_1"}]
+            )
         if "Plan" in tools:
             return AIMessage(
                 content="",

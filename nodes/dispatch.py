@@ -21,6 +21,8 @@ FAN_OUT = "fan-out"
 """Edge label of the `Send` fan-out (drawn only: the `Send`s name their node)."""
 DONE = "done"
 """What dispatch returns when no task is ready."""
+REPLAN = "replan"
+"""What dispatch returns when every task is done and another planning round may run."""
 
 
 def ready_tasks(plan: Plan, results: list[SubagentResult]) -> list[Task]:
@@ -77,7 +79,7 @@ async def dispatch(
         scope_of(settings).sync(state["plan"], {r.task_id: r.status for r in results})
     ready = ready_tasks(state["plan"], results)
     if not ready:
-        return DONE
+        return REPLAN if may_replan(state, settings) else DONE
     window = config.get("max_concurrency") or settings.max_concurrency
     ready = ready[:window]
     round_ = state.get("rounds", 0) + 1
@@ -85,9 +87,39 @@ async def dispatch(
     return [make_send(t, results, settings, round_=round_, depth=depth) for t in ready]
 
 
-def dispatch_path_map(done_target: str) -> dict[Hashable, str]:
-    """Return dispatch's path map: the labelled fan-out edge, and where `done` goes."""
-    return {FAN_OUT: SUBAGENT, DONE: done_target}
+def may_replan(state: OrchestratorState, settings: RunSettings) -> bool:
+    """Tell whether another planning round may run.
+
+    It may when rounds are left, every task has a result, the planner did not
+    decline, and the run was not stopped (a budget, a quorum).
+    """
+    plan = state["plan"]
+    done = {r.task_id for r in state.get("results", [])}
+    stopped = (
+        any(
+            r.status == "cancelled" and r.error is not None and r.error.type != "RunStopped"
+            for r in state.get("results", [])
+        )
+        or scope_of(settings).stopped
+    )
+    return (
+        state.get("plan_round", 1) < settings.max_rounds
+        and not state.get("replan_done", False)
+        and all(t.id in done for t in plan.tasks)
+        and not stopped
+    )
+
+
+def dispatch_path_map(done_target: str, *, replan: str | None = None) -> dict[Hashable, str]:
+    """Return dispatch's path map.
+
+    The labelled fan-out edge, where `done` goes and, when the graph re-plans, the
+    `replan` edge.
+    """
+    routes: dict[Hashable, str] = {FAN_OUT: SUBAGENT, DONE: done_target}
+    if replan is not None:
+        routes[REPLAN] = replan
+    return routes
 
 
 REJECTED = "rejected"

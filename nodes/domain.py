@@ -58,6 +58,7 @@ class Task(BaseModel):
     timeout_s: float | None = Field(
         default=None, gt=0, description="Per-task timeout; null means the run's."
     )
+    round: int = Field(default=1, ge=1, description="The planning round that added the task.")
 
 
 def _find_cycle(graph: nx.DiGraph) -> list[str] | None:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 from langgraph.types import Overwrite
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from nodes.calls import call_model
 from nodes.context import RunSettings, settings_of
@@ -25,6 +26,9 @@ from nodes.state import OrchestratorState
 from nodes.usage import usage_of
 
 REPAIR_ROUNDS = 1
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 async def planner(state: OrchestratorState, runtime: Runtime[RunSettings]) -> dict[str, Any]:
@@ -56,6 +60,8 @@ def planned(
         "results": Overwrite([]),
         "started_at": started,
         "rounds": 0,
+        "plan_round": 1,
+        "replan_done": False,
         "usage": Overwrite(usage),
         "settings": settings.to_json(),
         "status": "",
@@ -91,7 +97,7 @@ def _first_lines(exc: ValidationError) -> str:
     return "; ".join(str(e["msg"]) for e in exc.errors()[:5])
 
 
-def _structured(model: BaseChatModel) -> Any:
+def _structured(model: BaseChatModel, schema: type[BaseModel]) -> Any:
     try:
         from langchain_openai.chat_models.base import BaseChatOpenAI
     except ImportError:  # pragma: no cover - langchain-openai is a dependency
@@ -99,8 +105,70 @@ def _structured(model: BaseChatModel) -> Any:
     if isinstance(model, BaseChatOpenAI):
         # Tool calling accepts any JSON schema; OpenAI's strict json_schema mode
         # rejects optional fields with defaults.
-        return model.with_structured_output(Plan, include_raw=True, method="function_calling")
-    return model.with_structured_output(Plan, include_raw=True)
+        return model.with_structured_output(schema, include_raw=True, method="function_calling")
+    return model.with_structured_output(schema, include_raw=True)
+
+
+def kinds_and_tools(settings: RunSettings) -> dict[str, str]:
+    """Return the kinds and tools a planning prompt lists, as text."""
+    kinds = settings.agent_kinds()
+    tools = [(t.name, t.description) for t in settings.registry().resolve(None)]
+    if settings.max_depth > 1:
+        tools.append((DELEGATE, "run sub-tasks in parallel, one subagent each"))
+    return {
+        "kinds": "\n".join(f"- {k.name}: {k.description}" for k in kinds.values()),
+        "tools": "\n".join(f"- {name}: {desc}" for name, desc in tools),
+    }
+
+
+async def ask_structured(
+    model: BaseChatModel,
+    schema: type[M],
+    messages: list[BaseMessage],
+    settings: RunSettings,
+    accept: Callable[[M], T],
+) -> tuple[T, Usage]:
+    """Ask for structured output; feed problems back once; return what `accept` made of it.
+
+    `accept` validates the parsed output and raises `PlanError` naming what is wrong.
+
+    Raises:
+        PlanError: still invalid after the repair round.
+    """
+    structured = _structured(model, schema)
+    usage = Usage()
+    problems: list[str] = []
+    raw_text = ""
+    scope = scope_of(settings)
+    asked = list(messages)
+    for _ in range(1 + REPAIR_ROUNDS):
+        try:
+            out = await call_model(structured, asked, settings=settings, scope=scope)
+        except ValidationError as exc:
+            # The client could not even build a message from the reply (tool-call
+            # arguments that are not an object): a malformed plan, so repair it.
+            out = {"raw": None, "parsed": None, "parsing_error": exc}
+        raw = out.get("raw")
+        usage = usage + usage_of(raw)
+        raw_text = _raw_text(raw)
+        parsed, error = out.get("parsed"), out.get("parsing_error")
+        if isinstance(parsed, schema):
+            try:
+                return accept(parsed), usage
+            except PlanError as exc:
+                problems = exc.problems
+        elif error is not None:
+            problems = [_describe(error)]
+        else:
+            problems = ["the model returned no plan" + ("" if schema is Plan else " extension")]
+        asked = [
+            *messages,
+            HumanMessage(
+                f"Your previous plan:\n{raw_text[:4000]}\n\n"
+                + PLAN_REPAIR.format(problems="; ".join(problems))
+            ),
+        ]
+    raise PlanError(problems, raw=raw_text)
 
 
 async def make_plan(
@@ -111,42 +179,11 @@ async def make_plan(
     Raises:
         PlanError: the plan is still invalid after the repair round.
     """
-    kinds = settings.agent_kinds()
-    registry = settings.registry()
-    system = PLANNER_SYSTEM.format(
-        kinds="\n".join(f"- {k.name}: {k.description}" for k in kinds.values()),
-        tools="\n".join(f"- {t.name}: {t.description}" for t in registry.resolve(None)),
-        max_tasks=settings.max_tasks,
-    )
+    system = PLANNER_SYSTEM.format(**kinds_and_tools(settings), max_tasks=settings.max_tasks)
     messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(request)]
-    structured = _structured(model)
-    usage = Usage()
-    problems: list[str] = []
-    raw_text = ""
-    scope = scope_of(settings)
-    for _ in range(1 + REPAIR_ROUNDS):
-        out = await call_model(structured, messages, settings=settings, scope=scope)
-        raw = out.get("raw")
-        usage = usage + usage_of(raw)
-        raw_text = _raw_text(raw)
-        parsed, error = out.get("parsed"), out.get("parsing_error")
-        if isinstance(parsed, Plan):
-            try:
-                return check_plan(parsed, settings), usage
-            except PlanError as exc:
-                problems = exc.problems
-        elif error is not None:
-            problems = [_describe(error)]
-        else:
-            problems = ["the model returned no plan"]
-        messages = [
-            *messages[:2],
-            HumanMessage(
-                f"Your previous plan:\n{raw_text[:4000]}\n\n"
-                + PLAN_REPAIR.format(problems="; ".join(problems))
-            ),
-        ]
-    raise PlanError(problems, raw=raw_text)
+    return await ask_structured(
+        model, Plan, messages, settings, lambda plan: check_plan(plan, settings)
+    )
 
 
 def _describe(error: BaseException) -> str:

@@ -20,6 +20,23 @@ Tools:
 
 At most {max_tasks} tasks."""
 
+REPLAN_SYSTEM = """You are the planner of a team of parallel subagents, in a later round.
+The tasks of the plan so far are done; their results are below. Decide whether the
+request needs more work. If it does, add new tasks (new unique ids, not any of the
+existing ones; they may depend on existing tasks and use their outputs). If it does
+not, return no tasks.
+
+Agent kinds:
+{kinds}
+
+Tools:
+{tools}"""
+
+REPLAN_REQUEST = """{results}
+
+Existing task ids: {ids}
+Planning round {round} of at most {max_rounds}."""
+
 PLAN_REPAIR = """Your plan was rejected: {problems}
 Return a corrected plan that fixes every problem."""
 

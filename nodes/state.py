@@ -78,6 +78,10 @@ class OrchestratorState(TypedDict):
     """The run's settings as JSON (model specs, limits, policy), so a resume can reuse them."""
     rounds: int
     """Fan-out rounds dispatched so far."""
+    plan_round: int
+    """Planning rounds so far (1: the first plan)."""
+    replan_done: bool
+    """The planner declined to add tasks: no further planning round."""
     depth: int
     """Nesting depth of this run's subagents: 1 at the top."""
     metrics: RunMetrics

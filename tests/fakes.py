@@ -64,6 +64,8 @@ class TaskScriptedModel(BaseChatModel):
 
     scripts: dict[str, TaskScript]
     plan: dict[str, Any] | None = None
+    extensions: list[dict[str, Any]] = Field(default_factory=list)
+    """Re-plans, in the order the (sequential) re-planning rounds ask for them."""
     recorder: Recorder = Field(default_factory=Recorder)
 
     @property
@@ -91,6 +93,11 @@ class TaskScriptedModel(BaseChatModel):
     ) -> ChatResult:
         tools = [t["function"]["name"] for t in kwargs.get("tools") or []]
         first = next((_text(m) for m in messages if isinstance(m, HumanMessage)), "")
+        if "PlanExtension" in tools:
+            if not self.extensions:
+                raise ScriptError("asked to re-plan but no extension is scripted")
+            ext = self.extensions.pop(0)
+            return self._reply(AIMessage("", tool_calls=[_call("PlanExtension", ext, "x")]))
         if "Plan" in tools:
             if self.plan is None:
                 raise ScriptError("asked for a plan but none is scripted")

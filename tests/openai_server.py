@@ -29,6 +29,16 @@ and the most requests it held in flight at once. Each answer waits
 Mistakes (an unknown task id, a request it cannot place, a missing plan, a
 scripted tool that was not offered) are answered with HTTP 500 and
 `x-should-retry: false`, and recorded in `errors`: assert it stays empty.
+
+Faults, for fault-tolerance tests (both off by default):
+
+- `faults`: a function of (key, index of this request among that key's requests)
+  returning a fault mode from `FAULT_MODES` or None; `SeededFaults` picks them from
+  a seeded RNG per request, so what a task gets does not depend on timing. Every
+  injected fault is appended to `injected` the moment it is decided, so a request
+  the client gave up on (a slow reply, a dropped connection) still counts.
+- `rate_limit`: a `TokenBucket`; a request beyond it is answered 429 with
+  `retry-after-ms` (counted in `throttled`, never in `injected`).
 """
 
 from __future__ import annotations
@@ -36,12 +46,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import random
 import re
 import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -117,6 +129,9 @@ class Call:
     ended: float = 0.0
     tokens: Tokens | None = None
     """The usage reported, if any."""
+    fault: str | None = None
+    """The fault injected into this request (`FAULT_MODES`), or `throttled` (429 by
+    the rate limit); None: answered as scripted."""
 
 
 @dataclass
@@ -178,6 +193,75 @@ def completion_tokens(reply: _Reply) -> int:
     return 2 + (chars + 2) // 3 + 5 * len(reply.tool_calls)
 
 
+FAULT_MODES: tuple[str, ...] = ("429", "500", "slow", "drop", "malformed", "cut")
+"""What `faults` may inject:
+
+- `429`: HTTP 429 with the server's `fault_headers` (a short Retry-After).
+- `500`: HTTP 500 (no `x-should-retry`).
+- `slow`: the scripted reply, but only after `slow_s` (longer than a client timeout).
+- `drop`: close the connection without any response.
+- `malformed`: HTTP 200 whose JSON body is cut off mid-document (plain requests),
+  or a stream with a chunk that is not JSON (streamed requests).
+- `cut`: plain requests: a body shorter than its Content-Length, then close;
+  streamed requests: the first chunks, then close, with no `[DONE]`.
+"""
+
+
+@dataclass(frozen=True)
+class Injected:
+    """One fault the server injected."""
+
+    key: str
+    index: int
+    """Index of the request among that key's requests (0: its first)."""
+    mode: str
+    seq: int
+    """The request's `Call.seq`."""
+
+
+@dataclass(frozen=True)
+class SeededFaults:
+    """Inject a fault into about `rate` of requests, chosen by a seeded RNG per request.
+
+    The choice depends only on (seed, key, index), never on arrival order across
+    keys, so a run injects the same faults however its requests interleave.
+    """
+
+    rate: float
+    seed: int = 0
+    modes: tuple[str, ...] = ("429", "500", "slow", "drop", "malformed")
+    keys: frozenset[str] | None = None
+    """Only these keys get faults; None: every key."""
+
+    def __call__(self, key: str, index: int) -> str | None:
+        if self.keys is not None and key not in self.keys:
+            return None
+        rng = random.Random(f"{self.seed}/{key}/{index}")
+        return rng.choice(self.modes) if rng.random() < self.rate else None
+
+
+class TokenBucket:
+    """A thread-safe token bucket: `rate` tokens per second, at most `burst` stored."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self) -> float:
+        """Take a token; return 0.0, or the seconds until one is available (none taken)."""
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return 0.0
+            return (1.0 - self._tokens) / self.rate
+
+
 _instances = itertools.count(1)
 
 
@@ -218,6 +302,19 @@ class ScriptedOpenAI:
         self.max_in_flight = 0
         self.disconnects = 0
         """Answers the client hung up on before they were written."""
+        self.faults: Callable[[str, int], str | None] | None = None
+        """Per request (key, index among that key's requests): a fault mode, or None."""
+        self.injected: list[Injected] = []
+        """Every fault injected, in the order decided."""
+        self.fault_headers: dict[str, str] = {"retry-after": "0.05"}
+        """Headers of an injected 429."""
+        self.slow_s = 5.0
+        """How long a `slow` fault waits before answering (cut short by `stop()`)."""
+        self.rate_limit: TokenBucket | None = None
+        """Requests beyond this bucket get 429 with `retry-after-ms`."""
+        self.throttled = 0
+        """Requests answered 429 by `rate_limit`."""
+        self._arrivals: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._seq = itertools.count(1)
@@ -319,6 +416,26 @@ class ScriptedOpenAI:
     def _fail_loudly(self, message: str) -> None:
         with self._lock:
             self.errors.append(message)
+
+    def _fault_for(self, key: str, seq: int) -> str | None:
+        with self._lock:
+            index = self._arrivals[key]
+            self._arrivals[key] += 1
+        mode = self.faults(key, index) if self.faults is not None else None
+        if mode is None:
+            return None
+        if mode not in FAULT_MODES:
+            raise ValueError(f"unknown fault mode `{mode}`; known: {FAULT_MODES}")
+        with self._lock:
+            self.injected.append(Injected(key, index, mode, seq))
+        return mode
+
+    def _throttle(self) -> float:
+        wait = self.rate_limit.take() if self.rate_limit is not None else 0.0
+        if wait:
+            with self._lock:
+                self.throttled += 1
+        return wait
 
     def _answer(self, body: dict[str, Any]) -> _Reply:
         messages = body.get("messages")
@@ -458,6 +575,9 @@ def _tool_names(body: dict[str, Any]) -> list[str]:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 resets connections when 50 subagents
+    # connect at once: that would be a fault the test did not inject.
+    request_queue_size = 256
     app: ScriptedOpenAI
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -573,16 +693,23 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(500, f"{type(exc).__name__}: {exc}", "server_error")
             return
         call.key = reply.key
+        wait = app._throttle()
+        if wait:
+            call.status, call.fault, call.ended = 429, "throttled", time.monotonic()
+            app._record(call)
+            headers = {"retry-after-ms": str(max(1, round(wait * 1000)))}
+            self._send_error(429, "rate limit reached", "rate_limit_error", headers)
+            return
+        fault = app._fault_for(reply.key, call.seq)
+        if fault is not None:
+            self._inject(fault, call, reply)
+            return
         app._wait(reply.key)
-        usage_in = prompt_tokens(body)
-        usage_out = completion_tokens(reply)
-        usage = {
-            "prompt_tokens": usage_in,
-            "completion_tokens": usage_out,
-            "total_tokens": usage_in + usage_out,
-        }
+        usage = _usage(body, reply)
         if not stream or include_usage:
-            call.tokens = Tokens(usage_in, usage_out, usage_in + usage_out)
+            call.tokens = Tokens(
+                usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]
+            )
         call.ended = time.monotonic()
         app._record(call)
         ident = f"chatcmpl-{call.seq}"
@@ -590,6 +717,67 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_stream(ident, call.model, reply, usage if include_usage else None)
         else:
             self._send_json(200, _completion(ident, call.model, reply, usage))
+
+    def _inject(self, fault: str, call: Call, reply: _Reply) -> None:
+        app = self.app
+        call.fault = fault
+        # Recorded now: the client may give up long before this handler ends.
+        app._record(call)
+        try:
+            if fault in ("429", "500"):
+                call.status = int(fault)
+                headers = app.fault_headers if fault == "429" else {}
+                kind = "rate_limit_error" if fault == "429" else "server_error"
+                self._send_error(call.status, f"injected {fault}", kind, headers)
+            elif fault == "slow":
+                app._stopping.wait(app.slow_s)
+                self._send_reply(call, reply)
+            elif fault == "drop":
+                self.close_connection = True  # the handler ends; the socket closes unanswered
+            elif call.stream:
+                self._send_broken_stream(call, reply, malformed=fault == "malformed")
+            else:
+                self._send_broken_json(call, reply, cut=fault == "cut")
+        finally:
+            call.ended = time.monotonic()
+
+    def _send_reply(self, call: Call, reply: _Reply) -> None:
+        usage = _usage(call.body, reply)
+        ident = f"chatcmpl-{call.seq}"
+        if call.stream:
+            self._send_stream(ident, call.model, reply, usage if call.include_usage else None)
+        else:
+            self._send_json(200, _completion(ident, call.model, reply, usage))
+
+    def _send_broken_json(self, call: Call, reply: _Reply, *, cut: bool) -> None:
+        data = json.dumps(
+            _completion(f"chatcmpl-{call.seq}", call.model, reply, _usage(call.body, reply))
+        ).encode()
+        part = data[: len(data) // 2]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        # `cut`: promise the whole body, send half; `malformed`: a complete body of bad JSON.
+        self.send_header("Content-Length", str(len(data) if cut else len(part)))
+        self.end_headers()
+        self.wfile.write(part)
+        self.wfile.flush()
+        self.close_connection = True
+
+    def _send_broken_stream(self, call: Call, reply: _Reply, *, malformed: bool) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        usage = _usage(call.body, reply) if call.include_usage else None
+        chunks = list(_chunks(f"chatcmpl-{call.seq}", call.model, reply, usage))
+        for chunk in chunks[:2]:
+            self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        if malformed:
+            self.wfile.write(b'data: {"id": "broken", "choices": [{"delta": \n\n')
+            self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
 
     # -- writing ---------------------------------------------------------------
 
@@ -623,6 +811,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
+
+
+def _usage(body: dict[str, Any], reply: _Reply) -> dict[str, int]:
+    usage_in = prompt_tokens(body)
+    usage_out = completion_tokens(reply)
+    return {
+        "prompt_tokens": usage_in,
+        "completion_tokens": usage_out,
+        "total_tokens": usage_in + usage_out,
+    }
 
 
 def _completion(ident: str, model: str, reply: _Reply, usage: dict[str, int]) -> dict[str, Any]:

@@ -1,0 +1,71 @@
+"""replan: after a plan's tasks are done, the planner may add tasks that build on them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from langgraph.runtime import Runtime
+from pydantic import BaseModel, Field, ValidationError
+
+from nodes.context import RunSettings, settings_of
+from nodes.domain import Plan, Task
+from nodes.errors import PlanError
+from nodes.events import plan_ready
+from nodes.models import load_chat_model
+from nodes.planner import ask_structured, check_plan, kinds_and_tools
+from nodes.prompts import REPLAN_REQUEST, REPLAN_SYSTEM, synthesis_prompt
+from nodes.state import OrchestratorState
+
+
+class PlanExtension(BaseModel):
+    """Tasks to add to a plan whose tasks are done; none when the request is answered."""
+
+    tasks: list[Task] = Field(default_factory=list, description="New tasks; empty: finish.")
+    rationale: str = Field(default="", description="Why these tasks, or why none.")
+
+
+def extend_plan(plan: Plan, ext: PlanExtension, round_: int, settings: RunSettings) -> Plan:
+    """Return `plan` with the new tasks (marked with their round), validated as one DAG.
+
+    Raises:
+        PlanError: ids reused across rounds, unknown dependencies, a cycle, unknown
+            kinds or tools, or too many tasks in all.
+    """
+    added = [t.model_copy(update={"round": round_}) for t in ext.tasks]
+    rationale = f"{plan.rationale}\nround {round_}: {ext.rationale}".strip()
+    try:
+        merged = Plan(tasks=[*plan.tasks, *added], rationale=rationale)
+    except ValidationError as exc:
+        raise PlanError([str(e["msg"]) for e in exc.errors()[:5]]) from exc
+    return check_plan(merged, settings)
+
+
+async def replan(state: OrchestratorState, runtime: Runtime[RunSettings]) -> dict[str, Any]:
+    """Ask the planner for more tasks given every result so far, or to finish."""
+    settings = settings_of(runtime.context)
+    plan = state["plan"]
+    round_ = state.get("plan_round", 1) + 1
+    fmt = kinds_and_tools(settings)
+    request = REPLAN_REQUEST.format(
+        results=synthesis_prompt(state["request"], state.get("results", [])),
+        ids=", ".join(t.id for t in plan.tasks),
+        round=round_,
+        max_rounds=settings.max_rounds,
+    )
+    messages: list[BaseMessage] = [
+        SystemMessage(REPLAN_SYSTEM.format(**fmt)),
+        HumanMessage(request),
+    ]
+    model = load_chat_model(settings.planner_model or settings.model)
+    extended, usage = await ask_structured(
+        model,
+        PlanExtension,
+        messages,
+        settings,
+        lambda ext: extend_plan(plan, ext, round_, settings),
+    )
+    added = len(extended.tasks) - len(plan.tasks)
+    if added:
+        plan_ready(runtime.stream_writer, len(extended.tasks), len(extended.generations()))
+    return {"plan": extended, "plan_round": round_, "replan_done": added == 0, "usage": usage}
