@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from nodes.context import RunSettings, quorum_of
 from nodes.domain import TASK_STATUSES, RunMetrics, SubagentResult, Usage, peak_overlap
@@ -37,6 +39,30 @@ def compute_metrics(
         rounds=rounds,
         **extra,
     )
+
+
+def outcome(
+    state: Mapping[str, Any],
+    results: list[SubagentResult],
+    *,
+    settings: RunSettings,
+    scope: RunScope,
+    overhead: Usage,
+    rounds: int,
+) -> dict[str, Any]:
+    """Return the `status` and `metrics` state update for these results."""
+    tasks = len(state["plan"].tasks)
+    return {
+        "status": run_status(results, tasks, settings, scope),
+        "metrics": compute_metrics(
+            results,
+            tasks=tasks,
+            started_at=state.get("started_at"),
+            overhead=overhead,
+            rounds=rounds,
+            scope=scope,
+        ),
+    }
 
 
 def run_status(

@@ -12,7 +12,7 @@ from nodes.context import RunSettings, quorum_of, settings_of
 from nodes.domain import ErrorInfo, Plan, SubagentResult, Usage
 from nodes.errors import FanfoldError
 from nodes.events import task_finished
-from nodes.metrics import compute_metrics, run_status
+from nodes.metrics import outcome
 from nodes.policy import quorum_met
 from nodes.scope import RunScope, scope_of
 from nodes.state import OrchestratorState
@@ -92,13 +92,5 @@ async def reducer(state: OrchestratorState, runtime: Runtime[RunSettings]) -> di
     return {
         "results": Overwrite(ordered),
         "rounds": rounds,
-        "status": run_status(ordered, len(plan.tasks), settings, scope),
-        "metrics": compute_metrics(
-            ordered,
-            tasks=len(plan.tasks),
-            started_at=state.get("started_at"),
-            overhead=overhead,
-            rounds=rounds,
-            scope=scope,
-        ),
+        **outcome(state, ordered, settings=settings, scope=scope, overhead=overhead, rounds=rounds),
     }

@@ -11,7 +11,7 @@ from nodes.calls import call_model
 from nodes.context import RunSettings, settings_of
 from nodes.domain import Usage
 from nodes.errors import BudgetExceeded
-from nodes.metrics import compute_metrics, run_status
+from nodes.metrics import outcome
 from nodes.models import load_chat_model
 from nodes.prompts import SYNTHESIZE_SYSTEM, synthesis_prompt
 from nodes.scope import scope_of
@@ -31,7 +31,6 @@ async def write_answer(
     settings = settings_of(runtime.context)
     scope = scope_of(settings)
     results = state.get("results", [])
-    plan = state["plan"]
     usage = Usage()
     if scope.stop_kind == "budget":
         answer = ""  # the budget is spent: no further model call
@@ -51,13 +50,12 @@ async def write_answer(
     return {
         "answer": answer,
         "usage": usage,
-        "status": run_status(results, len(plan.tasks), settings, scope),
-        "metrics": compute_metrics(
+        **outcome(
+            state,
             results,
-            tasks=len(plan.tasks),
-            started_at=state.get("started_at"),
+            settings=settings,
+            scope=scope,
             overhead=(state.get("usage") or Usage()) + usage,
             rounds=state.get("rounds", 0),
-            scope=scope,
         ),
     }
