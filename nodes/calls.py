@@ -11,18 +11,41 @@ at once. ChatOpenAI's own client retries are off (`max_retries=0` in
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import Runnable, RunnableConfig
 
 from nodes.context import RunSettings
 from nodes.errors import FanfoldError
-from nodes.faults import backoff_s, classify, retry_after_s
+from nodes.faults import TruncatedReply, backoff_s, classify, retry_after_s
 from nodes.scope import RunScope
 from nodes.usage import usage_of
+
+
+async def _request(
+    runnable: Runnable[Any, Any],
+    messages: Sequence[BaseMessage],
+    config: RunnableConfig | None,
+    timeout_s: float | None,
+) -> Any:
+    # A coroutine of its own, so nothing is created before the run's gates pass.
+    reply = await asyncio.wait_for(runnable.ainvoke(list(messages), config), timeout_s)
+    message = reply.get("raw") if isinstance(reply, dict) else reply
+    if isinstance(message, AIMessage) and _cut_short(message):
+        msg = "the reply ended before the model finished (a cut stream or body)"
+        raise TruncatedReply(msg)
+    return reply
+
+
+def _cut_short(message: AIMessage) -> bool:
+    # An OpenAI reply always says why it finished; a stream cut before its last chunk
+    # ends without it (and the client raises nothing).
+    meta = message.response_metadata
+    return meta.get("model_provider") == "openai" and not meta.get("finish_reason")
 
 
 @dataclass
@@ -57,19 +80,21 @@ async def call_model(
     while True:
         if scope.rate is not None:
             await scope.race(scope.rate.aacquire(), include_stop=interruptible)
+        started = time.monotonic()
         try:
             async with scope.limit:
-                request = runnable.ainvoke(list(messages), config)
-                if settings.request_timeout_s is not None:
-                    request = asyncio.wait_for(request, settings.request_timeout_s)
-                reply = await scope.race(request, include_stop=interruptible)
+                started = time.monotonic()
+                reply = await scope.race(
+                    _request(runnable, messages, config, settings.request_timeout_s),
+                    include_stop=interruptible,
+                )
         except FanfoldError:
             raise
         except Exception as exc:
             kind = classify(exc)
             if kind is None or retries >= settings.max_retries:
                 raise
-            scope.record_fault(kind)
+            scope.record_fault(kind, started)
             retries += 1
             stats.retries += 1
             await scope.race(

@@ -26,6 +26,10 @@ BACKOFF_CAP_S = 8.0
 RETRY_AFTER_CAP_S = 60.0
 
 
+class TruncatedReply(Exception):
+    """A reply that ended before the model finished: a cut stream or body."""
+
+
 def classify(exc: BaseException) -> FaultKind | None:
     """Return the transient fault an exception stands for, or `None` (do not retry)."""
     try:
@@ -33,6 +37,8 @@ def classify(exc: BaseException) -> FaultKind | None:
         import openai
     except ImportError:  # pragma: no cover - both come with langchain-openai
         return _classify_generic(exc)
+    if isinstance(exc, TruncatedReply):
+        return "malformed"
     should_retry = _header(exc, "x-should-retry")
     if should_retry in ("true", "false"):
         # The server's own word, as the OpenAI client honours it.

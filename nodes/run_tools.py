@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 from langchain_core.messages import AIMessage, ToolCall, ToolMessage
@@ -55,6 +56,11 @@ async def call_tool(
     return ToolMessage(str(output), tool_call_id=call_id, name=name)
 
 
+async def _all(calls: Iterable[Awaitable[ToolMessage]]) -> list[ToolMessage]:
+    # A coroutine, not a started gather: a stopped run never starts the tools.
+    return list(await asyncio.gather(*calls))
+
+
 async def run_tools(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str, Any]:
     """Run every tool call of the last turn at once, answers in call order."""
     settings = settings_of(runtime.context)
@@ -67,7 +73,7 @@ async def run_tools(state: SubagentState, runtime: Runtime[RunSettings]) -> dict
     config.pop("run_name")  # a tool run keeps its tool's name; tags and metadata say whose
     try:
         replies = await scope_of(settings).race(
-            asyncio.gather(*(call_tool(c, tools, config, settings.tool_timeout_s) for c in calls))
+            _all(call_tool(c, tools, config, settings.tool_timeout_s) for c in calls)
         )
     except (RunStopped, BudgetExceeded) as exc:
         return {"error": ErrorInfo.of(exc), "cancelled": True}

@@ -49,6 +49,7 @@ class AdaptiveLimit:
         self.t0 = time.monotonic()
         self.timeline: list[tuple[float, int]] = [(0.0, ceiling)]
         self._waiters: list[asyncio.Future[None]] = []
+        self.last_decrease = float("-inf")
 
     async def __aenter__(self) -> AdaptiveLimit:
         while self.in_use >= self.limit:
@@ -78,8 +79,16 @@ class AdaptiveLimit:
     def _record(self) -> None:
         self.timeline.append((round(time.monotonic() - self.t0, 4), self.limit))
 
-    def on_throttle(self) -> None:
-        """Halve the limit after a 429."""
+    def on_throttle(self, started: float | None = None) -> None:
+        """Halve the limit after a 429, once per round trip.
+
+        A 429 for a call that started before the last decrease says nothing new
+        (that burst was already answered), so a burst of concurrent 429s halves the
+        limit once, not down to 1.
+        """
+        if started is not None and started < self.last_decrease:
+            return
+        self.last_decrease = time.monotonic()
         self.successes = 0
         new = max(1, self.limit // 2)
         if new != self.limit:
@@ -178,6 +187,8 @@ class RunScope:
         except FanfoldError:
             if asyncio.iscoroutine(aw):
                 aw.close()  # never started: close it, or Python warns it was never awaited
+            elif isinstance(aw, asyncio.Future):
+                aw.cancel()  # already running (a task, a gather): stop it
             raise
         if not self.needs_race:
             return await aw
@@ -210,8 +221,15 @@ class RunScope:
     # --- ledger ----------------------------------------------------------------------
 
     def add_tokens(self, n: int) -> None:
-        """Count tokens spent by any model call of the run."""
+        """Count tokens spent by any model call of the run; stop it once over budget.
+
+        Stopping here (not at the next call) ends the siblings still waiting on a
+        model at once, instead of at their own timeouts.
+        """
         self.tokens += n
+        limit = self.settings.max_total_tokens
+        if limit is not None and self.tokens >= limit:
+            self.stop("budget", f"token budget of {limit} spent ({self.tokens} used)")
 
     def seed_tokens(self, n: int) -> None:
         """Start the count from what a resumed run had already spent."""
@@ -223,12 +241,12 @@ class RunScope:
         for tid, st in status.items():
             self.status.setdefault(tid, st)
 
-    def record_fault(self, kind: FaultKind) -> None:
-        """Count a transient fault and the retry it causes."""
+    def record_fault(self, kind: FaultKind, started: float | None = None) -> None:
+        """Count a transient fault and the retry it causes (`started`: the call's start)."""
         self.faults[kind] += 1
         self.retries += 1
         if kind == "rate_limited":
-            self.limit.on_throttle()
+            self.limit.on_throttle(started)
 
     def snapshot(self) -> dict[str, Any]:
         """Return the run-wide counts for RunMetrics."""
