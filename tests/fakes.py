@@ -57,20 +57,14 @@ def _text(m: BaseMessage) -> str:
     return m.content if isinstance(m.content, str) else json.dumps(m.content)
 
 
-class TaskScriptedModel(BaseChatModel):
-    """Answers by task id found in the conversation, never by call order."""
+class AsyncFakeModel(BaseChatModel):
+    """Base of the test fakes: binds tools as OpenAI schemas and is async only."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    scripts: dict[str, TaskScript]
-    plan: dict[str, Any] | None = None
-    extensions: list[dict[str, Any]] = Field(default_factory=list)
-    """Re-plans, in the order the (sequential) re-planning rounds ask for them."""
-    recorder: Recorder = Field(default_factory=Recorder)
-
     @property
     def _llm_type(self) -> str:
-        return "task-scripted-fake"
+        return type(self).__name__
 
     def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None, **kw: Any) -> Any:
         return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kw)
@@ -84,6 +78,21 @@ class TaskScriptedModel(BaseChatModel):
     ) -> ChatResult:
         raise ScriptError("the fake is async only: nodes must stay async")
 
+
+def tool_names(kwargs: dict[str, Any]) -> list[str]:
+    """Return the names of the tools bound to a fake's call."""
+    return [t["function"]["name"] for t in kwargs.get("tools") or []]
+
+
+class TaskScriptedModel(AsyncFakeModel):
+    """Answers by task id found in the conversation, never by call order."""
+
+    scripts: dict[str, TaskScript]
+    plan: dict[str, Any] | None = None
+    extensions: list[dict[str, Any]] = Field(default_factory=list)
+    """Re-plans, in the order the (sequential) re-planning rounds ask for them."""
+    recorder: Recorder = Field(default_factory=Recorder)
+
     async def _agenerate(
         self,
         messages: list[BaseMessage],
@@ -91,7 +100,7 @@ class TaskScriptedModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        tools = [t["function"]["name"] for t in kwargs.get("tools") or []]
+        tools = tool_names(kwargs)
         first = next((_text(m) for m in messages if isinstance(m, HumanMessage)), "")
         if "PlanExtension" in tools:
             if not self.extensions:

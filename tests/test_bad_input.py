@@ -19,11 +19,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.runtime import Runtime
 from pydantic import Field
 
@@ -33,7 +31,7 @@ from nodes.errors import PlanError
 from nodes.kinds import BUILTIN_KINDS
 from nodes.models import aclose_models
 from nodes.planner import planner
-from tests.fakes import TASK_RE, ScriptError
+from tests.fakes import TASK_RE, AsyncFakeModel, ScriptError
 from tests.openai_server import ScriptedOpenAI
 from tools import default_registry
 
@@ -46,27 +44,11 @@ MAX_TASKS = 50
 # --- the planner fake ----------------------------------------------------------------------
 
 
-class PlannerFake(BaseChatModel):
+class PlannerFake(AsyncFakeModel):
     """Answers the planner from a list of replies, in order; fails loudly off-script."""
 
     replies: list[AIMessage]
     calls: list[list[BaseMessage]] = Field(default_factory=list)
-
-    @property
-    def _llm_type(self) -> str:
-        return "planner-fake"
-
-    def bind_tools(self, tools: Any, *, tool_choice: Any = None, **kw: Any) -> Any:
-        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kw)
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        raise ScriptError("the fake is async only: nodes must stay async")
 
     async def _agenerate(
         self,
@@ -345,7 +327,7 @@ async def test_plan_arguments_that_are_not_an_object_over_http_get_the_repair_ro
 # --- tools misused, through a whole run ------------------------------------------------------
 
 
-class ToolScript(BaseChatModel):
+class ToolScript(AsyncFakeModel):
     """Per task id: the tool calls to make at each step, then an answer with what came back.
 
     The step is the number of tool replies already in the conversation, so parallel
@@ -356,22 +338,6 @@ class ToolScript(BaseChatModel):
     loop_forever: set[str] = Field(default_factory=set)
     seen: dict[str, list[list[ToolMessage]]] = Field(default_factory=dict)
     calls: dict[str, int] = Field(default_factory=dict)
-
-    @property
-    def _llm_type(self) -> str:
-        return "tool-script-fake"
-
-    def bind_tools(self, tools: Any, *, tool_choice: Any = None, **kw: Any) -> Any:
-        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kw)
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        raise ScriptError("the fake is async only: nodes must stay async")
 
     async def _agenerate(
         self,

@@ -7,12 +7,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
-from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.errors import NodeError, NodeTimeoutError
 from langgraph.runtime import Runtime
 from langgraph.types import Command, Overwrite, Send
@@ -39,14 +37,14 @@ from nodes.report import report
 from nodes.run_tools import run_tools
 from nodes.subagent_error import on_subagent_error
 from nodes.synthesize import synthesize
-from tests.fakes import ScriptError, TaskScript, TaskScriptedModel
+from tests.fakes import AsyncFakeModel, ScriptError, TaskScript, TaskScriptedModel
 from tools import calculator
 
 Event = dict[str, Any]
 USAGE = {"input_tokens": 7, "output_tokens": 3, "total_tokens": 10}
 
 
-class ScriptedModel(BaseChatModel):
+class ScriptedModel(AsyncFakeModel):
     """Replies from a list, in order; records what it saw; fails loudly when the list runs out.
 
     Only for nodes that call a model one call at a time (planner, synthesizer).
@@ -54,22 +52,6 @@ class ScriptedModel(BaseChatModel):
 
     replies: list[AIMessage]
     calls: list[tuple[list[BaseMessage], list[str]]] = Field(default_factory=list)
-
-    @property
-    def _llm_type(self) -> str:
-        return "scripted-fake"
-
-    def bind_tools(self, tools: Any, *, tool_choice: Any = None, **kw: Any) -> Any:
-        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kw)
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        raise ScriptError("the fake is async only: nodes must stay async")
 
     async def _agenerate(
         self,

@@ -23,12 +23,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
-from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field
 
 from graphs import cli
@@ -46,7 +45,7 @@ from nodes.faults import (
 )
 from nodes.prompts import RESULTS_HEADER
 from nodes.scope import AdaptiveLimit, RunScope
-from tests.fakes import TASK_RE, TaskScript, TaskScriptedModel
+from tests.fakes import TASK_RE, AsyncFakeModel, TaskScript, TaskScriptedModel
 
 ISSUE_BOUND_S = 0.2
 """The issue's bound on timeout overshoot and fail_fast cancellation latency."""
@@ -126,26 +125,10 @@ class FlakyModel(TaskScriptedModel):
         return await super()._agenerate(messages, stop, run_manager, **kwargs)
 
 
-class LoopingModel(BaseChatModel):
+class LoopingModel(AsyncFakeModel):
     """A model that asks for the calculator on every turn and never answers."""
 
     calls: int = 0
-
-    @property
-    def _llm_type(self) -> str:
-        return "looping-fake"
-
-    def bind_tools(self, tools: Any, *, tool_choice: Any = None, **kw: Any) -> Any:
-        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kw)
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        raise AssertionError("the fake is async only")
 
     async def _agenerate(
         self,
