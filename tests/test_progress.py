@@ -110,3 +110,41 @@ def test_progress_bar_names_the_viz_extra_when_tqdm_is_missing(
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
     with pytest.raises(ImportError, match=r"fanfold\[viz\]"):
         ProgressBar()
+
+
+async def test_events_arrive_while_the_run_goes_on_not_at_its_end() -> None:
+    import time
+
+    from graphs import RunSettings, arun
+    from tests.fakes import TaskScript, TaskScriptedModel
+
+    plan = {
+        "tasks": [
+            {"id": "fast", "description": "x"},
+            {"id": "slow", "description": "y"},
+            {"id": "after", "description": "z", "depends_on": ["fast", "slow"]},
+        ]
+    }
+    scripts = {
+        "fast": TaskScript(latency=0.05),
+        "slow": TaskScript(latency=0.6),
+        "after": TaskScript(latency=0.3),
+    }
+    model = TaskScriptedModel(scripts=scripts, plan=plan)
+    seen: list[tuple[float, str, str]] = []
+    t0 = time.monotonic()
+
+    def on_event(event: dict) -> None:
+        seen.append((time.monotonic() - t0, event["fanfold"], event.get("task_id", "")))
+
+    await arun("x", settings=RunSettings(model=model, start_jitter_s=0), on_event=on_event)
+    end = time.monotonic() - t0
+    at = {(name, tid): t for t, name, tid in seen}
+    order = [(name, tid) for _, name, tid in seen]
+    # In order: each task starts before it finishes; `after` starts after both inputs.
+    for tid in ("fast", "slow", "after"):
+        assert order.index(("task_started", tid)) < order.index(("task_finished", tid))
+    assert order.index(("task_finished", "slow")) < order.index(("task_started", "after"))
+    # Live: `fast` was reported finished while `slow` was still running, long before the end.
+    assert at[("task_finished", "fast")] < at[("task_finished", "slow")] - 0.3
+    assert at[("task_finished", "fast")] < end - 0.5

@@ -70,3 +70,17 @@ def test_graph_schemas_are_json(name: str) -> None:
     assert graph.get_input_jsonschema()["type"] == "object"
     assert graph.get_output_jsonschema()["type"] == "object"
     assert "model" in graph.get_context_jsonschema()["properties"]
+
+
+def test_draw_png_with_the_graphviz_extra_or_a_clear_import_error() -> None:
+    from graphs.orchestrator import graph
+
+    try:
+        import pygraphviz  # noqa: F401
+    except ImportError:
+        # Without the optional `graphviz` extra LangGraph says what is missing.
+        with pytest.raises(ImportError, match="pygraphviz"):
+            graph.get_graph().draw_png()
+        return
+    png = graph.get_graph().draw_png()
+    assert isinstance(png, bytes) and png.startswith(b"\x89PNG") and len(png) > 10_000
