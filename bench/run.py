@@ -1,0 +1,477 @@
+"""Run the benchmarks of issue 6 and print a table of figures, ratios and targets.
+
+    python bench/run.py --quick     # under 2 minutes
+    python bench/run.py             # the full run, under 15 minutes
+    python bench/run.py --json      # the same figures as one JSON document
+
+The same fake work runs three ways: raw asyncio, bare LangGraph, Fanfold. Every
+implementation runs in child processes of its own (memory: one per cell), so
+heaps and caches never leak from one into another. Figures are ratios within
+one run; absolute times depend on the machine and on what else it is doing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+PLANS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "latency": 0.05,
+        "best_of": 1,
+        "eff_sizes": [100, 200],
+        "mcs": [10, 100],
+        "cpu_sizes": [100, 2000],
+        "cpu_mc": 10,
+        "cpu_small_only": [],
+        "mem_n": 200,
+        "ckpt_n": 100,
+        "ckpt_mc": 20,
+        "dag_n": 200,
+        "dag_median_call_s": 0.01,
+        "skew_mc": 10,
+    },
+    "full": {
+        "latency": 0.05,
+        "best_of": 2,
+        "eff_sizes": [100, 1000, 5000],
+        "mcs": [10, 100],
+        "cpu_sizes": [100, 10_000],
+        "cpu_mc": 10,
+        # Bare LangGraph at N=10,000 alone takes ~3 minutes (60% of it in the garbage
+        # collector); without it the full run fits in 15 minutes.
+        "cpu_small_only": ["bare"],
+        "mem_n": 1000,
+        "ckpt_n": 500,
+        "ckpt_mc": 50,
+        "dag_n": 200,
+        "dag_median_call_s": 0.05,
+        "skew_mc": 10,
+    },
+}
+MEMORY_CELLS = [
+    ("raw", "none"),
+    ("bare", "none"),
+    ("fanfold", "none"),
+    ("fanfold", "sqlite"),
+]
+CHECKPOINTERS = {
+    "fanfold": ["none", "memory", "sqlite", "sqlite-step"],
+    "bare": ["none", "sqlite-step", "sqlite-task"],
+}
+
+
+def start_child(specs: list[dict[str, Any]]) -> subprocess.Popen[str]:
+    """Start measurements in a fresh interpreter."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(specs)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)])}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def child_result(proc: subprocess.Popen[str]) -> list[Any]:
+    """Wait for a child; return its data, or fail with its output."""
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        msg = f"child {proc.args[-1]} failed:\n{out[-2000:]}\n{err[-4000:]}"
+        raise RuntimeError(msg)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def collect(plan: dict[str, Any], say: Any) -> dict[str, Any]:
+    """Run every measurement of a plan; return the raw figures by section."""
+    data: dict[str, Any] = {
+        "efficiency": {},
+        "cpu": {},
+        "memory": [],
+        "checkpoint": {},
+        "dag": {},
+        "skew": {},
+    }
+    for impl in ("raw", "bare", "fanfold"):
+        specs: list[dict[str, Any]] = [
+            {
+                "kind": "cpu",
+                "impl": impl,
+                "sizes": plan["cpu_sizes"][:1]
+                if impl in plan["cpu_small_only"]
+                else plan["cpu_sizes"],
+                "mc": plan["cpu_mc"],
+                "best_of": 3,
+            },
+            {
+                "kind": "efficiency",
+                "impl": impl,
+                "sizes": plan["eff_sizes"],
+                "mcs": plan["mcs"],
+                "latency": plan["latency"],
+                "best_of": plan["best_of"],
+            },
+        ]
+        if impl in CHECKPOINTERS:
+            specs.append(
+                {
+                    "kind": "checkpoint",
+                    "impl": impl,
+                    "n": plan["ckpt_n"],
+                    "mc": plan["ckpt_mc"],
+                    "latency": 0.0,
+                    "checkpointers": CHECKPOINTERS[impl],
+                    "best_of": 2,
+                }
+            )
+        specs.append(
+            {
+                "kind": "dag",
+                "impl": impl,
+                "n": plan["dag_n"],
+                "median_call_s": plan["dag_median_call_s"],
+                "mc": plan["dag_n"],
+            }
+        )
+        specs.append(
+            {
+                "kind": "skew",
+                "impl": impl,
+                "n": plan["dag_n"],
+                "mc": plan["skew_mc"],
+                "median_call_s": plan["dag_median_call_s"],
+            }
+        )
+        say(f"{impl}: {', '.join(s['kind'] for s in specs)}")
+        t0 = time.perf_counter()
+        for spec, out in zip(specs, child_result(start_child(specs)), strict=True):
+            data[spec["kind"]][impl] = out
+        say(f"{impl}: done in {time.perf_counter() - t0:.0f}s")
+    # Memory cells run side by side: each has a process of its own, and peak RSS
+    # does not depend on how fast it gets there.
+    say(f"memory: {len(MEMORY_CELLS)} cells, {plan['mem_n']} subagents in flight each")
+    procs = [
+        start_child([{"kind": "memory", "impl": i, "n": plan["mem_n"], "checkpointer": c}])
+        for i, c in MEMORY_CELLS
+    ]
+    data["memory"] = [child_result(p)[0] for p in procs]
+    return data
+
+
+def _row(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any]:
+    for r in rows:
+        if all(r.get(k) == v for k, v in match.items()):
+            return r
+    msg = f"no row {match}"
+    raise KeyError(msg)
+
+
+def targets(data: dict[str, Any], plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return each target of the issue with its measured figure and PASS/MISS."""
+    out: list[dict[str, Any]] = []
+
+    def add(tid: str, what: str, detail: str, value: float | None, goal: str, ok: bool | None):
+        verdict = "n/a" if ok is None else ("PASS" if ok else "MISS")
+        out.append(
+            {"id": tid, "target": what, "detail": detail, "value": value, "goal": goal,
+             "verdict": verdict}
+        )  # fmt: skip
+
+    eff, n_max = data["efficiency"], max(plan["eff_sizes"])
+    for i, mc in enumerate(plan["mcs"]):
+        f = _row(eff["fanfold"], n=n_max, mc=mc)["efficiency"]
+        r = _row(eff["raw"], n=n_max, mc=mc)["efficiency"]
+        add(
+            f"1{'ab'[i]}",
+            f"parallel efficiency vs raw asyncio, N={n_max} mc={mc}",
+            f"fanfold {f:.2f}, raw {r:.2f}",
+            f / r,
+            ">= 0.95x",
+            f / r >= 0.95,
+        )
+    cpu = data["cpu"]
+    small, large = plan["cpu_sizes"]
+    for tid, n in (("2a", small), ("2b", large)):
+        f = _row(cpu["fanfold"], n=n)["cpu_ms"]
+        r = _row(cpu["raw"], n=n)["cpu_ms"]
+        add(
+            tid,
+            f"CPU per subagent vs raw asyncio, N={n}, zero latency",
+            f"fanfold {f:.2f} ms, raw {r:.2f} ms",
+            f / r,
+            "<= 2x",
+            f / r <= 2.0,
+        )
+    f_small = _row(cpu["fanfold"], n=small)["cpu_ms"]
+    f_large = _row(cpu["fanfold"], n=large)["cpu_ms"]
+    add(
+        "2c",
+        f"CPU per subagent flat in N: N={large} / N={small}",
+        f"fanfold {f_large:.2f} ms / {f_small:.2f} ms",
+        f_large / f_small,
+        "<= 1.3x",
+        f_large / f_small <= 1.3,
+    )
+    for tid, checkpointer in (("3a", "none"), ("3b", "sqlite")):
+        m = _row(data["memory"], impl="fanfold", checkpointer=checkpointer)
+        kb = m["kb_per_subagent"]
+        add(
+            tid,
+            f"peak RSS per in-flight subagent, {m['n']} at once, checkpointer {checkpointer}",
+            f"fanfold {kb:.0f} KB",
+            kb,
+            "<= 60 KB",
+            kb <= 60,
+        )
+    ck = data["checkpoint"]["fanfold"]
+    sq, none = _row(ck, checkpointer="sqlite"), _row(ck, checkpointer="none")
+    add(
+        "4",
+        f"SQLite-checkpointed run vs in-memory run (wall), N={plan['ckpt_n']}, zero latency",
+        f"{sq['wall_s']:.2f} s / {none['wall_s']:.2f} s",
+        sq["wall_s"] / none["wall_s"],
+        "<= 1.5x",
+        sq["wall_s"] / none["wall_s"] <= 1.5,
+    )
+    d = data["dag"]["fanfold"]
+    add(
+        "5",
+        f"DAG makespan vs critical path, {d['n']} tasks, log-normal times",
+        f"{d['wall_s']:.2f} s / {d['critical_path_s']:.2f} s",
+        d["wall_s"] / d["critical_path_s"],
+        "<= 1.1x",
+        d["wall_s"] / d["critical_path_s"] <= 1.1,
+    )
+    add("6", "real HTTP: connections and throughput", "not measured", None, "", None)
+    return out
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    """Return a Markdown table."""
+    cells = [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+
+    def line(items: list[str]) -> str:
+        return "| " + " | ".join(s.ljust(w) for s, w in zip(items, widths, strict=True)) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), sep, *(line(r) for r in cells)])
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+EFF_COLS = ["N", "mc", "ideal s", "raw", "bare LG", "fanfold", "bare/raw", "fanfold/raw"]
+CPU_COLS = ["N", "raw", "bare LG", "fanfold", "bare/raw", "fanfold/raw", "GC raw", "GC bare"]
+CPU_COLS += ["GC fanfold"]
+MEM_COLS = ["implementation", "checkpointer", "in flight", "KB/subagent", "RSS before MB"]
+MEM_COLS += ["RSS peak MB"]
+CK_COLS = ["implementation", "checkpointer", "granularity", "wall s", "CPU s", "wall vs none"]
+CK_COLS += ["checkpoints/agent", "writes/agent", "stored KB/agent"]
+DAG_COLS = ["critical path s", "wave bound s", "raw", "bare LG (functional API)", "fanfold"]
+DAG_COLS += ["raw/CP", "bare/CP", "fanfold/CP", "fanfold/wave bound"]
+IMPL_ORDER = ("raw", "bare", "fanfold")
+
+
+def efficiency_rows(data: dict[str, Any], plan: dict[str, Any]) -> list[list[Any]]:
+    """Return the efficiency table: one row per (N, mc), the three implementations side by side."""
+    rows = []
+    for n in plan["eff_sizes"]:
+        for mc in plan["mcs"]:
+            e = {i: _row(data["efficiency"][i], n=n, mc=mc)["efficiency"] for i in IMPL_ORDER}
+            ideal = _row(data["efficiency"]["raw"], n=n, mc=mc)["ideal_s"]
+            rows.append([n, mc, ideal, *e.values(), e["bare"] / e["raw"], e["fanfold"] / e["raw"]])
+    return rows
+
+
+def cpu_rows(data: dict[str, Any], plan: dict[str, Any]) -> list[list[Any]]:
+    """Return the CPU table: ms per subagent, ratios to raw, GC ms; then the flatness row."""
+    by = {i: {r["n"]: r for r in data["cpu"][i]} for i in IMPL_ORDER}
+
+    def ms(impl: str, n: int, key: str = "cpu_ms") -> float | None:
+        row = by[impl].get(n)
+        return None if row is None else row[key]
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else a / b
+
+    rows: list[list[Any]] = []
+    for n in plan["cpu_sizes"]:
+        cpu = [ms(i, n) for i in IMPL_ORDER]
+        gc_ms = [ms(i, n, "gc_ms") for i in IMPL_ORDER]
+        rows.append([n, *cpu, ratio(cpu[1], cpu[0]), ratio(cpu[2], cpu[0]), *gc_ms])
+    small, large = plan["cpu_sizes"]
+    flat = [ratio(ms(i, large), ms(i, small)) for i in IMPL_ORDER]
+    rows.append([f"{large}/{small}", *flat, None, None, None, None, None])
+    return rows
+
+
+def memory_rows(data: dict[str, Any]) -> list[list[Any]]:
+    """Return the memory table, one row per child process."""
+    return [
+        [r["impl"], r["checkpointer"], r["peak"], r["kb_per_subagent"]]
+        + [r["rss_before_kb"] / 1024, r["rss_peak_kb"] / 1024]
+        for r in data["memory"]
+    ]
+
+
+def checkpoint_rows(data: dict[str, Any]) -> list[list[Any]]:
+    """Return the checkpointer table: cost against no checkpointer, and what was stored."""
+    rows = []
+    for impl, ck_rows in data["checkpoint"].items():
+        base = _row(ck_rows, checkpointer="none")["wall_s"]
+        for r in ck_rows:
+            per = r["per_subagent"]
+            kb = per["bytes"] / 1024 if "bytes" in per else None
+            rows.append(
+                [impl, r["checkpointer"], r["granularity"], r["wall_s"], r["cpu_s"]]
+                + [r["wall_s"] / base, per.get("checkpoints"), per.get("writes"), kb]
+            )
+    return rows
+
+
+def dag_rows(data: dict[str, Any]) -> list[list[Any]]:
+    """Return the DAG table: both bounds, the three makespans (s) and their ratios."""
+    wall = {i: data["dag"][i]["wall_s"] for i in IMPL_ORDER}
+    f = data["dag"]["fanfold"]
+    cp, wave = f["critical_path_s"], f["wave_bound_s"]
+    ratios = [wall[i] / cp for i in IMPL_ORDER] + [wall["fanfold"] / wave]
+    return [[cp, wave, *wall.values(), *ratios]]
+
+
+SKEW_COLS = ["bound s", "raw", "bare LG", "fanfold", "raw/bound", "bare/bound", "fanfold/bound"]
+SKEW_COLS += ["fanfold/raw"]
+
+
+def skew_rows(data: dict[str, Any]) -> list[list[Any]]:
+    """Return the skewed-latency table: the bound, three makespans (s) and ratios."""
+    wall = {i: data["skew"][i]["wall_s"] for i in IMPL_ORDER}
+    bound = data["skew"]["raw"]["bound_s"]
+    ratios = [wall[i] / bound for i in IMPL_ORDER] + [wall["fanfold"] / wall["raw"]]
+    return [[bound, *wall.values(), *ratios]]
+
+
+def report(doc: dict[str, Any]) -> str:
+    """Return the human-readable report: targets first, then each section's figures."""
+    data, plan, m = doc["data"], doc["plan"], doc["machine"]
+    d = data["dag"]["fanfold"]
+    target_rows = [
+        [t["id"], t["target"], t["detail"], t["value"], t["goal"], t["verdict"]]
+        for t in doc["targets"]
+    ]
+    return "\n".join(
+        [
+            f"Fanfold benchmarks ({doc['mode']} run), {m['date']}: {m['nproc']} cores, "
+            f"Python {m['python']}, langgraph {m['langgraph']}, langchain-core "
+            f"{m['langchain_core']}, git {m['git']}; load average {m['load_before']} before, "
+            f"{doc['load_after']} after; took {doc['elapsed_s']:.0f} s",
+            "",
+            "## Targets (issue 6)",
+            "",
+            table(["#", "target", "measured", "ratio / value", "goal", "verdict"], target_rows),
+            "",
+            f"## Parallel efficiency (ideal = ceil(N/mc) x 3 calls x {plan['latency'] * 1e3:.0f}"
+            " ms, / wall)",
+            "",
+            table(EFF_COLS, efficiency_rows(data, plan)),
+            "",
+            f"## CPU per subagent at zero latency (ms, process_time; mc={plan['cpu_mc']})",
+            "",
+            table(CPU_COLS, cpu_rows(data, plan)),
+            "",
+            "## Peak RSS per in-flight subagent (ru_maxrss growth / N, all N in flight at once)",
+            "",
+            table(MEM_COLS, memory_rows(data)),
+            "",
+            f"## Checkpointers (N={plan['ckpt_n']}, mc={plan['ckpt_mc']}, zero latency)",
+            "",
+            table(CK_COLS, checkpoint_rows(data)),
+            "",
+            f"## DAG makespan ({d['n']} tasks, {d['depth']} generations, log-normal task"
+            f" times, mc={d['mc']})",
+            "",
+            table(DAG_COLS, dag_rows(data)),
+            "",
+            f"## Independent tasks with the same log-normal times (not a target; {d['n']} tasks,"
+            f" mc={plan['skew_mc']}; bound = max(total task time / mc, longest task))",
+            "",
+            table(SKEW_COLS, skew_rows(data)),
+        ]
+    )
+
+
+def machine() -> dict[str, Any]:
+    """Describe where and on what the figures were taken."""
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "-"
+
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        return proc.stdout.strip()
+
+    dirty = bool(git("status", "--porcelain", "--", "graphs", "nodes", "tools"))
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_before": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "nproc": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "langgraph": version("langgraph"),
+        "langchain_core": version("langchain-core"),
+        "langgraph_checkpoint_sqlite": version("langgraph-checkpoint-sqlite"),
+        "git": git("rev-parse", "--short", "HEAD") + ("+dirty library" if dirty else ""),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the benchmarks (or one child's share of them)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, under 2 minutes")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        import measure
+
+        print(json.dumps([measure.run_child(spec) for spec in json.loads(args.child)]))
+        return 0
+    mode = "quick" if args.quick else "full"
+    plan = PLANS[mode]
+    started = time.perf_counter()
+
+    def say(text: str) -> None:
+        print(f"[{time.perf_counter() - started:6.0f}s] {text}", file=sys.stderr, flush=True)
+
+    info = machine()
+    data = collect(plan, say)
+    doc = {
+        "mode": mode,
+        "machine": info,
+        "plan": plan,
+        "elapsed_s": time.perf_counter() - started,
+        "load_after": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "targets": targets(data, plan),
+        "data": data,
+    }
+    print(json.dumps(doc, indent=2) if args.json else report(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
