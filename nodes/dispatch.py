@@ -37,14 +37,14 @@ def ready_tasks(plan: Plan, results: list[SubagentResult]) -> list[Task]:
 
 def make_send(
     task: Task,
-    results: list[SubagentResult],
+    results: list[SubagentResult] | dict[str, SubagentResult],
     settings: RunSettings,
     *,
     round_: int = 1,
     depth: int = 1,
 ) -> Send:
     """Return the `Send` that runs one task, with its dependencies' outputs and timeout."""
-    by_id = {r.task_id: r for r in results}
+    by_id = results if isinstance(results, dict) else {r.task_id: r for r in results}
     payload: SubagentInput = {
         "task": task,
         "dependency_outputs": {d: by_id[d].output for d in task.depends_on},
@@ -84,7 +84,8 @@ async def dispatch(
     ready = ready[:window]
     round_ = state.get("rounds", 0) + 1
     depth = state.get("depth") or 1
-    return [make_send(t, results, settings, round_=round_, depth=depth) for t in ready]
+    by_id = {r.task_id: r for r in results}  # once per dispatch, not once per Send
+    return [make_send(t, by_id, settings, round_=round_, depth=depth) for t in ready]
 
 
 def may_replan(state: OrchestratorState, settings: RunSettings) -> bool:

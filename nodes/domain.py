@@ -36,11 +36,13 @@ class Usage(BaseModel):
 
     @classmethod
     def total(cls, usages: Iterable[Usage]) -> Usage:
-        """Sum many usages."""
-        out = cls()
+        """Sum many usages (one object built, not one per term)."""
+        inp = out = tot = 0
         for u in usages:
-            out = out + u
-        return out
+            inp += u.input_tokens
+            out += u.output_tokens
+            tot += u.total_tokens
+        return cls(input_tokens=inp, output_tokens=out, total_tokens=tot)
 
 
 class Task(BaseModel):

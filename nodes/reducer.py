@@ -89,8 +89,11 @@ async def reducer(state: OrchestratorState, runtime: Runtime[RunSettings]) -> di
     order = plan.order()
     ordered = sorted(results + added, key=lambda r: order.get(r.task_id, len(order)))
     rounds = state.get("rounds", 0) + 1
-    return {
-        "results": Overwrite(ordered),
-        "rounds": rounds,
-        **outcome(state, ordered, settings=settings, scope=scope, overhead=overhead, rounds=rounds),
-    }
+    update: dict[str, Any] = {"results": Overwrite(ordered), "rounds": rounds}
+    if len(ordered) >= len(plan.tasks):
+        # Metrics over every result cost O(N) (a sort, for the peak): only once the
+        # plan is done, not after each of the N / max_concurrency windows.
+        update |= outcome(
+            state, ordered, settings=settings, scope=scope, overhead=overhead, rounds=rounds
+        )
+    return update
