@@ -96,12 +96,10 @@ def may_replan(state: OrchestratorState, settings: RunSettings) -> bool:
     """
     plan = state["plan"]
     done = {r.task_id for r in state.get("results", [])}
-    stopped = (
-        any(
-            r.status == "cancelled" and r.error is not None and r.error.type != "RunStopped"
-            for r in state.get("results", [])
-        )
-        or scope_of(settings).stopped
+    # A cancelled result exists only when the run stopped (a budget, a quorum); the
+    # scope also knows it in this process.
+    stopped = scope_of(settings).stopped or any(
+        r.status == "cancelled" for r in state.get("results", [])
     )
     return (
         state.get("plan_round", 1) < settings.max_rounds

@@ -75,11 +75,12 @@ async def report(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[st
     """Write exactly one result; the run's policy may stop the run instead."""
     settings = settings_of(runtime.context)
     result = build_result(state)
-    children = scope_of(settings).children.pop(result.task_id, [])
+    scope = scope_of(settings)
+    children = scope.children.pop(result.task_id, [])
     if children:
         # Roll the delegated sub-tasks up into this task's result and its tokens.
         usage = result.usage + Usage.total(c.usage for c in children)
         result = result.model_copy(update={"subtasks": children, "usage": usage})
     task_finished(runtime.stream_writer, result)
-    apply_policy(result, settings, scope_of(settings))
+    apply_policy(result, settings, scope)
     return {"results": [result]}

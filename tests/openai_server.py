@@ -53,7 +53,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -139,6 +139,13 @@ class _Reply:
     key: str
     content: str | None = None
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _off_script(message: str, *, key: str | None) -> _HTTPError:
+    """A request the script does not cover: a 500 the client must not retry."""
+    return _HTTPError(
+        500, message, key=key, kind="server_error", headers={"x-should-retry": "false"}
+    )
 
 
 class _HTTPError(Exception):
@@ -450,13 +457,7 @@ class ScriptedOpenAI:
             return self._synthesize(first_user)
         match = TASK_RE.match(first_user)
         if match is None:
-            raise _HTTPError(
-                500,
-                f"cannot tell what this request is: {first_user[:200]!r}",
-                key=None,
-                kind="server_error",
-                headers={"x-should-retry": "false"},
-            )
+            raise _off_script(f"cannot tell what this request is: {first_user[:200]!r}", key=None)
         task_id, kind, rest = match.groups()
         return self._task_reply(task_id, kind, rest, messages, offered)
 
@@ -469,13 +470,7 @@ class ScriptedOpenAI:
             plan = self.repaired_plan
         if plan is None:
             which = "repaired plan" if rejected else "plan"
-            raise _HTTPError(
-                500,
-                f"planner called but no {which} configured",
-                key=PLANNER,
-                kind="server_error",
-                headers={"x-should-retry": "false"},
-            )
+            raise _off_script(f"planner called but no {which} configured", key=PLANNER)
         return _Reply(PLANNER, tool_calls=[self._tool_call("Plan", plan)])
 
     def _synthesize(self, prompt: str) -> _Reply:
@@ -494,12 +489,8 @@ class ScriptedOpenAI:
     ) -> _Reply:
         script = self.tasks.get(task_id)
         if script is None:
-            raise _HTTPError(
-                500,
-                f"unknown task id `{task_id}`; scripted: {sorted(self.tasks)}",
-                key=task_id,
-                kind="server_error",
-                headers={"x-should-retry": "false"},
+            raise _off_script(
+                f"unknown task id `{task_id}`; scripted: {sorted(self.tasks)}", key=task_id
             )
         description, _, inputs_text = rest.partition("\n\n" + INPUTS_HEADER + "\n")
         inputs = {
@@ -528,12 +519,9 @@ class ScriptedOpenAI:
         if script.tool_calls and not tool_msgs:
             missing = [c.name for c in script.tool_calls if c.name not in offered]
             if missing:
-                raise _HTTPError(
-                    500,
+                raise _off_script(
                     f"task `{task_id}` is scripted to call {missing} but was offered {offered}",
                     key=task_id,
-                    kind="server_error",
-                    headers={"x-should-retry": "false"},
                 )
             return _Reply(
                 task_id, tool_calls=[self._tool_call(c.name, c.args) for c in script.tool_calls]
@@ -899,3 +887,19 @@ def running(**kwargs: Any) -> Iterator[ScriptedOpenAI]:
         yield server
     finally:
         server.stop()
+
+
+@contextlib.asynccontextmanager
+async def serving(**kwargs: Any) -> AsyncIterator[ScriptedOpenAI]:
+    """Run a `ScriptedOpenAI` for an async test, closing its model clients first.
+
+    The clients are closed while the test's event loop still runs, so no pooled
+    connection outlives it.
+    """
+    from nodes.models import aclose_models
+
+    with running(**kwargs) as server:
+        try:
+            yield server
+        finally:
+            await aclose_models()

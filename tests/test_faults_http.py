@@ -19,7 +19,6 @@ from graphs.api import arun
 from nodes.context import RunSettings
 from nodes.domain import Plan, SubagentResult, Task, Usage
 from nodes.faults import BACKOFF_BASE_S
-from nodes.models import aclose_models
 from tests.openai_server import (
     SYNTHESIZER,
     Call,
@@ -28,6 +27,7 @@ from tests.openai_server import (
     SeededFaults,
     TaskScript,
     TokenBucket,
+    serving,
 )
 
 pytestmark = pytest.mark.http
@@ -45,14 +45,8 @@ KIND_OF_FAULT = {
 
 @pytest.fixture
 async def server() -> AsyncIterator[ScriptedOpenAI]:
-    srv = ScriptedOpenAI(latency_s=0.02).start()
-    try:
+    async with serving(latency_s=0.02) as srv:
         yield srv
-    finally:
-        try:
-            await aclose_models()  # close pooled connections while this loop still runs
-        finally:
-            srv.stop()
 
 
 def by_id(results: list[SubagentResult]) -> dict[str, SubagentResult]:

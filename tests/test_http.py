@@ -17,8 +17,14 @@ from graphs.orchestrator import compile_orchestrator
 from nodes.context import RunSettings
 from nodes.domain import SubagentResult, Task, Usage
 from nodes.errors import TaskFailedError
-from nodes.models import load_chat_model
-from tests.openai_server import PLANNER, SYNTHESIZER, ScriptedOpenAI, ScriptedToolCall, TaskScript
+from tests.openai_server import (
+    PLANNER,
+    SYNTHESIZER,
+    ScriptedOpenAI,
+    ScriptedToolCall,
+    TaskScript,
+    serving,
+)
 
 pytestmark = pytest.mark.http
 
@@ -32,19 +38,8 @@ STATS_RESULT = (
 
 @pytest.fixture
 async def server() -> AsyncIterator[ScriptedOpenAI]:
-    srv = ScriptedOpenAI(latency_s=0.05).start()
-    try:
+    async with serving(latency_s=0.05) as srv:
         yield srv
-    finally:
-        try:
-            # langchain-openai keeps one pooled httpx.AsyncClient per base URL for
-            # the whole process; close it while this test's event loop still runs,
-            # or its keep-alive sockets stay open, bound to a closed loop, until exit.
-            model = load_chat_model(srv.spec())
-            assert isinstance(model, ChatOpenAI)
-            await model.root_async_client.close()
-        finally:
-            srv.stop()
 
 
 def calc(expression: str) -> ScriptedToolCall:
