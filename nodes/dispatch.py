@@ -10,6 +10,7 @@ from langgraph.types import Send
 
 from nodes.context import RunSettings, settings_of
 from nodes.domain import Plan, SubagentResult, Task
+from nodes.ledger import Ledger, ledger_for
 from nodes.scope import scope_of
 from nodes.state import OrchestratorState, SubagentInput
 
@@ -27,12 +28,7 @@ REPLAN = "replan"
 
 def ready_tasks(plan: Plan, results: list[SubagentResult]) -> list[Task]:
     """Return, in plan order, the tasks with no result whose dependencies all ended ok."""
-    by_id = {r.task_id: r for r in results}
-    return [
-        t
-        for t in plan.tasks
-        if t.id not in by_id and all(d in by_id and by_id[d].status == "ok" for d in t.depends_on)
-    ]
+    return Ledger(plan, results).take_ready()
 
 
 def make_send(
@@ -73,38 +69,34 @@ async def dispatch(
     """
     results = state.get("results", [])
     settings = settings_of(runtime.context)
-    # The run scope learns the plan and what is done: quorum checks need both,
-    # and after a resume this is how a new process catches up.
-    if not settings.is_nested:
-        scope_of(settings).sync(state["plan"], {r.task_id: r.status for r in results})
-    ready = ready_tasks(state["plan"], results)
-    if not ready:
-        return REPLAN if may_replan(state, settings) else DONE
+    scope = scope_of(settings)
+    ledger, _, rebuilt = ledger_for(scope.ledgers, state["plan"], results)
+    if rebuilt and not settings.is_nested:
+        # The run scope learns the plan and what is done: quorum checks need both,
+        # and after a resume this is how a new process catches up.
+        scope.sync(state["plan"], ledger.status)
     window = config.get("max_concurrency") or settings.max_concurrency
-    ready = ready[:window]
+    ready = ledger.take_ready(window)
+    if not ready:
+        return REPLAN if may_replan(state, settings, ledger) else DONE
     round_ = state.get("rounds", 0) + 1
     depth = state.get("depth") or 1
-    by_id = {r.task_id: r for r in results}  # once per dispatch, not once per Send
-    return [make_send(t, by_id, settings, round_=round_, depth=depth) for t in ready]
+    return [make_send(t, ledger.by_id, settings, round_=round_, depth=depth) for t in ready]
 
 
-def may_replan(state: OrchestratorState, settings: RunSettings) -> bool:
+def may_replan(state: OrchestratorState, settings: RunSettings, ledger: Ledger) -> bool:
     """Tell whether another planning round may run.
 
     It may when rounds are left, every task has a result, the planner did not
     decline, and the run was not stopped (a budget, a quorum).
     """
-    plan = state["plan"]
-    done = {r.task_id for r in state.get("results", [])}
     # A cancelled result exists only when the run stopped (a budget, a quorum); the
     # scope also knows it in this process.
-    stopped = scope_of(settings).stopped or any(
-        r.status == "cancelled" for r in state.get("results", [])
-    )
+    stopped = scope_of(settings).stopped or "cancelled" in ledger.status.values()
     return (
         state.get("plan_round", 1) < settings.max_rounds
         and not state.get("replan_done", False)
-        and all(t.id in done for t in plan.tasks)
+        and ledger.done()
         and not stopped
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -12,15 +13,23 @@ from nodes.context import RunSettings, quorum_of, settings_of
 from nodes.domain import ErrorInfo, Plan, SubagentResult, Usage
 from nodes.errors import FanfoldError
 from nodes.events import task_finished
+from nodes.ledger import ledger_for
 from nodes.metrics import outcome
 from nodes.policy import quorum_met
 from nodes.scope import RunScope, scope_of
 from nodes.state import OrchestratorState
 
 
-def skipped_results(plan: Plan, results: list[SubagentResult]) -> list[SubagentResult]:
-    """Return a `skipped` result for every task a failed dependency blocks, transitively."""
-    status = {r.task_id: r.status for r in results}
+def skipped_results(
+    plan: Plan, results: list[SubagentResult] | Mapping[str, str]
+) -> list[SubagentResult]:
+    """Return a `skipped` result for every task a failed dependency blocks, transitively.
+
+    `results` may be the results or each finished task's status.
+    """
+    status = (
+        dict(results) if isinstance(results, Mapping) else {r.task_id: r.status for r in results}
+    )
     skipped: list[SubagentResult] = []
     changed = True
     while changed:
@@ -47,7 +56,7 @@ def skipped_results(plan: Plan, results: list[SubagentResult]) -> list[SubagentR
 
 
 def stop_reason(
-    results: list[SubagentResult], settings: RunSettings, scope: RunScope
+    status: Mapping[str, str], settings: RunSettings, scope: RunScope
 ) -> ErrorInfo | None:
     """Return why no further task may start (a spent budget, a quorum met), if so."""
     with contextlib.suppress(FanfoldError):
@@ -55,16 +64,13 @@ def stop_reason(
     if scope.stop_kind == "budget" and scope.stop_reason:
         return ErrorInfo(type="BudgetExceeded", message=scope.stop_reason)
     k = quorum_of(settings.policy)
-    if k is not None and quorum_met({r.task_id: r.status for r in results}, k):
+    if k is not None and quorum_met(status, k):
         return ErrorInfo(type="QuorumReached", message=f"quorum of {k} ok tasks reached")
     return None
 
 
-def cancelled_results(
-    plan: Plan, results: list[SubagentResult], why: ErrorInfo
-) -> list[SubagentResult]:
-    """Return a `cancelled` result for every task that has none."""
-    done = {r.task_id for r in results}
+def cancelled_results(plan: Plan, done: Collection[str], why: ErrorInfo) -> list[SubagentResult]:
+    """Return a `cancelled` result for every task not in `done`."""
     return [
         SubagentResult(task_id=t.id, status="cancelled", attempts=0, error=why)
         for t in plan.tasks
@@ -73,27 +79,40 @@ def cancelled_results(
 
 
 async def reducer(state: OrchestratorState, runtime: Runtime[RunSettings]) -> dict[str, Any]:
-    """Order the results by plan, add skipped and cancelled ones, and update metrics."""
+    """Add skipped and cancelled results; once every task has one: plan order and metrics.
+
+    Between windows it looks only at the results new since the last window (through
+    the run's `Ledger`), so a window costs O(window), not O(N).
+    """
     settings = settings_of(runtime.context)
     scope = scope_of(settings)
     plan = state["plan"]
-    results = list(state.get("results", []))
     overhead = state.get("usage") or Usage()
-    scope.seed_tokens(Usage.total(r.usage for r in results).total_tokens + overhead.total_tokens)
-    added = skipped_results(plan, results)
-    why = stop_reason(results, settings, scope)
+    ledger, new, rebuilt = ledger_for(scope.ledgers, plan, state.get("results", []))
+    if rebuilt:
+        # A new process (a resume) or a rewritten list: count what was spent already.
+        spent = sum(r.usage.total_tokens for r in ledger.by_id.values())
+        scope.seed_tokens(spent + overhead.total_tokens)
+    failed = rebuilt or any(r.status != "ok" for r in new)
+    added = skipped_results(plan, ledger.status) if failed else []
+    ledger.append(added)
+    why = stop_reason(ledger.status, settings, scope)
     if why is not None:
-        added += cancelled_results(plan, results + added, why)
+        cancelled = cancelled_results(plan, ledger.status, why)
+        ledger.append(cancelled)
+        added += cancelled
     for r in added:
         task_finished(runtime.stream_writer, r)
-    order = plan.order()
-    ordered = sorted(results + added, key=lambda r: order.get(r.task_id, len(order)))
     rounds = state.get("rounds", 0) + 1
-    update: dict[str, Any] = {"results": Overwrite(ordered), "rounds": rounds}
-    if len(ordered) >= len(plan.tasks):
-        # Metrics over every result cost O(N) (a sort, for the peak): only once the
-        # plan is done, not after each of the N / max_concurrency windows.
-        update |= outcome(
-            state, ordered, settings=settings, scope=scope, overhead=overhead, rounds=rounds
-        )
-    return update
+    if not ledger.done():
+        # Appended after this window's results, as the ledger expects.
+        return {"results": added, "rounds": rounds} if added else {"rounds": rounds}
+    # Every task has a result: one result per task in plan order, and the metrics
+    # (O(N), a sort for the peak), once rather than after each window.
+    ordered = sorted(ledger.by_id.values(), key=lambda r: ledger.order.get(r.task_id, 0))
+    ledger.rewritten(ordered)
+    return {
+        "results": Overwrite(ordered),
+        "rounds": rounds,
+        **outcome(state, ordered, settings=settings, scope=scope, overhead=overhead, rounds=rounds),
+    }

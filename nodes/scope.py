@@ -25,6 +25,7 @@ from nodes.faults import FaultKind
 if TYPE_CHECKING:
     from nodes.context import RunSettings
     from nodes.domain import Plan, SubagentResult
+    from nodes.ledger import Ledger
 
 T = TypeVar("T")
 
@@ -136,6 +137,8 @@ class RunScope:
         self.stop_reason: str | None = None
         self.stop_kind: str | None = None
         self._stopped: asyncio.Event | None = None
+        self.ledgers: dict[int, Ledger] = {}
+        """Each plan's bookkeeping between windows (`nodes.ledger`), by `id(plan)`."""
 
     # --- the stop signal -------------------------------------------------------------
 

@@ -15,15 +15,16 @@ from nodes.domain import ErrorInfo, Plan, RunMetrics, SubagentResult, Task, Usag
 def merge_results(
     left: list[SubagentResult] | None, right: list[SubagentResult] | None
 ) -> list[SubagentResult]:
-    """Upsert results by task id: a later result for a task replaces the earlier one.
+    """Append results: parallel subagents write here in the same superstep.
 
-    Parallel subagents write here in the same superstep; this reducer makes
-    that safe. The reducer node puts the list in plan order afterwards.
+    Appending costs a list copy per write; an upsert by task id rebuilt a dict of
+    every result per write (O(N^2) over a run). The `reducer` node, which runs after
+    every superstep of subagents, keeps the last result per task id (its `Ledger`)
+    and, once every task has one, writes the list back in plan order.
     """
-    merged = {r.task_id: r for r in left or []}
-    for r in right or []:
-        merged[r.task_id] = r
-    return list(merged.values())
+    if not right:
+        return left if left is not None else []
+    return [*(left or []), *right]
 
 
 def add_usage(left: Usage | None, right: Usage | None) -> Usage:

@@ -321,9 +321,24 @@ async def test_reducer_status_ok_when_every_task_is_ok() -> None:
 async def test_reducer_leaves_status_and_metrics_until_the_plan_is_done() -> None:
     plan = Plan.model_validate(VALID)
     out = await reducer({"plan": plan, "results": [_ok("a")], "rounds": 0}, _rt())
-    assert [r.task_id for r in out["results"].value] == ["a"]
-    # O(N) metrics only once every task has a result, not after every window.
-    assert "status" not in out and "metrics" not in out
+    # Between windows: nothing to add, no O(N) rewrite in plan order, no metrics.
+    assert out == {"rounds": 1}
+
+
+async def test_reducer_appends_skipped_results_between_windows() -> None:
+    plan = Plan.model_validate(
+        {
+            "tasks": [
+                {"id": "a", "description": "a"},
+                {"id": "b", "description": "b", "depends_on": ["a"]},
+                {"id": "c", "description": "c"},
+            ]
+        }
+    )
+    out = await reducer({"plan": plan, "results": [_failed("a")], "rounds": 0}, _rt())
+    # Appended (not an Overwrite): the subagents' results stay as they were written.
+    assert [(r.task_id, r.status) for r in out["results"]] == [("b", "skipped")]
+    assert "metrics" not in out
 
 
 # --- synthesize ------------------------------------------------------------------------
