@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Literal
 
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
+from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langgraph.runtime import Runtime
 
@@ -39,6 +42,32 @@ async def allowed_tools(task: Task, settings: RunSettings, depth: int = 1) -> li
     return tools
 
 
+_BOUND: dict[tuple[int, ...], tuple[weakref.ref[BaseChatModel], list[BaseTool], Any]] = {}
+_BOUND_MAX = 256
+
+
+def bind_tools(model: BaseChatModel, tools: list[BaseTool]) -> Runnable[Any, Any]:
+    """Return `model.bind_tools(tools)`, made once per model and set of tool objects.
+
+    Binding converts every tool to its JSON schema; a subagent binds on each turn,
+    so without the cache that was redone three times per ReAct subagent. A
+    `delegate` tool is made per task, so a set holding one is bound afresh.
+    """
+    if not tools:
+        return model
+    if any(t.name == DELEGATE for t in tools):
+        return model.bind_tools(tools)
+    key = (id(model), *(id(t) for t in tools))
+    hit = _BOUND.get(key)
+    if hit is None or hit[0]() is not model:
+        if len(_BOUND) >= _BOUND_MAX:
+            _BOUND.clear()  # models gone, tools a provider replaced: let them go
+        # The tools are kept with the binding, so their ids cannot be reused while
+        # it is cached; the model is held weakly and checked on every hit.
+        hit = _BOUND[key] = (weakref.ref(model), list(tools), model.bind_tools(tools))
+    return hit[2]
+
+
 def _over_budget(steps: int, usage: Usage, settings: RunSettings) -> Exception | None:
     if steps >= settings.max_steps:
         return MaxStepsExceeded(
@@ -66,7 +95,7 @@ async def act(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str, 
         kind = settings.agent_kinds().get(state["task"].kind)
         model = load_chat_model(kind.model if kind and kind.model else settings.model)
         tools = await allowed_tools(state["task"], settings, state.get("depth", 1))
-        runnable = model.bind_tools(tools) if tools else model
+        runnable = bind_tools(model, tools)
         config = subagent_config(
             state["task"], round_=state.get("round", 1), depth=state.get("depth", 1)
         )

@@ -33,7 +33,8 @@ async def _request(
     timeout_s: float | None,
 ) -> Any:
     # A coroutine of its own, so nothing is created before the run's gates pass.
-    reply = await asyncio.wait_for(runnable.ainvoke(list(messages), config), timeout_s)
+    async with asyncio.timeout(timeout_s):  # no extra task per call, unlike wait_for
+        reply = await runnable.ainvoke(list(messages), config)
     message = reply.get("raw") if isinstance(reply, dict) else reply
     if isinstance(message, AIMessage) and _cut_short(message):
         msg = "the reply ended before the model finished (a cut stream or body)"

@@ -46,7 +46,8 @@ async def call_tool(
         content = f"Error: bad arguments for `{name}`: {problems}. Fix them and call again."
         return ToolMessage(content, tool_call_id=call_id, name=name, status="error")
     try:
-        output = await asyncio.wait_for(tool.ainvoke(args, config), timeout_s)
+        async with asyncio.timeout(timeout_s):  # no extra task per call, unlike wait_for
+            output = await tool.ainvoke(args, config)
     except TimeoutError:
         content = f"Error: `{name}` timed out after {timeout_s:g}s. Try a smaller request."
         return ToolMessage(content, tool_call_id=call_id, name=name, status="error")
@@ -58,7 +59,10 @@ async def call_tool(
 
 async def _all(calls: Iterable[Awaitable[ToolMessage]]) -> list[ToolMessage]:
     # A coroutine, not a started gather: a stopped run never starts the tools.
-    return list(await asyncio.gather(*calls))
+    pending = list(calls)
+    if len(pending) == 1:
+        return [await pending[0]]  # the common case: no task for a single call
+    return list(await asyncio.gather(*pending))
 
 
 async def run_tools(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str, Any]:

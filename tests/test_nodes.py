@@ -16,7 +16,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command, Overwrite, Send
 from pydantic import Field
 
-from nodes.act import act, after_act, allowed_tools
+from nodes.act import act, after_act, allowed_tools, bind_tools
 from nodes.brief import brief
 from nodes.context import RunSettings
 from nodes.dispatch import (
@@ -671,3 +671,24 @@ async def test_on_subagent_error_raises_a_new_task_failed_error() -> None:
     assert raised.__cause__ is original
     assert raised.result == failed and raised.results == [failed]
     assert events == []  # report already announced it
+
+
+# --- binding tools ---------------------------------------------------------------------
+
+
+def test_bind_tools_binds_once_per_model_and_tool_set() -> None:
+    model = TaskScriptedModel(scripts={})
+    other = TaskScriptedModel(scripts={})
+
+    @tool
+    def echo(text: str) -> str:
+        """Echo."""
+        return text
+
+    first = bind_tools(model, [calculator])
+    assert bind_tools(model, [calculator]) is first  # the same binding, not re-converted
+    assert bind_tools(other, [calculator]) is not first  # per model
+    both = bind_tools(model, [calculator, echo])
+    assert both is not first
+    assert [t["function"]["name"] for t in both.kwargs["tools"]] == ["calculator", "echo"]
+    assert bind_tools(model, []) is model
