@@ -13,6 +13,7 @@ from nodes.context import RunSettings, settings_of
 from nodes.domain import Task, Usage
 from nodes.events import now, task_started
 from nodes.prompts import task_prompt
+from nodes.scope import scope_of
 from nodes.state import SubagentState
 
 
@@ -26,8 +27,13 @@ async def brief(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str
     system = kind.system_prompt if kind else settings.agent_kinds()["general"].system_prompt
     started = now()
     task_started(runtime.stream_writer, task, started)
-    if settings.start_jitter_s:
-        # Spread the first calls of a burst of subagents over a few milliseconds.
+    # A task that LangGraph started after the run stopped (it waited for a slot in
+    # a window wider than max_concurrency) ends at once, before any model call.
+    stopped = scope_of(settings).stop_error()
+    if settings.start_jitter_s and state.get("round", 1) == 1 and stopped is None:
+        # Spread the run's first burst of calls (when the connection pool is cold)
+        # over a few milliseconds; later windows start on warm connections, and each
+        # wait would be added to every later task's latency.
         await asyncio.sleep(random.uniform(0, settings.start_jitter_s))
     return {
         "task": task,
@@ -41,6 +47,6 @@ async def brief(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str
         "tool_calls": 0,
         "retries": 0,
         "tool_errors": 0,
-        "error": None,
-        "cancelled": False,
+        "error": stopped,
+        "cancelled": stopped is not None,
     }

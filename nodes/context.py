@@ -112,7 +112,7 @@ class RunSettings:
     requests_per_second: float | None = None
     """One shared limit on model requests per second for the whole run; `None`: none."""
     start_jitter_s: float = 0.02
-    """Each subagent waits a random 0..start_jitter_s before its first call."""
+    """Each subagent of the first window waits a random 0..start_jitter_s before its first call."""
     max_total_tokens: int | None = None
     """Token budget of the run; when spent, the run stops with `budget_exceeded`."""
     max_wall_time_s: float | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from langchain_core.runnables import RunnableConfig
+from langgraph._internal._constants import CONFIG_KEY_CHECKPOINTER
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
@@ -24,6 +25,10 @@ DONE = "done"
 """What dispatch returns when no task is ready."""
 REPLAN = "replan"
 """What dispatch returns when every task is done and another planning round may run."""
+WIDE_WINDOW = (16, 256)
+"""Without a checkpointer a window holds up to 16 x `max_concurrency` Sends, at most 256
+(never fewer than `max_concurrency`): LangGraph's cost per finished task grows with the
+width of its superstep, and the barrier between windows costs less the wider they are."""
 
 
 def ready_tasks(plan: Plan, results: list[SubagentResult]) -> list[Task]:
@@ -76,12 +81,24 @@ async def dispatch(
         # and after a resume this is how a new process catches up.
         scope.sync(state["plan"], ledger.status)
     window = config.get("max_concurrency") or settings.max_concurrency
+    if not _saves_writes(config):
+        # Nothing is saved, so no write can wait behind a queued task: let LangGraph's
+        # semaphore start each queued Send the moment a slot frees, within the window.
+        factor, cap = WIDE_WINDOW
+        window = max(window, min(factor * window, cap))
     ready = ledger.take_ready(window)
     if not ready:
         return REPLAN if may_replan(state, settings, ledger) else DONE
     round_ = state.get("rounds", 0) + 1
     depth = state.get("depth") or 1
     return [make_send(t, ledger.by_id, settings, round_=round_, depth=depth) for t in ready]
+
+
+def _saves_writes(config: RunnableConfig) -> bool:
+    # LangGraph lends its checkpointer to every task through this config key (None
+    # without one). Missing key: assume a checkpointer, the safe side.
+    conf = config.get("configurable") or {}
+    return conf.get(CONFIG_KEY_CHECKPOINTER, True) is not None
 
 
 def may_replan(state: OrchestratorState, settings: RunSettings, ledger: Ledger) -> bool:

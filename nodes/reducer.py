@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -11,7 +10,6 @@ from langgraph.types import Overwrite
 
 from nodes.context import RunSettings, quorum_of, settings_of
 from nodes.domain import ErrorInfo, Plan, SubagentResult, Usage
-from nodes.errors import FanfoldError
 from nodes.events import task_finished
 from nodes.ledger import ledger_for
 from nodes.metrics import outcome
@@ -59,12 +57,12 @@ def stop_reason(
     status: Mapping[str, str], settings: RunSettings, scope: RunScope
 ) -> ErrorInfo | None:
     """Return why no further task may start (a spent budget, a quorum met), if so."""
-    with contextlib.suppress(FanfoldError):
-        scope.check()  # notices a spent budget and stops the run
-    if scope.stop_kind == "budget" and scope.stop_reason:
-        return ErrorInfo(type="BudgetExceeded", message=scope.stop_reason)
+    why = scope.stop_error()
+    if why is not None:
+        return why
     k = quorum_of(settings.policy)
     if k is not None and quorum_met(status, k):
+        # A resumed run: the scope of this process has not seen the quorum met.
         return ErrorInfo(type="QuorumReached", message=f"quorum of {k} ok tasks reached")
     return None
 

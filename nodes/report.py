@@ -34,7 +34,8 @@ def build_result(state: SubagentState) -> SubagentResult:
         status=status,
         output=output,
         error=error,
-        attempts=1 + state.get("retries", 0),
+        # No model call at all (the run stopped before this task began): no attempt.
+        attempts=1 + state.get("retries", 0) if state.get("steps", 0) else 0,
         started_at=started,
         ended_at=ended,
         duration_s=round((ended - started).total_seconds(), 6),

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from langchain_core.rate_limiters import InMemoryRateLimiter
 
+from nodes.domain import ErrorInfo
 from nodes.errors import BudgetExceeded, FanfoldError, RunStopped
 from nodes.faults import FaultKind
 
@@ -172,6 +173,15 @@ class RunScope:
                 raise BudgetExceeded(self.stop_reason)
             if include_stop:
                 raise RunStopped(self.stop_reason)
+
+    def stop_error(self) -> ErrorInfo | None:
+        """Return why the run stopped, as the error of a task it keeps from running."""
+        with contextlib.suppress(FanfoldError):
+            self.check()  # notices a wall-time budget that ran out since the last call
+        if self.stop_reason is None:
+            return None
+        kind = "BudgetExceeded" if self.stop_kind == "budget" else "QuorumReached"
+        return ErrorInfo(type=kind, message=self.stop_reason)
 
     @property
     def needs_race(self) -> bool:

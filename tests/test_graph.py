@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.errors import InvalidUpdateError
 
 from graphs import Plan, RunSettings, TaskFailedError, arun, compile_orchestrator
@@ -51,8 +52,24 @@ async def test_twenty_tasks_at_concurrency_four() -> None:
     assert sorted(started) == sorted(ids) and sorted(finished) == sorted(ids)
     assert out.metrics.tokens.total_tokens == 20 * 30 + 15 + 15  # + planner + synthesizer
     assert out.answer.startswith("answer: t01=ok")
-    # At most max_concurrency Sends per superstep (see nodes/dispatch.py): 20 / 4.
-    assert out.metrics.rounds == 5
+    # Without a checkpointer a window holds up to 16 x max_concurrency Sends (see
+    # nodes/dispatch.py), so one round per layer of the three-layer DAG.
+    assert out.metrics.rounds == 3
+
+
+async def test_with_a_checkpointer_each_window_is_max_concurrency_sends() -> None:
+    # A finished task's checkpoint write must not wait behind queued tasks (LangGraph
+    # gates both with one semaphore): with a checkpointer a window is at most mc.
+    plan = dag_plan(20)
+    model = _model(plan)
+    out = await arun(
+        "do twenty things",
+        settings=RunSettings(model=model, max_concurrency=4, start_jitter_s=0),
+        graph=compile_orchestrator(checkpointer=InMemorySaver()),
+    )
+    assert all(r.status == "ok" for r in out.results)
+    assert model.recorder.peak == 4 and out.metrics.peak_concurrency == 4
+    assert out.metrics.rounds == 5  # 8 + 6 + 6 tasks in three layers, 4 per window
 
 
 async def test_results_follow_plan_order_not_completion_order() -> None:

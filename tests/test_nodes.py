@@ -401,6 +401,22 @@ async def test_brief_accepts_a_task_as_data_and_an_unknown_kind() -> None:
     assert "Inputs from" not in out["messages"][1].text
 
 
+@pytest.mark.parametrize(("round_", "waits"), [(1, True), (2, False)])
+async def test_brief_jitters_only_the_first_window(
+    round_: int, waits: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    delays: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+
+    monkeypatch.setattr("nodes.brief.asyncio.sleep", sleep)
+    task = Task(id="t1", description="x")
+    await brief({"task": task, "dependency_outputs": {}, "round": round_}, _rt(start_jitter_s=5))
+    assert len(delays) == (1 if waits else 0)
+    assert all(0 <= d <= 5 for d in delays)
+
+
 # --- act and after_act -----------------------------------------------------------------
 
 

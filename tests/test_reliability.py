@@ -28,10 +28,12 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
 from pydantic import Field
 
 from graphs import cli
 from graphs.api import arun
+from graphs.orchestrator import compile_orchestrator
 from nodes.context import RunSettings
 from nodes.domain import Plan, SubagentResult, Task
 from nodes.errors import BudgetExceeded, QuorumUnreachable, RunStopped, TaskFailedError
@@ -609,16 +611,33 @@ async def test_fail_fast_cancels_hung_siblings_at_once_and_keeps_finished_result
 # --- quorum:K ----------------------------------------------------------------------------
 
 
-async def test_quorum_stops_dispatch_and_cancels_the_rest() -> None:
-    ids = ["a", "b", "h1", "h2", "p1", "p2", "p3", "p4"]
-    plan = plan_of(*(task(t) for t in ids))
-    scripts = {t: TaskScript(latency=0.01) for t in ids}
-    scripts["b"] = TaskScript(latency=0.05)
+def checkpointed() -> Any:
+    """An orchestrator with a checkpointer: dispatch windows of `max_concurrency` Sends."""
+    return compile_orchestrator(checkpointer=InMemorySaver())
+
+
+QUORUM_IDS = ["a", "b", "h1", "h2", "p1", "p2", "p3", "p4"]
+
+
+def quorum_case(b_latency: float) -> tuple[Plan, TaskScriptedModel]:
+    """Eight quick tasks, of which `b` takes `b_latency` and h1, h2 hang."""
+    scripts = {t: TaskScript(latency=0.01) for t in QUORUM_IDS}
+    scripts["b"] = TaskScript(latency=b_latency)
     scripts["h1"] = TaskScript(behaviour="hang")
     scripts["h2"] = TaskScript(behaviour="hang")
-    model = TaskScriptedModel(scripts=scripts)
+    return plan_of(*(task(t) for t in QUORUM_IDS)), TaskScriptedModel(scripts=scripts)
+
+
+async def test_quorum_stops_dispatch_and_cancels_the_rest() -> None:
+    ids = QUORUM_IDS
+    plan, model = quorum_case(b_latency=0.05)
     t0 = time.monotonic()
-    out = await arun("x", settings=settings(model, max_concurrency=4, policy="quorum:2"), plan=plan)
+    out = await arun(
+        "x",
+        settings=settings(model, max_concurrency=4, policy="quorum:2"),
+        plan=plan,
+        graph=checkpointed(),
+    )
     wall = time.monotonic() - t0
 
     assert out.status == "ok"
@@ -648,6 +667,32 @@ async def test_quorum_stops_dispatch_and_cancels_the_rest() -> None:
     assert out.metrics.stop_reason == "quorum of 2 ok tasks reached"
     # The synthesizer still wrote the answer of a run that met its quorum.
     assert out.answer.startswith("answer: a=ok, b=ok, h1=cancelled")
+
+
+async def test_quorum_in_a_wide_window_starts_tasks_as_slots_free_then_stops() -> None:
+    # No checkpointer: every task is in one window and LangGraph starts each the
+    # moment a slot frees. p1 takes a's slot and ends ok long before b does.
+    plan, model = quorum_case(b_latency=2.0)
+    out = await arun("x", settings=settings(model, max_concurrency=4, policy="quorum:2"), plan=plan)
+
+    assert out.status == "ok"
+    assert out.metrics.rounds == 1
+    assert statuses(out.results) == {
+        "a": "ok",
+        "p1": "ok",
+        **{t: "cancelled" for t in ("b", "h1", "h2", "p2", "p3", "p4")},
+    }
+    types = error_types(out.results)
+    # Running when the quorum was met: their calls were cancelled.
+    assert model.recorder.cancelled == {"b", "h1", "h2"}
+    assert types["b"] == types["h1"] == types["h2"] == "RunStopped"
+    # Started after it (they waited for a slot): no model call, no attempt.
+    assert set(model.recorder.calls) == {"a", "b", "h1", "h2", "p1"}
+    for tid in ("p2", "p3", "p4"):
+        r = by_id(out.results)[tid]
+        assert r.attempts == 0 and r.error is not None
+        assert (r.error.type, r.error.message) == ("QuorumReached", "quorum of 2 ok tasks reached")
+    assert out.metrics.peak_concurrency <= 4
 
 
 async def test_quorum_unreachable_raises_as_soon_as_it_is() -> None:
@@ -712,7 +757,10 @@ async def test_token_budget_stops_dispatch_and_skips_the_synthesizer() -> None:
     # Each call costs 15 tokens; windows of 2: 30 after the first, and the second
     # window's last reply reaches the budget exactly (so no reply is in flight then).
     out = await arun(
-        "x", settings=settings(model, max_concurrency=2, max_total_tokens=60), plan=plan
+        "x",
+        settings=settings(model, max_concurrency=2, max_total_tokens=60),
+        plan=plan,
+        graph=checkpointed(),
     )
 
     assert out.status == "budget_exceeded"
@@ -824,7 +872,10 @@ async def test_wall_time_budget_ends_hung_tasks_and_stops_dispatch() -> None:
     budget = 0.5
     t0 = time.monotonic()
     out = await arun(
-        "x", settings=settings(model, max_concurrency=3, max_wall_time_s=budget), plan=plan
+        "x",
+        settings=settings(model, max_concurrency=3, max_wall_time_s=budget),
+        plan=plan,
+        graph=checkpointed(),
     )
     wall = time.monotonic() - t0
 
@@ -845,6 +896,45 @@ async def test_wall_time_budget_ends_hung_tasks_and_stops_dispatch() -> None:
     assert out.answer == ""
     assert out.metrics.retries == 0
     assert budget <= wall < budget + 5.0  # the hung tasks' own timeout is 120 s
+
+
+async def test_budgets_in_a_wide_window_end_every_task_once_spent() -> None:
+    # No checkpointer: one window, tasks start as slots free. Whatever starts after
+    # the budget is spent ends at once, without a model call.
+    ids = [f"t{i}" for i in range(1, 9)]
+    model = TaskScriptedModel(scripts={t: TaskScript(latency=0.01) for t in ids})
+    out = await arun(
+        "x",
+        settings=settings(model, max_concurrency=2, max_total_tokens=60),
+        plan=plan_of(*(task(t) for t in ids)),
+    )
+    assert out.status == "budget_exceeded" and out.metrics.rounds == 1
+    res = by_id(out.results)
+    ok = {t for t in ids if res[t].status == "ok"}
+    assert ok == {"t1", "t2", "t3", "t4"}  # 4 x 15 tokens spend the budget
+    for t in set(ids) - ok:
+        assert res[t].status == "cancelled" and res[t].error is not None
+        assert res[t].error.type == "BudgetExceeded"
+    assert out.metrics.tokens.total_tokens == 60
+    # At most one task (started when t3 ended, before t4 did) was mid-call at the stop.
+    assert set(model.recorder.calls) - ok <= {"t5"}
+    assert all(res[t].attempts == 0 for t in ("t6", "t7", "t8"))
+
+    # A wall-time budget: fast tasks go on in the slots the first finisher freed,
+    # while two hung ones are ended when the budget runs out.
+    ids = ["quick", "h1", "h2", "p1", "p2", "p3"]
+    scripts = {t: TaskScript() for t in ids}
+    scripts.update(h1=TaskScript(behaviour="hang"), h2=TaskScript(behaviour="hang"))
+    model = TaskScriptedModel(scripts=scripts)
+    out = await arun(
+        "x",
+        settings=settings(model, max_concurrency=3, max_wall_time_s=0.5),
+        plan=plan_of(*(task(t) for t in ids)),
+    )
+    assert out.status == "budget_exceeded"
+    assert statuses(out.results) == {t: "cancelled" if t in ("h1", "h2") else "ok" for t in ids}
+    assert model.recorder.cancelled == {"h1", "h2"}
+    assert error_types(out.results)["h1"] == "BudgetExceeded"
 
 
 async def test_task_token_budget_fails_only_that_task() -> None:
