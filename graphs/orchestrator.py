@@ -23,6 +23,8 @@ from nodes.dispatch import (
     SUBAGENT,
     dispatch,
     dispatch_approved,
+    dispatch_approved_eager,
+    dispatch_eager,
     dispatch_path_map,
 )
 from nodes.domain import Plan, SubagentResult
@@ -84,11 +86,18 @@ def build_orchestrator(
     builder.add_node(REDUCER, reducer)
     builder.add_edge(START, plan_node)
     builder.add_edge(plan_node, "approve")
-    builder.add_conditional_edges("approve", dispatch_approved, {**routes, REJECTED: END})
+    # The one-node subagent can wait for inputs sent in its own window: it gets the
+    # eager dispatch (used only when the run has no checkpointer; see dispatch).
+    route, route_approved = (
+        (dispatch, dispatch_approved)
+        if checkpoint_granularity == "step"
+        else (dispatch_eager, dispatch_approved_eager)
+    )
+    builder.add_conditional_edges("approve", route_approved, {**routes, REJECTED: END})
     builder.add_edge(SUBAGENT, REDUCER)
-    builder.add_conditional_edges(REDUCER, dispatch, dispatch_path_map(done, replan=REPLAN))
+    builder.add_conditional_edges(REDUCER, route, dispatch_path_map(done, replan=REPLAN))
     builder.add_node(REPLAN, replan)
-    builder.add_conditional_edges(REPLAN, dispatch, routes)
+    builder.add_conditional_edges(REPLAN, route, routes)
     if synthesize_answer:
         builder.add_node(answer_node, answer_with)
         builder.add_edge(answer_node, END)

@@ -44,11 +44,16 @@ def make_send(
     round_: int = 1,
     depth: int = 1,
 ) -> Send:
-    """Return the `Send` that runs one task, with its dependencies' outputs and timeout."""
+    """Return the `Send` that runs one task, with its dependencies' outputs and timeout.
+
+    A dependency without a result yet (sent in the same window) is listed in `awaits`
+    instead; the task's timeout then travels in the payload, to count from when its
+    inputs are ready, and the Send has none.
+    """
     by_id = results if isinstance(results, dict) else {r.task_id: r for r in results}
     payload: SubagentInput = {
         "task": task,
-        "dependency_outputs": {d: by_id[d].output for d in task.depends_on},
+        "dependency_outputs": {d: by_id[d].output for d in task.depends_on if d in by_id},
         "round": round_,
         "depth": depth,
     }
@@ -57,20 +62,35 @@ def make_send(
         (t for t in (task.timeout_s, kind.timeout_s if kind else None) if t is not None),
         settings.task_timeout_s,
     )
+    awaits = [d for d in task.depends_on if d not in by_id]
+    if awaits:
+        payload["awaits"] = awaits
+        payload["timeout_s"] = timeout
+        return Send(SUBAGENT, payload)
     return Send(SUBAGENT, payload, timeout=timeout)
 
 
 async def dispatch(
-    state: OrchestratorState, config: RunnableConfig, runtime: Runtime[RunSettings]
+    state: OrchestratorState,
+    config: RunnableConfig,
+    runtime: Runtime[RunSettings],
+    *,
+    eager: bool = False,
 ) -> list[Send] | str:
-    """Fan ready tasks out, one `Send` each, at most `max_concurrency` per step; or `done`.
+    """Fan ready tasks out, one `Send` each, a window per step; or `done` / `replan`.
 
     Why a window: LangGraph gates everything it submits in a step behind one
     `max_concurrency` semaphore, the checkpoint writes of finished tasks included.
     With more Sends than slots, a finished task's write waits behind every queued
     task, so a crash mid-step loses finished work (measured: none of 24 finished
-    subagents of a 30-wide step had been saved). At most one Send per slot keeps
-    each write immediate; the reducer dispatches the next window.
+    subagents of a 30-wide step had been saved). With a checkpointer, at most one
+    Send per slot keeps each write immediate; the reducer dispatches the next window.
+    Without one nothing is written, and the window widens (`WIDE_WINDOW`).
+
+    `eager` (the one-node subagent, no checkpointer, a top-level run): the window
+    also takes tasks whose dependencies are in it; each waits in process for their
+    results, so a task starts when its own inputs are done, not when the whole
+    superstep is (there is no checkpoint for such a wait to be lost from).
     """
     results = state.get("results", [])
     settings = settings_of(runtime.context)
@@ -80,18 +100,32 @@ async def dispatch(
         # The run scope learns the plan and what is done: quorum checks need both,
         # and after a resume this is how a new process catches up.
         scope.sync(state["plan"], ledger.status)
-    window = config.get("max_concurrency") or settings.max_concurrency
-    if not _saves_writes(config):
+    slots = config.get("max_concurrency") or settings.max_concurrency
+    window = slots
+    saves = _saves_writes(config)
+    if not saves:
         # Nothing is saved, so no write can wait behind a queued task: let LangGraph's
         # semaphore start each queued Send the moment a slot frees, within the window.
         factor, cap = WIDE_WINDOW
-        window = max(window, min(factor * window, cap))
-    ready = ledger.take_ready(window)
+        window = max(slots, min(factor * slots, cap))
+    if eager and not saves and not settings.is_nested and not scope.stopped:
+        # Tasks that wait for inputs only while every Send has a slot of its own:
+        # a waiting task holds its slot, so it must never queue ahead of an input.
+        ready = ledger.take_eager(window, slots)
+    else:
+        ready = ledger.take_ready(window)
     if not ready:
         return REPLAN if may_replan(state, settings, ledger) else DONE
     round_ = state.get("rounds", 0) + 1
     depth = state.get("depth") or 1
     return [make_send(t, ledger.by_id, settings, round_=round_, depth=depth) for t in ready]
+
+
+async def dispatch_eager(
+    state: OrchestratorState, config: RunnableConfig, runtime: Runtime[RunSettings]
+) -> list[Send] | str:
+    """`dispatch` for the one-node subagent, which can wait for its inputs."""
+    return await dispatch(state, config, runtime, eager=True)
 
 
 def _saves_writes(config: RunnableConfig) -> bool:
@@ -135,9 +169,20 @@ REJECTED = "rejected"
 
 
 async def dispatch_approved(
-    state: OrchestratorState, config: RunnableConfig, runtime: Runtime[RunSettings]
+    state: OrchestratorState,
+    config: RunnableConfig,
+    runtime: Runtime[RunSettings],
+    *,
+    eager: bool = False,
 ) -> list[Send] | str:
     """Dispatch after the approval step: a rejected plan ends the run."""
     if state.get("status") == REJECTED:
         return REJECTED
-    return await dispatch(state, config, runtime)
+    return await dispatch(state, config, runtime, eager=eager)
+
+
+async def dispatch_approved_eager(
+    state: OrchestratorState, config: RunnableConfig, runtime: Runtime[RunSettings]
+) -> list[Send] | str:
+    """`dispatch_approved` for the one-node subagent, which can wait for its inputs."""
+    return await dispatch_approved(state, config, runtime, eager=True)

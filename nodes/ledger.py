@@ -16,6 +16,7 @@ rewrite in plan order).
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Sequence
 
 from nodes.domain import Plan, SubagentResult, Task
@@ -104,6 +105,31 @@ class Ledger:
             task = self.plan.tasks[heapq.heappop(self._ready)]
             if task.id not in self.status:
                 taken.append(task)
+        return taken
+
+    def take_eager(self, ready_limit: int, limit: int) -> list[Task]:
+        """Take ready tasks, then tasks whose inputs are ok or taken with them.
+
+        Up to `ready_limit` ready tasks; then, while fewer than `limit` are taken,
+        tasks whose dependencies are all ok or taken. Each task comes after all of
+        its dependencies. The caller keeps `limit` at or under `max_concurrency`: a
+        task waiting for its inputs holds a LangGraph slot, so none may wait while
+        one of its inputs is queued for a slot.
+        """
+        taken = self.take_ready(ready_limit)
+        inflight = {t.id for t in taken}
+        frontier = deque(inflight)
+        while frontier and len(taken) < limit:
+            for tid in self.dependents.get(frontier.popleft(), ()):
+                if tid in inflight or tid in self.status:
+                    continue
+                task = self.plan.tasks[self.order[tid]]
+                if all(d in inflight or self.status.get(d) == "ok" for d in task.depends_on):
+                    taken.append(task)
+                    inflight.add(tid)
+                    frontier.append(tid)
+                    if len(taken) >= limit:
+                        break
         return taken
 
     def done(self) -> bool:

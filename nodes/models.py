@@ -14,6 +14,9 @@ from langchain_core.language_models import BaseChatModel
 from nodes.demo_model import DemoChatModel
 
 OPENAI_TIMEOUT_S = 60.0
+OPENAI_MAX_CONNECTIONS = 1000
+"""Connections per model client, all of which may stay alive between calls: a run
+never has more calls in flight than its `max_concurrency`."""
 OPENAI_MAX_RETRIES = 0
 """The client never retries: `nodes.calls.call_model` is the one retry layer."""
 
@@ -102,12 +105,20 @@ def _build(spec: str, env_base_url: str | None, env_api_key: str | None) -> Base
                 "local OpenAI-compatible server)"
             )
             raise ValueError(msg)
-        import httpx
+        import openai
 
+        # Our own client, not langchain-openai's process-wide one per base URL, and
+        # the openai SDK's own HTTP stack: with a plain `httpx.AsyncClient` (20 kept-
+        # alive connections, fewer than max_concurrency) httpcore closed idle
+        # connections whenever more than 20 were open (encode/httpcore#1035): 851 TCP
+        # connections for 1000 calls at mc=50 and 200 ms, and 2 ms more CPU per call.
+        limits = type(openai.DEFAULT_CONNECTION_LIMITS)(
+            max_connections=OPENAI_MAX_CONNECTIONS, max_keepalive_connections=OPENAI_MAX_CONNECTIONS
+        )
+        client = openai.DefaultAsyncHttpxClient(timeout=OPENAI_TIMEOUT_S, limits=limits)
         return ChatOpenAI(
             model=model,
-            # Our own client, not langchain-openai's process-wide one per base URL.
-            http_async_client=httpx.AsyncClient(timeout=OPENAI_TIMEOUT_S),
+            http_async_client=client,
             base_url=base,
             api_key=SecretStr(key),
             stream_usage=True,

@@ -59,17 +59,18 @@ def apply_policy(result: SubagentResult, settings: RunSettings, scope: RunScope)
         k = quorum_of(settings.policy)
         if k is not None and quorum_met(scope.status, k):
             scope.stop("quorum", f"quorum of {k} ok tasks reached")
-        return
-    if result.status == "cancelled":
-        return
-    if settings.policy == "fail_fast":
-        raise TaskFailedError(result)
-    k = quorum_of(settings.policy)
-    if k is not None and scope.plan is not None:
-        possible = can_still_succeed(scope.plan, scope.status)
-        if possible < k:
-            msg = f"quorum of {k} is out of reach: at most {possible} tasks can still end ok"
-            raise QuorumUnreachable(msg)
+    elif result.status != "cancelled":
+        if settings.policy == "fail_fast":
+            raise TaskFailedError(result)
+        k = quorum_of(settings.policy)
+        if k is not None and scope.plan is not None:
+            possible = can_still_succeed(scope.plan, scope.status)
+            if possible < k:
+                msg = f"quorum of {k} is out of reach: at most {possible} tasks can still end ok"
+                raise QuorumUnreachable(msg)
+    # Only a run that goes on tells the tasks waiting for this one (sent in the same
+    # window); a stopping run cancels them with the rest.
+    scope.publish(result)
 
 
 async def report(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str, Any]:

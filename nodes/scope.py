@@ -140,6 +140,7 @@ class RunScope:
         self._stopped: asyncio.Event | None = None
         self.ledgers: dict[int, Ledger] = {}
         """Each plan's bookkeeping between windows (`nodes.ledger`), by `id(plan)`."""
+        self._finished: dict[str, asyncio.Future[SubagentResult]] = {}
 
     # --- the stop signal -------------------------------------------------------------
 
@@ -253,6 +254,24 @@ class RunScope:
         self.plan = plan
         for tid, st in status.items():
             self.status.setdefault(tid, st)
+
+    # --- results as they finish (for tasks sent before their inputs were done) ------
+
+    def _future(self, task_id: str) -> asyncio.Future[SubagentResult]:
+        fut = self._finished.get(task_id)
+        if fut is None:
+            fut = self._finished[task_id] = asyncio.get_running_loop().create_future()
+        return fut
+
+    def publish(self, result: SubagentResult) -> None:
+        """Make a top-level task's result known to tasks waiting for it, in process."""
+        fut = self._future(result.task_id)
+        if not fut.done():
+            fut.set_result(result)
+
+    async def results_of(self, task_ids: list[str]) -> list[SubagentResult]:
+        """Wait until these tasks have results; return them in the same order."""
+        return [await self._future(tid) for tid in task_ids]
 
     def record_fault(self, kind: FaultKind, started: float | None = None) -> None:
         """Count a transient fault and the retry it causes (`started`: the call's start)."""

@@ -108,6 +108,12 @@ class SubagentInput(TypedDict):
     """The dispatch round (1 = first window) that started this task."""
     depth: NotRequired[int]
     """Nesting depth: 1 for the orchestrator's own subagents."""
+    awaits: NotRequired[list[str]]
+    """Dependencies still running when this task was sent (in the same window): the
+    subagent waits for their results, in process, before it starts."""
+    timeout_s: NotRequired[float | None]
+    """With `awaits`: the task's timeout, counted from when its inputs are ready (the
+    Send itself then has none, as its clock would count the wait)."""
 
 
 class SubagentOutput(TypedDict):

@@ -22,24 +22,28 @@ def failure_result(task_id: str, exc: BaseException | str) -> SubagentResult:
     """Return the result of a subagent that raised or timed out."""
     ended = now()
     if isinstance(exc, NodeTimeoutError):
-        elapsed = exc.elapsed
-        return SubagentResult(
-            task_id=task_id,
-            status="timed_out",
-            error=ErrorInfo(
-                type="TaskTimeout",
-                message=f"no result after {exc.timeout:g}s (elapsed {elapsed:.3f}s)",
-            ),
-            started_at=ended - timedelta(seconds=elapsed),
-            ended_at=ended,
-            duration_s=round(elapsed, 6),
-        )
+        return timed_out_result(task_id, exc.timeout, exc.elapsed)
     return SubagentResult(
         task_id=task_id,
         status="failed",
         error=_describe(exc),
         started_at=ended,
         ended_at=ended,
+    )
+
+
+def timed_out_result(task_id: str, timeout: float, elapsed: float) -> SubagentResult:
+    """Return the result of a subagent that ran out of time."""
+    ended = now()
+    return SubagentResult(
+        task_id=task_id,
+        status="timed_out",
+        error=ErrorInfo(
+            type="TaskTimeout", message=f"no result after {timeout:g}s (elapsed {elapsed:.3f}s)"
+        ),
+        started_at=ended - timedelta(seconds=elapsed),
+        ended_at=ended,
+        duration_s=round(elapsed, 6),
     )
 
 

@@ -8,20 +8,31 @@ subagent (docs/BENCHMARKS.md). This node runs the same step functions as the
 subgraph (`graphs/subagent.py`), in the same order, over a plain dict, so both
 shapes write the same result and emit the same events; `step` granularity keeps
 the subgraph, whose steps a resumed run can go on from.
+
+It can also start before its inputs are done (`awaits` in the payload, sent by
+`dispatch_eager`): it waits for them in process, then runs under the task's
+timeout, counted from then.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from langgraph.runtime import Runtime
 
 from nodes.act import act, after_act
 from nodes.brief import brief
-from nodes.context import RunSettings
-from nodes.report import report
+from nodes.context import RunSettings, settings_of
+from nodes.domain import ErrorInfo, SubagentResult, Task
+from nodes.errors import BudgetExceeded, RunStopped
+from nodes.events import task_finished
+from nodes.report import apply_policy, report
 from nodes.run_tools import run_tools
+from nodes.scope import RunScope, scope_of
 from nodes.state import SubagentInput, SubagentState
+from nodes.subagent_error import timed_out_result
 
 
 def _apply(state: dict[str, Any], update: dict[str, Any]) -> None:
@@ -33,9 +44,7 @@ def _apply(state: dict[str, Any], update: dict[str, Any]) -> None:
     state.update(update)
 
 
-async def subagent(state: SubagentInput, runtime: Runtime[RunSettings]) -> dict[str, Any]:
-    """Run one task to its result, in one LangGraph step."""
-    local: dict[str, Any] = dict(state)
+async def _run(local: dict[str, Any], runtime: Runtime[RunSettings]) -> dict[str, Any]:
     view: SubagentState = local  # type: ignore[assignment]
     _apply(local, await brief(view, runtime))
     while True:
@@ -43,3 +52,50 @@ async def subagent(state: SubagentInput, runtime: Runtime[RunSettings]) -> dict[
         if after_act(view) == "report":
             return await report(view, runtime)
         _apply(local, await run_tools(view, runtime))
+
+
+async def _inputs(task: Task, awaits: list[str], scope: RunScope) -> dict[str, str] | ErrorInfo:
+    """Wait for the dependencies' results: their outputs, or why this task cannot run."""
+    try:
+        results = await scope.race(scope.results_of(awaits))
+    except (RunStopped, BudgetExceeded):
+        return scope.stop_error() or ErrorInfo(type="RunStopped", message="stopped")
+    bad = [r for r in results if r.status != "ok"]
+    if bad:
+        return ErrorInfo(
+            type="DependencyFailed", message=", ".join(f"`{r.task_id}` {r.status}" for r in bad)
+        )
+    return {r.task_id: r.output for r in results}
+
+
+async def subagent(state: SubagentInput, runtime: Runtime[RunSettings]) -> dict[str, Any]:
+    """Run one task to its result, in one LangGraph step."""
+    local: dict[str, Any] = dict(state)
+    awaits = state.get("awaits")
+    if not awaits:
+        return await _run(local, runtime)
+    settings = settings_of(runtime.context)
+    scope = scope_of(settings)
+    task = state["task"] if isinstance(state["task"], Task) else Task.model_validate(state["task"])
+    inputs = await _inputs(task, awaits, scope)
+    if isinstance(inputs, ErrorInfo):
+        # What the reducer writes for a task it never sends: skipped or cancelled.
+        status = "skipped" if inputs.type == "DependencyFailed" else "cancelled"
+        result = SubagentResult(task_id=task.id, status=status, attempts=0, error=inputs)
+        task_finished(runtime.stream_writer, result)
+        scope.status[task.id] = status
+        scope.publish(result)  # its own dependents are skipped in turn
+        return {"results": [result]}
+    local["dependency_outputs"] = {**state.get("dependency_outputs", {}), **inputs}
+    timeout = state.get("timeout_s")
+    start = time.monotonic()
+    try:
+        async with asyncio.timeout(timeout) as deadline:
+            return await _run(local, runtime)
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+    result = timed_out_result(task.id, timeout or 0.0, time.monotonic() - start)
+    task_finished(runtime.stream_writer, result)
+    apply_policy(result, settings, scope)  # fail_fast raises here, as the handler does
+    return {"results": [result]}

@@ -52,8 +52,8 @@ async def test_twenty_tasks_at_concurrency_four() -> None:
     assert sorted(started) == sorted(ids) and sorted(finished) == sorted(ids)
     assert out.metrics.tokens.total_tokens == 20 * 30 + 15 + 15  # + planner + synthesizer
     assert out.answer.startswith("answer: t01=ok")
-    # Without a checkpointer a window holds up to 16 x max_concurrency Sends (see
-    # nodes/dispatch.py), so one round per layer of the three-layer DAG.
+    # A window per layer: 8 tasks are ready at once, more than the 4 slots, so no
+    # dependent is sent to wait for its inputs (nodes/dispatch.py).
     assert out.metrics.rounds == 3
 
 

@@ -252,7 +252,9 @@ async def test_full_run_over_http(server: ScriptedOpenAI) -> None:
     assert synth_call.started >= max(c.ended for c in task_calls)
     assert len(server.calls) == 1 + 10 + 1
     assert out.metrics.counts["ok"] == 6 and out.metrics.tasks == 6
-    assert out.metrics.rounds == 3
+    # No checkpointer: the four independent tasks share one window (LangGraph starts
+    # the fourth when a slot frees), their two dependents the next.
+    assert out.metrics.rounds == 2
 
     # The synthesizer saw every result, in plan order.
     assert out.answer == (
