@@ -8,6 +8,8 @@ The same fake work runs three ways: raw asyncio, bare LangGraph, Fanfold. Every
 implementation runs in child processes of its own (memory: one per cell), so
 heaps and caches never leak from one into another. Figures are ratios within
 one run; absolute times depend on the machine and on what else it is doing.
+Target 6 (real HTTP) is `http_bench.py`: a local OpenAI-compatible server in a
+process of its own, and raw httpx, ChatOpenAI and Fanfold as its clients.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import http_bench
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -42,6 +46,9 @@ PLANS: dict[str, dict[str, Any]] = {
         "dag_n": 200,
         "dag_median_call_s": 0.01,
         "skew_mc": 10,
+        "http_n": 300,
+        "http_best_of": 1,
+        "http_warmup": 50,
     },
     "full": {
         "latency": 0.05,
@@ -59,8 +66,13 @@ PLANS: dict[str, dict[str, Any]] = {
         "dag_n": 200,
         "dag_median_call_s": 0.05,
         "skew_mc": 10,
+        "http_n": 1000,
+        "http_best_of": 2,
+        "http_warmup": 100,
     },
 }
+HTTP_MC = 50
+HTTP_LATENCY_S = 0.02
 MEMORY_CELLS = [
     ("raw", "none"),
     ("bare", "none"),
@@ -162,6 +174,18 @@ def collect(plan: dict[str, Any], say: Any) -> dict[str, Any]:
         for i, c in MEMORY_CELLS
     ]
     data["memory"] = [child_result(p)[0] for p in procs]
+    # Real HTTP: a local server process, then one child per client, one at a time.
+    t0 = time.perf_counter()
+    data["http"] = http_bench.measure(
+        n=plan["http_n"],
+        mc=HTTP_MC,
+        latency=HTTP_LATENCY_S,
+        best_of=plan["http_best_of"],
+        warmup=plan["http_warmup"],
+        impls=http_bench.QUICK_IMPLS,
+        say=say,
+    )
+    say(f"http: done in {time.perf_counter() - t0:.0f}s")
     return data
 
 
@@ -249,7 +273,34 @@ def targets(data: dict[str, Any], plan: dict[str, Any]) -> list[dict[str, Any]]:
         "<= 1.1x",
         d["wall_s"] / d["critical_path_s"] <= 1.1,
     )
-    add("6", "real HTTP: connections and throughput", "not measured", None, "", None)
+    http = data["http"]
+    f, limit = http["rows"]["fanfold"], http["ratios"]["connection_limit"]
+    opened = max(f["all_connections_opened"])
+    add(
+        "6a",
+        f"TCP connections opened, {http['n']} calls mc={http['mc']} (<= mc+2 = {limit})",
+        f"fanfold {'/'.join(map(str, f['all_connections_opened']))} opened, peak open "
+        f"{max(f['all_peak_open'])}",
+        opened,
+        f"<= {limit}",
+        opened <= limit,
+    )
+    base = http["ratios"]["baseline"]
+    ratio = http["ratios"]["fanfold/raw"]
+    others = ", ".join(
+        f"{k} {http['rows'][k]['calls_per_s']:.0f}/s"
+        for k in http_bench.RAW_IMPLS
+        if k != base and k in http["rows"]
+    )
+    add(
+        "6b",
+        "throughput vs raw httpx (>= 0.9x)",
+        f"fanfold {f['calls_per_s']:.0f}/s, raw {base} {http['rows'][base]['calls_per_s']:.0f}/s"
+        + (f" ({others})" if others else ""),
+        ratio,
+        ">= 0.9x",
+        ratio >= 0.9,
+    )
     return out
 
 
@@ -408,6 +459,14 @@ def report(doc: dict[str, Any]) -> str:
             f" mc={plan['skew_mc']}; bound = max(total task time / mc, longest task))",
             "",
             table(SKEW_COLS, skew_rows(data)),
+            "",
+            f"## Real HTTP ({data['http']['n']} calls, mc={data['http']['mc']}, server latency"
+            f" {data['http']['latency_s'] * 1e3:.0f} ms, best of {data['http']['best_of']};"
+            " connections: per run; vs best raw: calls/s against the faster raw client)",
+            "",
+            table(http_bench.COLS, http_bench.table_rows(data["http"])),
+            "",
+            f"Fanfold settings: {data['http']['rows']['fanfold']['settings']}",
         ]
     )
 
