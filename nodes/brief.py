@@ -30,10 +30,12 @@ async def brief(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str
     # A task that LangGraph started after the run stopped (it waited for a slot in
     # a window wider than max_concurrency) ends at once, before any model call.
     stopped = scope_of(settings).stop_error()
-    if settings.start_jitter_s and state.get("round", 1) == 1 and stopped is None:
+    burst = state.get("round", 1) == 1 and not state.get("awaits")
+    if settings.start_jitter_s and burst and stopped is None:
         # Spread the run's first burst of calls (when the connection pool is cold)
-        # over a few milliseconds; later windows start on warm connections, and each
-        # wait would be added to every later task's latency.
+        # over a few milliseconds. Later windows start on warm connections, and a task
+        # that waited for its inputs starts on its own, not in a burst: for them the
+        # wait would only lengthen the run (by a wait per level of a DAG).
         await asyncio.sleep(random.uniform(0, settings.start_jitter_s))
     return {
         "task": task,

@@ -401,9 +401,11 @@ async def test_brief_accepts_a_task_as_data_and_an_unknown_kind() -> None:
     assert "Inputs from" not in out["messages"][1].text
 
 
-@pytest.mark.parametrize(("round_", "waits"), [(1, True), (2, False)])
-async def test_brief_jitters_only_the_first_window(
-    round_: int, waits: bool, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("round_", "awaits", "waits"), [(1, [], True), (2, [], False), (1, ["t0"], False)]
+)
+async def test_brief_jitters_only_the_first_burst(
+    round_: int, awaits: list[str], waits: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     delays: list[float] = []
 
@@ -412,7 +414,8 @@ async def test_brief_jitters_only_the_first_window(
 
     monkeypatch.setattr("nodes.brief.asyncio.sleep", sleep)
     task = Task(id="t1", description="x")
-    await brief({"task": task, "dependency_outputs": {}, "round": round_}, _rt(start_jitter_s=5))
+    state = {"task": task, "dependency_outputs": {}, "round": round_, "awaits": awaits}
+    await brief(state, _rt(start_jitter_s=5))  # type: ignore[arg-type]
     assert len(delays) == (1 if waits else 0)
     assert all(0 <= d <= 5 for d in delays)
 
