@@ -130,7 +130,9 @@ async def _stream(
     on_event: EventHandler | None,
 ) -> RunOutput:
     values: dict[str, Any] = {}
-    finished: dict[str, SubagentResult] = {}
+    finished: dict[str, Any] = {}
+    """Each finished task's result as its event carried it (JSON): validated only when
+    a stopped run needs them, not once per task."""
     try:
         stream: AsyncIterator[Any] = graph.astream(
             cast(OrchestratorInput | Command[Any] | None, inputs),
@@ -150,15 +152,16 @@ async def _stream(
             elif mode == "custom" and is_event(chunk):
                 event: dict[str, Any] = chunk
                 if event[EVENT_KEY] == "task_finished":
-                    finished[event["task_id"]] = SubagentResult.model_validate(event["result"])
+                    finished[event["task_id"]] = event["result"]
                 if on_event is not None:
                     on_event(event)
     except (TaskFailedError, QuorumUnreachable) as exc:
         plan = values.get("plan")
         order = plan.order() if isinstance(plan, Plan) else {}
+        results = {tid: SubagentResult.model_validate(r) for tid, r in finished.items()}
         if isinstance(exc, TaskFailedError):
-            finished[exc.result.task_id] = exc.result
-        exc.results = sorted(finished.values(), key=lambda r: order.get(r.task_id, len(order)))
+            results[exc.result.task_id] = exc.result
+        exc.results = sorted(results.values(), key=lambda r: order.get(r.task_id, len(order)))
         raise
     return _output(values)
 
