@@ -108,17 +108,23 @@ async def dispatch(
         # semaphore start each queued Send the moment a slot frees, within the window.
         factor, cap = WIDE_WINDOW
         window = max(slots, min(factor * slots, cap))
+    key = None
     if eager and not saves and not settings.is_nested and not scope.stopped:
         # Tasks that wait for inputs only while every Send has a slot of its own:
         # a waiting task holds its slot, so it must never queue ahead of an input.
         ready = ledger.take_eager(window, slots)
+        key = ledger.window = scope.open_window(ledger.window)
     else:
         ready = ledger.take_ready(window)
     if not ready:
         return REPLAN if may_replan(state, settings, ledger) else DONE
     round_ = state.get("rounds", 0) + 1
     depth = state.get("depth") or 1
-    return [make_send(t, ledger.by_id, settings, round_=round_, depth=depth) for t in ready]
+    sends = [make_send(t, ledger.by_id, settings, round_=round_, depth=depth) for t in ready]
+    if key is not None:
+        for send in sends:
+            send.arg["window"] = key
+    return sends
 
 
 async def dispatch_eager(

@@ -44,6 +44,8 @@ class Ledger:
         heapq.heapify(self._ready)
         self.seen = 0
         self._last: SubagentResult | None = None
+        self.window: str | None = None
+        """The key of this run's open eager window in its scope, if any."""
         # The last result written for a task wins (a resumed or rewritten list).
         self.append(list({r.task_id: r for r in results}.values()))
         self.rewritten(results)

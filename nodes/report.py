@@ -68,9 +68,6 @@ def apply_policy(result: SubagentResult, settings: RunSettings, scope: RunScope)
             if possible < k:
                 msg = f"quorum of {k} is out of reach: at most {possible} tasks can still end ok"
                 raise QuorumUnreachable(msg)
-    # Only a run that goes on tells the tasks waiting for this one (sent in the same
-    # window); a stopping run cancels them with the rest.
-    scope.publish(result)
 
 
 async def report(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str, Any]:

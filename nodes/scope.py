@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 import weakref
 from collections import Counter
 from collections.abc import Awaitable
@@ -140,7 +141,8 @@ class RunScope:
         self._stopped: asyncio.Event | None = None
         self.ledgers: dict[int, Ledger] = {}
         """Each plan's bookkeeping between windows (`nodes.ledger`), by `id(plan)`."""
-        self._finished: dict[str, asyncio.Future[SubagentResult]] = {}
+        self._windows: dict[str, dict[str, asyncio.Future[SubagentResult]]] = {}
+        """Open eager windows: each task's result future, by window key."""
 
     # --- the stop signal -------------------------------------------------------------
 
@@ -257,21 +259,47 @@ class RunScope:
 
     # --- results as they finish (for tasks sent before their inputs were done) ------
 
-    def _future(self, task_id: str) -> asyncio.Future[SubagentResult]:
-        fut = self._finished.get(task_id)
+    def open_window(self, previous: str | None = None) -> str:
+        """Start an eager window: a key under which its tasks publish their results.
+
+        The previous window of the same run is closed (its tasks have all ended);
+        keys keep runs that share a scope (one settings object) apart.
+        """
+        if previous is not None:
+            self._windows.pop(previous, None)
+        key = uuid.uuid4().hex
+        self._windows[key] = {}
+        return key
+
+    def _future(self, window: str, task_id: str) -> asyncio.Future[SubagentResult] | None:
+        futures = self._windows.get(window)
+        if futures is None:
+            return None  # a window already closed
+        fut = futures.get(task_id)
         if fut is None:
-            fut = self._finished[task_id] = asyncio.get_running_loop().create_future()
+            fut = futures[task_id] = asyncio.get_running_loop().create_future()
         return fut
 
-    def publish(self, result: SubagentResult) -> None:
-        """Make a top-level task's result known to tasks waiting for it, in process."""
-        fut = self._future(result.task_id)
-        if not fut.done():
+    def publish(self, window: str | None, result: SubagentResult) -> None:
+        """Tell the tasks of an eager window that wait for this one its result."""
+        fut = self._future(window, result.task_id) if window else None
+        if fut is not None and not fut.done():
             fut.set_result(result)
 
-    async def results_of(self, task_ids: list[str]) -> list[SubagentResult]:
-        """Wait until these tasks have results; return them in the same order."""
-        return [await self._future(tid) for tid in task_ids]
+    async def results_of(self, window: str, task_ids: list[str]) -> list[SubagentResult]:
+        """Wait until these tasks of the window have results; return them in order.
+
+        Raises:
+            RuntimeError: the window is closed (it cannot be: its tasks still run).
+        """
+        out = []
+        for tid in task_ids:
+            fut = self._future(window, tid)
+            if fut is None:
+                msg = f"eager window `{window}` is closed"
+                raise RuntimeError(msg)
+            out.append(await fut)
+        return out
 
     def record_fault(self, kind: FaultKind, started: float | None = None) -> None:
         """Count a transient fault and the retry it causes (`started`: the call's start)."""

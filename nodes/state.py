@@ -111,6 +111,9 @@ class SubagentInput(TypedDict):
     awaits: NotRequired[list[str]]
     """Dependencies still running when this task was sent (in the same window): the
     subagent waits for their results, in process, before it starts."""
+    window: NotRequired[str]
+    """An eager window's key: the subagent publishes its result under it, in process,
+    for the tasks of the window that wait for it."""
     timeout_s: NotRequired[float | None]
     """With `awaits`: the task's timeout, counted from when its inputs are ready (the
     Send itself then has none, as its clock would count the wait)."""

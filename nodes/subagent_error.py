@@ -76,10 +76,12 @@ async def on_subagent_error(
         exc = RuntimeError(str(exc))
     task_finished(runtime.stream_writer, result)
     settings = settings_of(runtime.context)
+    scope = scope_of(settings)
     try:
-        apply_policy(result, settings, scope_of(settings))
+        apply_policy(result, settings, scope)
     except (TaskFailedError, QuorumUnreachable) as stop:
         raise stop from exc
+    scope.publish(state.get("window"), result)  # tasks of its eager window may wait
     # The handler is a node of its own: without `goto`, a superstep in which every
     # subagent failed would never reach the reducer.
     return Command(update={"results": [result]}, goto=REDUCER)

@@ -54,10 +54,10 @@ async def _run(local: dict[str, Any], runtime: Runtime[RunSettings]) -> dict[str
         _apply(local, await run_tools(view, runtime))
 
 
-async def _inputs(task: Task, awaits: list[str], scope: RunScope) -> dict[str, str] | ErrorInfo:
+async def _inputs(window: str, awaits: list[str], scope: RunScope) -> dict[str, str] | ErrorInfo:
     """Wait for the dependencies' results: their outputs, or why this task cannot run."""
     try:
-        results = await scope.race(scope.results_of(awaits))
+        results = await scope.race(scope.results_of(window, awaits))
     except (RunStopped, BudgetExceeded):
         return scope.stop_error() or ErrorInfo(type="RunStopped", message="stopped")
     bad = [r for r in results if r.status != "ok"]
@@ -71,23 +71,34 @@ async def _inputs(task: Task, awaits: list[str], scope: RunScope) -> dict[str, s
 async def subagent(state: SubagentInput, runtime: Runtime[RunSettings]) -> dict[str, Any]:
     """Run one task to its result, in one LangGraph step."""
     local: dict[str, Any] = dict(state)
-    awaits = state.get("awaits")
+    window = state.get("window")
+    if window is None:
+        return await _run(local, runtime)
+    scope = scope_of(settings_of(runtime.context))
+    out = await _eager(local, window, scope, runtime)
+    # Only a run that goes on tells the tasks waiting for this one (a policy that
+    # stops the run raised above; LangGraph then cancels them with the rest).
+    scope.publish(window, out["results"][0])
+    return out
+
+
+async def _eager(
+    local: dict[str, Any], window: str, scope: RunScope, runtime: Runtime[RunSettings]
+) -> dict[str, Any]:
+    awaits = local.get("awaits")
     if not awaits:
         return await _run(local, runtime)
-    settings = settings_of(runtime.context)
-    scope = scope_of(settings)
-    task = state["task"] if isinstance(state["task"], Task) else Task.model_validate(state["task"])
-    inputs = await _inputs(task, awaits, scope)
+    task = local["task"] if isinstance(local["task"], Task) else Task.model_validate(local["task"])
+    inputs = await _inputs(window, awaits, scope)
     if isinstance(inputs, ErrorInfo):
         # What the reducer writes for a task it never sends: skipped or cancelled.
         status = "skipped" if inputs.type == "DependencyFailed" else "cancelled"
         result = SubagentResult(task_id=task.id, status=status, attempts=0, error=inputs)
         task_finished(runtime.stream_writer, result)
         scope.status[task.id] = status
-        scope.publish(result)  # its own dependents are skipped in turn
         return {"results": [result]}
-    local["dependency_outputs"] = {**state.get("dependency_outputs", {}), **inputs}
-    timeout = state.get("timeout_s")
+    local["dependency_outputs"] = {**local.get("dependency_outputs", {}), **inputs}
+    timeout = local.get("timeout_s")
     start = time.monotonic()
     try:
         async with asyncio.timeout(timeout) as deadline:
@@ -97,5 +108,5 @@ async def subagent(state: SubagentInput, runtime: Runtime[RunSettings]) -> dict[
             raise
     result = timed_out_result(task.id, timeout or 0.0, time.monotonic() - start)
     task_finished(runtime.stream_writer, result)
-    apply_policy(result, settings, scope)  # fail_fast raises here, as the handler does
+    apply_policy(result, settings_of(runtime.context), scope)  # fail_fast raises, as in the handler
     return {"results": [result]}

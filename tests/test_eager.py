@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
+from pydantic import Field
 
 from graphs import Plan, RunSettings, TaskFailedError, arun, compile_orchestrator
 from tests.fakes import TaskScript, TaskScriptedModel
@@ -126,3 +127,34 @@ async def test_fail_fast_cancels_tasks_waiting_for_inputs() -> None:
     assert finished == {"a": "failed"}  # b and c never wrote a result: cancelled
     assert set(model.recorder.calls) == {"a", "slow"}
     assert model.recorder.cancelled == {"slow"}
+
+
+class FailsFirstTime(TaskScriptedModel):
+    """Task `a`'s first call raises; every later call follows the script."""
+
+    failed: list[str] = Field(default_factory=list)
+
+    async def _agenerate(self, messages: Any, *args: Any, **kwargs: Any) -> Any:
+        if "Task a (" in str(messages[1].content) and not self.failed:
+            self.failed.append("a")
+            raise RuntimeError("first call of a fails")
+        return await super()._agenerate(messages, *args, **kwargs)
+
+
+async def test_runs_sharing_a_settings_object_never_see_each_others_results() -> None:
+    # graph.ainvoke with one settings object shares one run scope between runs: the
+    # results a waiting task reads are keyed by its window, not by task id alone.
+    model = FailsFirstTime(scripts={t: TaskScript(latency=0.01) for t, _ in CHAIN})
+    settings = RunSettings(model=model, start_jitter_s=0, max_retries=0)
+    graph = compile_orchestrator(synthesize_answer=False)
+    plan = _plan(*CHAIN)
+    first = await graph.ainvoke({"request": "", "given_plan": plan}, context=settings)
+    second = await graph.ainvoke({"request": "", "given_plan": plan}, context=settings)
+    assert {r.task_id: r.status for r in first["results"]} == {
+        "a": "failed",
+        "slow": "ok",
+        "b": "skipped",
+        "c": "skipped",
+    }
+    assert all(r.status == "ok" for r in second["results"])
+    assert first["metrics"].rounds == second["metrics"].rounds == 1
