@@ -109,11 +109,14 @@ async def dispatch(
         factor, cap = WIDE_WINDOW
         window = max(slots, min(factor * slots, cap))
     key = None
+    scope.close_window(ledger.window)  # its tasks have all ended: this step follows them
+    ledger.window = None
     if eager and not saves and not settings.is_nested and not scope.stopped:
         # Tasks that wait for inputs only while every Send has a slot of its own:
         # a waiting task holds its slot, so it must never queue ahead of an input.
         ready = ledger.take_eager(window, slots)
-        key = ledger.window = scope.open_window(ledger.window)
+        if ready:
+            key = ledger.window = scope.open_window()
     else:
         ready = ledger.take_ready(window)
     if not ready:

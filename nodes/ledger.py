@@ -139,6 +139,10 @@ class Ledger:
         return len(self.status) >= len(self.plan.tasks)
 
 
+MAX_LEDGERS = 32
+"""Ledgers a run scope keeps (nested fan-outs and re-plans each add one)."""
+
+
 def ledger_for(
     ledgers: dict[int, Ledger], plan: Plan, results: Sequence[SubagentResult]
 ) -> tuple[Ledger, list[SubagentResult], bool]:
@@ -153,5 +157,9 @@ def ledger_for(
             return ledger, ledger.add(results), False
         except ValueError:
             pass
+    while len(ledgers) >= MAX_LEDGERS:
+        # A scope can outlive many runs (runs without a context share one): forget the
+        # oldest plan's ledger; were it still in use, it would only be rebuilt.
+        ledgers.pop(next(iter(ledgers)))
     ledger = ledgers[id(plan)] = Ledger(plan, results)
     return ledger, list(results), True

@@ -259,17 +259,21 @@ class RunScope:
 
     # --- results as they finish (for tasks sent before their inputs were done) ------
 
-    def open_window(self, previous: str | None = None) -> str:
+    def open_window(self) -> str:
         """Start an eager window: a key under which its tasks publish their results.
 
-        The previous window of the same run is closed (its tasks have all ended);
-        keys keep runs that share a scope (one settings object) apart.
+        Keys keep runs that share a scope (one settings object) apart. Dispatch closes
+        a run's window at its next step, and the error handler when a policy stops the
+        run.
         """
-        if previous is not None:
-            self._windows.pop(previous, None)
         key = uuid.uuid4().hex
         self._windows[key] = {}
         return key
+
+    def close_window(self, window: str | None) -> None:
+        """Forget an eager window whose tasks have all ended."""
+        if window is not None:
+            self._windows.pop(window, None)
 
     def _future(self, window: str, task_id: str) -> asyncio.Future[SubagentResult] | None:
         futures = self._windows.get(window)

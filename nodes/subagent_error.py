@@ -65,6 +65,9 @@ async def on_subagent_error(
     exc = error.error
     # Raise new exception objects: LangGraph marks the one it handed us as handled,
     # and re-raising that one would not stop the sibling tasks.
+    if isinstance(exc, TaskFailedError | QuorumUnreachable):
+        # The policy stops the run: its eager window (if any) will not be read again.
+        scope_of(settings_of(runtime.context)).close_window(state.get("window"))
     if isinstance(exc, TaskFailedError):
         raise TaskFailedError(exc.result, exc.results) from exc
     if isinstance(exc, QuorumUnreachable):
@@ -80,6 +83,7 @@ async def on_subagent_error(
     try:
         apply_policy(result, settings, scope)
     except (TaskFailedError, QuorumUnreachable) as stop:
+        scope.close_window(state.get("window"))
         raise stop from exc
     scope.publish(state.get("window"), result)  # tasks of its eager window may wait
     # The handler is a node of its own: without `goto`, a superstep in which every

@@ -13,6 +13,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from pydantic import Field
 
 from graphs import Plan, RunSettings, TaskFailedError, arun, compile_orchestrator
+from nodes.scope import scope_of
 from tests.fakes import TaskScript, TaskScriptedModel
 
 
@@ -158,3 +159,26 @@ async def test_runs_sharing_a_settings_object_never_see_each_others_results() ->
     }
     assert all(r.status == "ok" for r in second["results"])
     assert first["metrics"].rounds == second["metrics"].rounds == 1
+
+
+async def test_a_run_leaves_no_eager_window_open_in_its_scope() -> None:
+    # A scope may serve many runs (one settings object): each closes its windows,
+    # when it ends and when a policy stops it.
+    plan = _plan(*CHAIN)
+    graph = compile_orchestrator(synthesize_answer=False)
+    ok = TaskScriptedModel(scripts={t: TaskScript(latency=0.01) for t, _ in CHAIN})
+    settings = RunSettings(model=ok, start_jitter_s=0)
+    out = await graph.ainvoke({"request": "", "given_plan": plan}, context=settings)
+    assert out["metrics"].rounds == 1
+    assert scope_of(settings)._windows == {}
+
+    failing = {t: TaskScript(latency=0.01) for t, _ in CHAIN} | {"a": TaskScript(behaviour="raise")}
+    settings = RunSettings(
+        model=TaskScriptedModel(scripts=failing),
+        start_jitter_s=0,
+        policy="fail_fast",
+        max_retries=0,
+    )
+    with pytest.raises(TaskFailedError):
+        await graph.ainvoke({"request": "", "given_plan": plan}, context=settings)
+    assert scope_of(settings)._windows == {}

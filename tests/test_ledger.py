@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nodes.domain import Plan, SubagentResult
-from nodes.ledger import Ledger, ledger_for
+from nodes.ledger import MAX_LEDGERS, Ledger, ledger_for
 from nodes.reducer import skipped_results
 
 
@@ -89,3 +89,15 @@ def test_a_rewritten_or_foreign_list_rebuilds_the_ledger() -> None:
 
 def again_results(ledger: Ledger) -> list[SubagentResult]:
     return list(ledger.by_id.values())
+
+
+def test_a_scope_keeps_a_bounded_number_of_ledgers() -> None:
+    ledgers: dict[int, Ledger] = {}
+    plans = [_plan([[]]) for _ in range(MAX_LEDGERS + 5)]
+    for plan in plans:
+        ledger_for(ledgers, plan, [])
+    assert len(ledgers) == MAX_LEDGERS
+    # The newest are kept; an evicted plan's ledger is simply rebuilt.
+    assert ledgers[id(plans[-1])].plan is plans[-1]
+    _, _, rebuilt = ledger_for(ledgers, plans[0], [])
+    assert rebuilt
