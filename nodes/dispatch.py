@@ -38,25 +38,27 @@ def ready_tasks(plan: Plan, results: list[SubagentResult]) -> list[Task]:
 
 def make_send(
     task: Task,
-    results: list[SubagentResult] | dict[str, SubagentResult],
+    by_id: dict[str, SubagentResult],
     settings: RunSettings,
     *,
     round_: int = 1,
     depth: int = 1,
+    window: str | None = None,
 ) -> Send:
     """Return the `Send` that runs one task, with its dependencies' outputs and timeout.
 
-    A dependency without a result yet (sent in the same window) is listed in `awaits`
-    instead; the task's timeout then travels in the payload, to count from when its
-    inputs are ready, and the Send has none.
+    `by_id`: the results so far. A dependency without a result yet (sent in the same
+    eager `window`) is listed in `awaits` instead; the task's timeout then travels in
+    the payload, to count from when its inputs are ready, and the Send has none.
     """
-    by_id = results if isinstance(results, dict) else {r.task_id: r for r in results}
     payload: SubagentInput = {
         "task": task,
         "dependency_outputs": {d: by_id[d].output for d in task.depends_on if d in by_id},
         "round": round_,
         "depth": depth,
     }
+    if window is not None:
+        payload["window"] = window
     kind = settings.agent_kinds().get(task.kind)
     timeout = next(
         (t for t in (task.timeout_s, kind.timeout_s if kind else None) if t is not None),
@@ -123,11 +125,9 @@ async def dispatch(
         return REPLAN if may_replan(state, settings, ledger) else DONE
     round_ = state.get("rounds", 0) + 1
     depth = state.get("depth") or 1
-    sends = [make_send(t, ledger.by_id, settings, round_=round_, depth=depth) for t in ready]
-    if key is not None:
-        for send in sends:
-            send.arg["window"] = key
-    return sends
+    return [
+        make_send(t, ledger.by_id, settings, round_=round_, depth=depth, window=key) for t in ready
+    ]
 
 
 async def dispatch_eager(

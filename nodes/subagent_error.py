@@ -63,11 +63,13 @@ async def on_subagent_error(
 ) -> Command[str]:
     """Turn the failure into the task's result, or stop the run as its policy says."""
     exc = error.error
+    settings = settings_of(runtime.context)
+    scope = scope_of(settings)
     # Raise new exception objects: LangGraph marks the one it handed us as handled,
     # and re-raising that one would not stop the sibling tasks.
     if isinstance(exc, TaskFailedError | QuorumUnreachable):
         # The policy stops the run: its eager window (if any) will not be read again.
-        scope_of(settings_of(runtime.context)).close_window(state.get("window"))
+        scope.close_window(state.get("window"))
     if isinstance(exc, TaskFailedError):
         raise TaskFailedError(exc.result, exc.results) from exc
     if isinstance(exc, QuorumUnreachable):
@@ -78,8 +80,6 @@ async def on_subagent_error(
     if not isinstance(exc, BaseException):
         exc = RuntimeError(str(exc))
     task_finished(runtime.stream_writer, result)
-    settings = settings_of(runtime.context)
-    scope = scope_of(settings)
     try:
         apply_policy(result, settings, scope)
     except (TaskFailedError, QuorumUnreachable) as stop:

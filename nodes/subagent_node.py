@@ -74,8 +74,9 @@ async def subagent(state: SubagentInput, runtime: Runtime[RunSettings]) -> dict[
     window = state.get("window")
     if window is None:
         return await _run(local, runtime)
-    scope = scope_of(settings_of(runtime.context))
-    out = await _eager(local, window, scope, runtime)
+    settings = settings_of(runtime.context)
+    scope = scope_of(settings)
+    out = await _eager(local, window, settings, scope, runtime)
     # Only a run that goes on tells the tasks waiting for this one (a policy that
     # stops the run raised above; LangGraph then cancels them with the rest).
     scope.publish(window, out["results"][0])
@@ -83,7 +84,11 @@ async def subagent(state: SubagentInput, runtime: Runtime[RunSettings]) -> dict[
 
 
 async def _eager(
-    local: dict[str, Any], window: str, scope: RunScope, runtime: Runtime[RunSettings]
+    local: dict[str, Any],
+    window: str,
+    settings: RunSettings,
+    scope: RunScope,
+    runtime: Runtime[RunSettings],
 ) -> dict[str, Any]:
     awaits = local.get("awaits")
     if not awaits:
@@ -108,5 +113,5 @@ async def _eager(
             raise
     result = timed_out_result(task.id, timeout or 0.0, time.monotonic() - start)
     task_finished(runtime.stream_writer, result)
-    apply_policy(result, settings_of(runtime.context), scope)  # fail_fast raises, as in the handler
+    apply_policy(result, settings, scope)  # fail_fast raises, as in the handler
     return {"results": [result]}
