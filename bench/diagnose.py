@@ -118,9 +118,9 @@ async def gc_modes(n: int, mc: int) -> None:
 
 async def stream_cost(n: int, mc: int) -> None:
     """Fanfold's `arun` (astream, subgraphs=True, custom+values) against `ainvoke`."""
-    from graphs import RunSettings
-    from nodes.domain import Plan
-    from nodes.state import OrchestratorInput
+    from fanfold import RunSettings
+    from fanfold.nodes.domain import Plan
+    from fanfold.nodes.state import OrchestratorInput
 
     # The input key of a given plan (renamed while issue 3 was being built).
     key = "given_plan" if "given_plan" in OrchestratorInput.__annotations__ else "plan"
@@ -208,7 +208,7 @@ async def memory_sites(impl: str, n: int, top: int) -> None:
 
 async def settings_cost(n: int, mc: int, latency: float) -> None:
     """Fanfold with its default settings against start jitter and per-call timeouts off."""
-    from graphs import RunSettings, execute_tasks_parallel
+    from fanfold import RunSettings, execute_tasks_parallel
 
     bench = Bench("fanfold")
     await bench.warm_up()

@@ -9,9 +9,9 @@ from fake import TOOL_NAME, prompt
 from langchain_core.language_models import BaseChatModel
 from langchain_core.tools import BaseTool
 
-from graphs import RunSettings, Task, arun, execute_tasks_parallel
-from graphs.orchestrator import Orchestrator, compile_orchestrator
-from nodes.domain import Plan, SubagentResult
+from fanfold import RunSettings, Task, arun, execute_tasks_parallel
+from fanfold.graphs.orchestrator import Orchestrator, compile_orchestrator
+from fanfold.nodes.domain import Plan, SubagentResult
 
 
 def task(item: int, deps: Sequence[int] = ()) -> Task:

@@ -119,8 +119,8 @@ def prompts() -> dict[str, str]:
     """Return the system prompt and task header Fanfold's subagents send (so all send the same)."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))  # this checkout's library, as the children see it
-    from nodes.context import RunSettings
-    from nodes.prompts import TASK_HEADER
+    from fanfold.nodes.context import RunSettings
+    from fanfold.nodes.prompts import TASK_HEADER
 
     return {
         "system": RunSettings().agent_kinds()["general"].system_prompt,
@@ -382,12 +382,12 @@ class Fanfold(Runner):
         return f"openai:{MODEL}@{self.base_url}"
 
     async def open(self) -> None:
-        from nodes.models import load_chat_model
+        from fanfold.nodes.models import load_chat_model
 
         load_chat_model(self.spec)  # built here, cached for this loop: not in the timed run
 
     def prepare(self, n: int) -> Callable[[], Awaitable[list[str]]]:
-        from graphs import RunSettings, Task, execute_tasks_parallel
+        from fanfold import RunSettings, Task, execute_tasks_parallel
 
         tasks = [Task(id=f"t{i}", description=f"item-{i}", tools=[]) for i in range(1, n + 1)]
         settings = RunSettings(**self.settings) if self.settings else None
@@ -405,7 +405,7 @@ class Fanfold(Runner):
         return start
 
     async def close(self) -> None:
-        from nodes.models import aclose_models
+        from fanfold.nodes.models import aclose_models
 
         await aclose_models()
 
@@ -482,7 +482,7 @@ async def measure_impl(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["impl"].startswith("fanfold"):
         import dataclasses
 
-        from nodes.context import RunSettings
+        from fanfold.nodes.context import RunSettings
 
         s = RunSettings(**spec.get("settings") or {})
         keep = ("start_jitter_s", "request_timeout_s", "max_retries", "requests_per_second")

@@ -226,7 +226,7 @@ async def _checkpointed(bench: Bench, checkpointer: str, path: str) -> Any:
     async with _saver(checkpointer, path) as saver:
         tools = [bench.tool]
         if bench.impl == "fanfold":
-            from graphs.orchestrator import compile_orchestrator
+            from fanfold.graphs.orchestrator import compile_orchestrator
 
             graph = compile_orchestrator(
                 checkpointer=saver, synthesize_answer=False, **_granularity(checkpointer)
@@ -271,7 +271,7 @@ async def _checkpointed(bench: Bench, checkpointer: str, path: str) -> Any:
 
 def granularity_supported() -> bool:
     """Say whether this Fanfold's `compile_orchestrator` takes `checkpoint_granularity`."""
-    from graphs.orchestrator import compile_orchestrator
+    from fanfold.graphs.orchestrator import compile_orchestrator
 
     return "checkpoint_granularity" in inspect.signature(compile_orchestrator).parameters
 
@@ -291,7 +291,7 @@ def _granularity_label(impl: str, checkpointer: str) -> str:
     if checkpointer.endswith(("-step", "-task")):
         return checkpointer.rsplit("-", 1)[1]
     if impl == "fanfold":
-        from graphs.orchestrator import compile_orchestrator
+        from fanfold.graphs.orchestrator import compile_orchestrator
 
         param = inspect.signature(compile_orchestrator).parameters.get("checkpoint_granularity")
         return f"{param.default} (default)" if param is not None else "step (default)"

@@ -17,13 +17,13 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 from pydantic import BaseModel, Field, ValidationError
 
-from graphs.orchestrator import Orchestrator, compile_orchestrator
-from nodes.context import DEFAULT_MAX_CONCURRENCY, Policy, RunSettings
-from nodes.domain import ErrorInfo, Plan, RunMetrics, SubagentResult, Task
-from nodes.errors import PlanError, QuorumUnreachable, TaskFailedError
-from nodes.events import EVENT_KEY, is_event
-from nodes.models import aclose_models
-from nodes.state import OrchestratorInput
+from fanfold.graphs.orchestrator import Orchestrator, compile_orchestrator
+from fanfold.nodes.context import DEFAULT_MAX_CONCURRENCY, Policy, RunSettings
+from fanfold.nodes.domain import ErrorInfo, Plan, RunMetrics, SubagentResult, Task
+from fanfold.nodes.errors import PlanError, QuorumUnreachable, TaskFailedError
+from fanfold.nodes.events import EVENT_KEY, is_event
+from fanfold.nodes.models import aclose_models
+from fanfold.nodes.state import OrchestratorInput
 
 EventHandler = Callable[[dict[str, Any]], None]
 """Called with every Fanfold progress event (a dict), as it happens."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
-from graphs.serde import allow_fanfold_types
+from fanfold.graphs.serde import allow_fanfold_types
 
 POSTGRES_PREFIXES = ("postgres://", "postgresql://")
 

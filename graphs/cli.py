@@ -14,14 +14,14 @@ from typing import Any, TextIO
 
 from langchain_core.runnables import RunnableConfig
 
-from graphs.api import RunOutput, aresume, arun
-from graphs.checkpoint import open_checkpointer
-from graphs.orchestrator import Orchestrator, compile_orchestrator
-from nodes.context import DEFAULT_MAX_CONCURRENCY, RunSettings, check_policy
-from nodes.domain import ErrorInfo, Plan, RunMetrics
-from nodes.errors import FanfoldError, PlanError, QuorumUnreachable, TaskFailedError
-from nodes.events import EVENT_KEY
-from nodes.models import aclose_models
+from fanfold.graphs.api import RunOutput, aresume, arun
+from fanfold.graphs.checkpoint import open_checkpointer
+from fanfold.graphs.orchestrator import Orchestrator, compile_orchestrator
+from fanfold.nodes.context import DEFAULT_MAX_CONCURRENCY, RunSettings, check_policy
+from fanfold.nodes.domain import ErrorInfo, Plan, RunMetrics
+from fanfold.nodes.errors import FanfoldError, PlanError, QuorumUnreachable, TaskFailedError
+from fanfold.nodes.events import EVENT_KEY
+from fanfold.nodes.models import aclose_models
 
 DEMO_REQUEST = (
     "Compare asyncio, threads and processes for I/O-bound Python work; "

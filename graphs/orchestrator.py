@@ -11,12 +11,12 @@ from langgraph.graph._node import StateNode
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
 
-from graphs.serde import allow_fanfold_types
-from graphs.subagent import compile_subagent
-from nodes.approve import approve
-from nodes.context import DEFAULT_MAX_CONCURRENCY, RunSettings
-from nodes.delegation import register_runner
-from nodes.dispatch import (
+from fanfold.graphs.serde import allow_fanfold_types
+from fanfold.graphs.subagent import compile_subagent
+from fanfold.nodes.approve import approve
+from fanfold.nodes.context import DEFAULT_MAX_CONCURRENCY, RunSettings
+from fanfold.nodes.delegation import register_runner
+from fanfold.nodes.dispatch import (
     REDUCER,
     REJECTED,
     REPLAN,
@@ -27,14 +27,14 @@ from nodes.dispatch import (
     dispatch_eager,
     dispatch_path_map,
 )
-from nodes.domain import Plan, SubagentResult
-from nodes.planner import planner
-from nodes.reducer import reducer
-from nodes.replan import replan
-from nodes.state import OrchestratorInput, OrchestratorOutput, OrchestratorState
-from nodes.subagent_error import on_subagent_error
-from nodes.subagent_node import subagent
-from nodes.synthesize import synthesize
+from fanfold.nodes.domain import Plan, SubagentResult
+from fanfold.nodes.planner import planner
+from fanfold.nodes.reducer import reducer
+from fanfold.nodes.replan import replan
+from fanfold.nodes.state import OrchestratorInput, OrchestratorOutput, OrchestratorState
+from fanfold.nodes.subagent_error import on_subagent_error
+from fanfold.nodes.subagent_node import subagent
+from fanfold.nodes.synthesize import synthesize
 
 Granularity = Literal["task", "step"]
 

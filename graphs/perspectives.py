@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from graphs.orchestrator import Orchestrator, compile_orchestrator
-from nodes.perspectives import merge_views, perspectives_planner
+from fanfold.graphs.orchestrator import Orchestrator, compile_orchestrator
+from fanfold.nodes.perspectives import merge_views, perspectives_planner
 
 
 def compile_perspectives(**kwargs: object) -> Orchestrator:

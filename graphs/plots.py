@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
-from graphs.api import RunOutput
-from nodes.domain import Plan, SubagentResult
+from fanfold.graphs.api import RunOutput
+from fanfold.nodes.domain import Plan, SubagentResult
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -6,8 +6,8 @@ from collections import Counter
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from nodes.domain import TASK_STATUSES
-from nodes.events import EVENT_KEY
+from fanfold.nodes.domain import TASK_STATUSES
+from fanfold.nodes.events import EVENT_KEY
 
 if TYPE_CHECKING:
     from tqdm.std import tqdm

@@ -6,8 +6,8 @@ from typing import Any, TypeVar
 
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
-from nodes.domain import ErrorInfo, Plan, RunMetrics, SubagentResult, Task, Usage
-from nodes.kinds import AgentKind
+from fanfold.nodes.domain import ErrorInfo, Plan, RunMetrics, SubagentResult, Task, Usage
+from fanfold.nodes.kinds import AgentKind
 
 FANFOLD_TYPES: tuple[type[Any], ...] = (
     Task,

@@ -6,12 +6,12 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
 
-from nodes.act import act, after_act
-from nodes.brief import brief
-from nodes.context import RunSettings
-from nodes.report import report
-from nodes.run_tools import run_tools
-from nodes.state import SubagentInput, SubagentOutput, SubagentState
+from fanfold.nodes.act import act, after_act
+from fanfold.nodes.brief import brief
+from fanfold.nodes.context import RunSettings
+from fanfold.nodes.report import report
+from fanfold.nodes.run_tools import run_tools
+from fanfold.nodes.state import SubagentInput, SubagentOutput, SubagentState
 
 
 def build_subagent() -> StateGraph[SubagentState, RunSettings, SubagentInput, SubagentOutput]:

@@ -11,16 +11,16 @@ from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langgraph.runtime import Runtime
 
-from nodes.calls import CallStats, call_model
-from nodes.context import RunSettings, settings_of
-from nodes.delegation import DELEGATE, can_delegate, make_delegate_tool
-from nodes.domain import ErrorInfo, Task, Usage
-from nodes.errors import BudgetExceeded, MaxStepsExceeded, RunStopped
-from nodes.models import load_chat_model
-from nodes.scope import scope_of
-from nodes.state import SubagentState
-from nodes.tracing import subagent_config
-from nodes.usage import usage_of
+from fanfold.nodes.calls import CallStats, call_model
+from fanfold.nodes.context import RunSettings, settings_of
+from fanfold.nodes.delegation import DELEGATE, can_delegate, make_delegate_tool
+from fanfold.nodes.domain import ErrorInfo, Task, Usage
+from fanfold.nodes.errors import BudgetExceeded, MaxStepsExceeded, RunStopped
+from fanfold.nodes.models import load_chat_model
+from fanfold.nodes.scope import scope_of
+from fanfold.nodes.state import SubagentState
+from fanfold.nodes.tracing import subagent_config
+from fanfold.nodes.usage import usage_of
 
 
 async def allowed_tools(task: Task, settings: RunSettings, depth: int = 1) -> list[BaseTool]:

@@ -8,11 +8,11 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 from pydantic import ValidationError
 
-from nodes.context import RunSettings, settings_of
-from nodes.domain import Plan
-from nodes.errors import PlanError
-from nodes.planner import check_plan
-from nodes.state import OrchestratorState
+from fanfold.nodes.context import RunSettings, settings_of
+from fanfold.nodes.domain import Plan
+from fanfold.nodes.errors import PlanError
+from fanfold.nodes.planner import check_plan
+from fanfold.nodes.state import OrchestratorState
 
 MAX_ASKS = 3
 """How many times an invalid edit is sent back before the run fails with PlanError."""

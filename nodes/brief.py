@@ -9,12 +9,12 @@ from typing import Any
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
-from nodes.context import RunSettings, settings_of
-from nodes.domain import Task, Usage
-from nodes.events import now, task_started
-from nodes.prompts import task_prompt
-from nodes.scope import scope_of
-from nodes.state import SubagentState
+from fanfold.nodes.context import RunSettings, settings_of
+from fanfold.nodes.domain import Task, Usage
+from fanfold.nodes.events import now, task_started
+from fanfold.nodes.prompts import task_prompt
+from fanfold.nodes.scope import scope_of
+from fanfold.nodes.state import SubagentState
 
 
 async def brief(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str, Any]:

@@ -19,11 +19,11 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import Runnable, RunnableConfig
 
-from nodes.context import RunSettings
-from nodes.errors import FanfoldError
-from nodes.faults import TruncatedReply, backoff_s, classify, retry_after_s
-from nodes.scope import RunScope
-from nodes.usage import usage_of
+from fanfold.nodes.context import RunSettings
+from fanfold.nodes.errors import FanfoldError
+from fanfold.nodes.faults import TruncatedReply, backoff_s, classify, retry_after_s
+from fanfold.nodes.scope import RunScope
+from fanfold.nodes.usage import usage_of
 
 
 async def _request(

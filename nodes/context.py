@@ -13,9 +13,9 @@ from langchain_core.tools import BaseTool
 from pydantic import WithJsonSchema
 from pydantic.json_schema import SkipJsonSchema
 
-from nodes.kinds import BUILTIN_KINDS, DEFAULT_PERSPECTIVES, AgentKind
-from tools import ToolRegistry, default_registry
-from tools.workspace import make_workspace_tools
+from fanfold.nodes.kinds import BUILTIN_KINDS, DEFAULT_PERSPECTIVES, AgentKind
+from fanfold.tools import ToolRegistry, default_registry
+from fanfold.tools.workspace import make_workspace_tools
 
 Policy = str
 """`settle`, `fail_fast` or `quorum:K` (K >= 1)."""

@@ -18,9 +18,9 @@ from collections.abc import Awaitable, Callable
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, StructuredTool
 
-from nodes.context import RunSettings
-from nodes.domain import Plan, SubagentResult, Task
-from nodes.scope import scope_of
+from fanfold.nodes.context import RunSettings
+from fanfold.nodes.domain import Plan, SubagentResult, Task
+from fanfold.nodes.scope import scope_of
 
 NestedRunner = Callable[[Plan, RunSettings, int, RunnableConfig], Awaitable[list[SubagentResult]]]
 """Runs a plan as a nested fan-out at a depth; returns its results in plan order."""

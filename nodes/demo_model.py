@@ -26,7 +26,7 @@ from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from nodes.prompts import INPUTS_HEADER, REQUEST_HEADER, RESULTS_HEADER
+from fanfold.nodes.prompts import INPUTS_HEADER, REQUEST_HEADER, RESULTS_HEADER
 
 DEMO_LABEL = "[demo model]"
 DEFAULT_DEMO_LATENCY_S = 0.05

@@ -9,11 +9,11 @@ from langgraph._internal._constants import CONFIG_KEY_CHECKPOINTER
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
-from nodes.context import RunSettings, settings_of
-from nodes.domain import Plan, SubagentResult, Task
-from nodes.ledger import Ledger, ledger_for
-from nodes.scope import scope_of
-from nodes.state import OrchestratorState, SubagentInput
+from fanfold.nodes.context import RunSettings, settings_of
+from fanfold.nodes.domain import Plan, SubagentResult, Task
+from fanfold.nodes.ledger import Ledger, ledger_for
+from fanfold.nodes.scope import scope_of
+from fanfold.nodes.state import OrchestratorState, SubagentInput
 
 SUBAGENT = "subagent"
 """The node that runs one task."""

@@ -9,7 +9,7 @@ from typing import Literal
 import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from nodes.errors import PlanError
+from fanfold.nodes.errors import PlanError
 
 TaskStatus = Literal["ok", "failed", "timed_out", "cancelled", "skipped"]
 """How a task ended: `ok`, `failed` (raised), `timed_out`, `cancelled`, or

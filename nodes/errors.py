@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from nodes.domain import SubagentResult
+    from fanfold.nodes.domain import SubagentResult
 
 
 class FanfoldError(Exception):

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from langgraph.types import StreamWriter
 
-from nodes.domain import SubagentResult, Task
+from fanfold.nodes.domain import SubagentResult, Task
 
 EVENT_KEY = "fanfold"
 """Every Fanfold custom stream event is a dict with this key naming the event."""

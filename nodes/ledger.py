@@ -19,7 +19,7 @@ import heapq
 from collections import deque
 from collections.abc import Sequence
 
-from nodes.domain import Plan, SubagentResult, Task
+from fanfold.nodes.domain import Plan, SubagentResult, Task
 
 
 class Ledger:

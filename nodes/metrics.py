@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from nodes.context import RunSettings, quorum_of
-from nodes.domain import TASK_STATUSES, RunMetrics, SubagentResult, Usage, peak_overlap
-from nodes.events import now
-from nodes.policy import quorum_met
-from nodes.scope import RunScope
+from fanfold.nodes.context import RunSettings, quorum_of
+from fanfold.nodes.domain import TASK_STATUSES, RunMetrics, SubagentResult, Usage, peak_overlap
+from fanfold.nodes.events import now
+from fanfold.nodes.policy import quorum_met
+from fanfold.nodes.scope import RunScope
 
 
 def compute_metrics(

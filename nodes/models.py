@@ -11,7 +11,7 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
-from nodes.demo_model import DemoChatModel
+from fanfold.nodes.demo_model import DemoChatModel
 
 OPENAI_TIMEOUT_S = 60.0
 OPENAI_MAX_CONNECTIONS = 1000

@@ -6,13 +6,13 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from nodes.context import RunSettings, settings_of
-from nodes.domain import Plan, Task, Usage
-from nodes.events import now, plan_ready
-from nodes.planner import check_plan, planned
-from nodes.prompts import MERGE_VIEWS_SYSTEM
-from nodes.state import OrchestratorState
-from nodes.synthesize import write_answer
+from fanfold.nodes.context import RunSettings, settings_of
+from fanfold.nodes.domain import Plan, Task, Usage
+from fanfold.nodes.events import now, plan_ready
+from fanfold.nodes.planner import check_plan, planned
+from fanfold.nodes.prompts import MERGE_VIEWS_SYSTEM
+from fanfold.nodes.state import OrchestratorState
+from fanfold.nodes.synthesize import write_answer
 
 
 async def perspectives_planner(

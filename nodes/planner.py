@@ -13,17 +13,17 @@ from langgraph.runtime import Runtime
 from langgraph.types import Overwrite
 from pydantic import BaseModel, ValidationError
 
-from nodes.calls import call_model
-from nodes.context import RunSettings, settings_of
-from nodes.delegation import DELEGATE
-from nodes.domain import Plan, Usage, validate_plan
-from nodes.errors import PlanError
-from nodes.events import now, plan_ready
-from nodes.models import load_chat_model
-from nodes.prompts import PLAN_REPAIR, PLANNER_SYSTEM
-from nodes.scope import scope_of
-from nodes.state import OrchestratorState
-from nodes.usage import usage_of
+from fanfold.nodes.calls import call_model
+from fanfold.nodes.context import RunSettings, settings_of
+from fanfold.nodes.delegation import DELEGATE
+from fanfold.nodes.domain import Plan, Usage, validate_plan
+from fanfold.nodes.errors import PlanError
+from fanfold.nodes.events import now, plan_ready
+from fanfold.nodes.models import load_chat_model
+from fanfold.nodes.prompts import PLAN_REPAIR, PLANNER_SYSTEM
+from fanfold.nodes.scope import scope_of
+from fanfold.nodes.state import OrchestratorState
+from fanfold.nodes.usage import usage_of
 
 REPAIR_ROUNDS = 1
 

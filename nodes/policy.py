@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from nodes.domain import Plan
+from fanfold.nodes.domain import Plan
 
 
 def blocked_ids(plan: Plan, status: Mapping[str, str]) -> set[str]:

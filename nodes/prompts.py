@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from nodes.domain import SubagentResult, Task
+from fanfold.nodes.domain import SubagentResult, Task
 
 PLANNER_SYSTEM = """You are the planner of a team of parallel subagents.
 Split the user's request into a small plan of tasks (a DAG). Give each task a short

@@ -8,14 +8,14 @@ from typing import Any
 from langgraph.runtime import Runtime
 from langgraph.types import Overwrite
 
-from nodes.context import RunSettings, quorum_of, settings_of
-from nodes.domain import ErrorInfo, Plan, SubagentResult, Usage
-from nodes.events import task_finished
-from nodes.ledger import ledger_for
-from nodes.metrics import outcome
-from nodes.policy import quorum_met
-from nodes.scope import RunScope, scope_of
-from nodes.state import OrchestratorState
+from fanfold.nodes.context import RunSettings, quorum_of, settings_of
+from fanfold.nodes.domain import ErrorInfo, Plan, SubagentResult, Usage
+from fanfold.nodes.events import task_finished
+from fanfold.nodes.ledger import ledger_for
+from fanfold.nodes.metrics import outcome
+from fanfold.nodes.policy import quorum_met
+from fanfold.nodes.scope import RunScope, scope_of
+from fanfold.nodes.state import OrchestratorState
 
 
 def skipped_results(

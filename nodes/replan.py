@@ -8,14 +8,14 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, ValidationError
 
-from nodes.context import RunSettings, settings_of
-from nodes.domain import Plan, Task
-from nodes.errors import PlanError
-from nodes.events import plan_ready
-from nodes.models import load_chat_model
-from nodes.planner import ask_structured, check_plan, kinds_and_tools
-from nodes.prompts import REPLAN_REQUEST, REPLAN_SYSTEM, synthesis_prompt
-from nodes.state import OrchestratorState
+from fanfold.nodes.context import RunSettings, settings_of
+from fanfold.nodes.domain import Plan, Task
+from fanfold.nodes.errors import PlanError
+from fanfold.nodes.events import plan_ready
+from fanfold.nodes.models import load_chat_model
+from fanfold.nodes.planner import ask_structured, check_plan, kinds_and_tools
+from fanfold.nodes.prompts import REPLAN_REQUEST, REPLAN_SYSTEM, synthesis_prompt
+from fanfold.nodes.state import OrchestratorState
 
 
 class PlanExtension(BaseModel):

@@ -7,13 +7,13 @@ from typing import Any
 from langchain_core.messages import AIMessage
 from langgraph.runtime import Runtime
 
-from nodes.context import RunSettings, quorum_of, settings_of
-from nodes.domain import SubagentResult, Usage
-from nodes.errors import QuorumUnreachable, TaskFailedError
-from nodes.events import now, task_finished
-from nodes.policy import can_still_succeed, quorum_met
-from nodes.scope import RunScope, scope_of
-from nodes.state import SubagentState
+from fanfold.nodes.context import RunSettings, quorum_of, settings_of
+from fanfold.nodes.domain import SubagentResult, Usage
+from fanfold.nodes.errors import QuorumUnreachable, TaskFailedError
+from fanfold.nodes.events import now, task_finished
+from fanfold.nodes.policy import can_still_succeed, quorum_met
+from fanfold.nodes.scope import RunScope, scope_of
+from fanfold.nodes.state import SubagentState
 
 
 def build_result(state: SubagentState) -> SubagentResult:

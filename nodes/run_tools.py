@@ -12,13 +12,13 @@ from langchain_core.tools import BaseTool
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, ValidationError
 
-from nodes.act import allowed_tools
-from nodes.context import RunSettings, settings_of
-from nodes.domain import ErrorInfo
-from nodes.errors import BudgetExceeded, RunStopped
-from nodes.scope import scope_of
-from nodes.state import SubagentState
-from nodes.tracing import subagent_config
+from fanfold.nodes.act import allowed_tools
+from fanfold.nodes.context import RunSettings, settings_of
+from fanfold.nodes.domain import ErrorInfo
+from fanfold.nodes.errors import BudgetExceeded, RunStopped
+from fanfold.nodes.scope import scope_of
+from fanfold.nodes.state import SubagentState
+from fanfold.nodes.tracing import subagent_config
 
 
 async def call_tool(

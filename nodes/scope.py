@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from langchain_core.rate_limiters import InMemoryRateLimiter
 
-from nodes.domain import ErrorInfo
-from nodes.errors import BudgetExceeded, FanfoldError, RunStopped
-from nodes.faults import FaultKind
+from fanfold.nodes.domain import ErrorInfo
+from fanfold.nodes.errors import BudgetExceeded, FanfoldError, RunStopped
+from fanfold.nodes.faults import FaultKind
 
 if TYPE_CHECKING:
-    from nodes.context import RunSettings
-    from nodes.domain import Plan, SubagentResult
-    from nodes.ledger import Ledger
+    from fanfold.nodes.context import RunSettings
+    from fanfold.nodes.domain import Plan, SubagentResult
+    from fanfold.nodes.ledger import Ledger
 
 T = TypeVar("T")
 

@@ -9,7 +9,7 @@ from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
 from typing_extensions import TypedDict
 
-from nodes.domain import ErrorInfo, Plan, RunMetrics, SubagentResult, Task, Usage
+from fanfold.nodes.domain import ErrorInfo, Plan, RunMetrics, SubagentResult, Task, Usage
 
 
 def merge_results(

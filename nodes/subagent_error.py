@@ -8,14 +8,14 @@ from langgraph.errors import NodeError, NodeTimeoutError
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
-from nodes.context import RunSettings, settings_of
-from nodes.dispatch import REDUCER
-from nodes.domain import ErrorInfo, SubagentResult, Task
-from nodes.errors import QuorumUnreachable, TaskFailedError
-from nodes.events import now, task_finished
-from nodes.report import apply_policy
-from nodes.scope import scope_of
-from nodes.state import SubagentInput
+from fanfold.nodes.context import RunSettings, settings_of
+from fanfold.nodes.dispatch import REDUCER
+from fanfold.nodes.domain import ErrorInfo, SubagentResult, Task
+from fanfold.nodes.errors import QuorumUnreachable, TaskFailedError
+from fanfold.nodes.events import now, task_finished
+from fanfold.nodes.report import apply_policy
+from fanfold.nodes.scope import scope_of
+from fanfold.nodes.state import SubagentInput
 
 
 def failure_result(task_id: str, exc: BaseException | str) -> SubagentResult:

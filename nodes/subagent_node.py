@@ -22,17 +22,17 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from nodes.act import act, after_act
-from nodes.brief import brief
-from nodes.context import RunSettings, settings_of
-from nodes.domain import ErrorInfo, SubagentResult, Task
-from nodes.errors import BudgetExceeded, RunStopped
-from nodes.events import task_finished
-from nodes.report import apply_policy, report
-from nodes.run_tools import run_tools
-from nodes.scope import RunScope, scope_of
-from nodes.state import SubagentInput, SubagentState
-from nodes.subagent_error import timed_out_result
+from fanfold.nodes.act import act, after_act
+from fanfold.nodes.brief import brief
+from fanfold.nodes.context import RunSettings, settings_of
+from fanfold.nodes.domain import ErrorInfo, SubagentResult, Task
+from fanfold.nodes.errors import BudgetExceeded, RunStopped
+from fanfold.nodes.events import task_finished
+from fanfold.nodes.report import apply_policy, report
+from fanfold.nodes.run_tools import run_tools
+from fanfold.nodes.scope import RunScope, scope_of
+from fanfold.nodes.state import SubagentInput, SubagentState
+from fanfold.nodes.subagent_error import timed_out_result
 
 
 def _apply(state: dict[str, Any], update: dict[str, Any]) -> None:

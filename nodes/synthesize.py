@@ -7,16 +7,16 @@ from typing import Any
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
-from nodes.calls import call_model
-from nodes.context import RunSettings, settings_of
-from nodes.domain import Usage
-from nodes.errors import BudgetExceeded
-from nodes.metrics import outcome
-from nodes.models import load_chat_model
-from nodes.prompts import SYNTHESIZE_SYSTEM, synthesis_prompt
-from nodes.scope import scope_of
-from nodes.state import OrchestratorState
-from nodes.usage import usage_of
+from fanfold.nodes.calls import call_model
+from fanfold.nodes.context import RunSettings, settings_of
+from fanfold.nodes.domain import Usage
+from fanfold.nodes.errors import BudgetExceeded
+from fanfold.nodes.metrics import outcome
+from fanfold.nodes.models import load_chat_model
+from fanfold.nodes.prompts import SYNTHESIZE_SYSTEM, synthesis_prompt
+from fanfold.nodes.scope import scope_of
+from fanfold.nodes.state import OrchestratorState
+from fanfold.nodes.usage import usage_of
 
 
 async def synthesize(state: OrchestratorState, runtime: Runtime[RunSettings]) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from langchain_core.runnables import RunnableConfig
 
-from nodes.domain import Task
+from fanfold.nodes.domain import Task
 
 TAG = "fanfold"
 

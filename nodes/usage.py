@@ -6,7 +6,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessage
 
-from nodes.domain import Usage
+from fanfold.nodes.domain import Usage
 
 
 def usage_of(message: Any) -> Usage:

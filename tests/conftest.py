@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from nodes.models import clear_model_cache
+from fanfold.nodes.models import clear_model_cache
 
 
 def _is_loopback(address: Any) -> bool:

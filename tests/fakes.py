@@ -18,7 +18,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field
 
-from nodes.prompts import RESULTS_HEADER
+from fanfold.nodes.prompts import RESULTS_HEADER
 
 TASK_RE = re.compile(r"^Task (\S+) \(", re.MULTILINE)
 

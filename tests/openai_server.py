@@ -896,7 +896,7 @@ async def serving(**kwargs: Any) -> AsyncIterator[ScriptedOpenAI]:
     The clients are closed while the test's event loop still runs, so no pooled
     connection outlives it.
     """
-    from nodes.models import aclose_models
+    from fanfold.nodes.models import aclose_models
 
     with running(**kwargs) as server:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from langchain_core.tools import tool
 
-from graphs import (
+from fanfold import (
     PlanError,
     RunSettings,
     Task,

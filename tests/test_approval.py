@@ -12,8 +12,9 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
-from graphs import Plan, PlanError, RunSettings, arun, compile_orchestrator
-from nodes.approve import parse_decision
+from fanfold import Plan, PlanError, RunSettings, arun
+from fanfold.graphs.orchestrator import compile_orchestrator
+from fanfold.nodes.approve import parse_decision
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = RunSettings(model="demo:latency=0.01", approve_plan=True)
@@ -124,7 +125,16 @@ def test_parse_decision_rejects_nonsense() -> None:
 
 def _cli(stdin: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "graphs.cli", "run", "tea, coffee", "--approve", "--json", *extra],
+        [
+            sys.executable,
+            "-m",
+            "fanfold",
+            "run",
+            "tea, coffee",
+            "--approve",
+            "--json",
+            *extra,
+        ],
         input=stdin,
         capture_output=True,
         text=True,

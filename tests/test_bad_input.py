@@ -25,15 +25,15 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langgraph.runtime import Runtime
 from pydantic import Field
 
-from graphs import RunSettings, Task, execute_tasks_parallel
-from nodes.domain import Plan
-from nodes.errors import PlanError
-from nodes.kinds import BUILTIN_KINDS
-from nodes.models import aclose_models
-from nodes.planner import planner
+from fanfold import RunSettings, Task, execute_tasks_parallel
+from fanfold.nodes.domain import Plan
+from fanfold.nodes.errors import PlanError
+from fanfold.nodes.kinds import BUILTIN_KINDS
+from fanfold.nodes.models import aclose_models
+from fanfold.nodes.planner import planner
+from fanfold.tools import default_registry
 from tests.fakes import TASK_RE, AsyncFakeModel, ScriptError
 from tests.openai_server import ScriptedOpenAI
-from tools import default_registry
 
 USAGE = {"input_tokens": 5, "output_tokens": 5, "total_tokens": 10}
 KINDS = sorted(BUILTIN_KINDS)

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _fanfold(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     return subprocess.run(
-        [sys.executable, "-m", "graphs.cli", *args],
+        [sys.executable, "-m", "fanfold", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from graphs import RunSettings, Task, arun, execute_tasks_parallel
+from fanfold import RunSettings, Task, arun, execute_tasks_parallel
 from tests.fakes import TaskScript, TaskScriptedModel
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from nodes.domain import (
+from fanfold.nodes.domain import (
     ErrorInfo,
     Plan,
     SubagentResult,
@@ -18,7 +18,7 @@ from nodes.domain import (
     structural_problems,
     validate_plan,
 )
-from nodes.errors import FanfoldError, PlanError
+from fanfold.nodes.errors import FanfoldError, PlanError
 
 KINDS = ["general", "analyst"]
 TOOLS = ["calculator", "text_stats"]

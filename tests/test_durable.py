@@ -29,8 +29,9 @@ from typing import Any
 
 import pytest
 
-from graphs import RunSettings, aresume, arun, open_checkpointer
-from graphs.orchestrator import Orchestrator, compile_orchestrator
+from fanfold import RunSettings, aresume, arun
+from fanfold.graphs.checkpoint import open_checkpointer
+from fanfold.graphs.orchestrator import Orchestrator, compile_orchestrator
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,7 +52,7 @@ saved by then, and the second window is finishing."""
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "graphs.cli", *args]
+    return [sys.executable, "-m", "fanfold", *args]
 
 
 def _env() -> dict[str, str]:

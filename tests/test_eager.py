@@ -12,8 +12,9 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from pydantic import Field
 
-from graphs import Plan, RunSettings, TaskFailedError, arun, compile_orchestrator
-from nodes.scope import scope_of
+from fanfold import Plan, RunSettings, TaskFailedError, arun
+from fanfold.graphs.orchestrator import compile_orchestrator
+from fanfold.nodes.scope import scope_of
 from tests.fakes import TaskScript, TaskScriptedModel
 
 

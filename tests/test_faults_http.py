@@ -15,10 +15,10 @@ import pytest
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
-from graphs.api import arun
-from nodes.context import RunSettings
-from nodes.domain import Plan, SubagentResult, Task, Usage
-from nodes.faults import BACKOFF_BASE_S
+from fanfold.graphs.api import arun
+from fanfold.nodes.context import RunSettings
+from fanfold.nodes.domain import Plan, SubagentResult, Task, Usage
+from fanfold.nodes.faults import BACKOFF_BASE_S
 from tests.openai_server import (
     SYNTHESIZER,
     Call,

@@ -10,7 +10,8 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.errors import InvalidUpdateError
 
-from graphs import Plan, RunSettings, TaskFailedError, arun, compile_orchestrator
+from fanfold import Plan, RunSettings, TaskFailedError, arun
+from fanfold.graphs.orchestrator import compile_orchestrator
 from tests.fakes import TaskScript, TaskScriptedModel, dag_plan, scripts_for
 
 

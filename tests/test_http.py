@@ -12,11 +12,11 @@ from langchain_openai import ChatOpenAI
 from openai import AsyncOpenAI
 from pydantic import SecretStr
 
-from graphs.api import arun, execute_tasks_parallel, run
-from graphs.orchestrator import compile_orchestrator
-from nodes.context import RunSettings
-from nodes.domain import SubagentResult, Task, Usage
-from nodes.errors import TaskFailedError
+from fanfold.graphs.api import arun, execute_tasks_parallel, run
+from fanfold.graphs.orchestrator import compile_orchestrator
+from fanfold.nodes.context import RunSettings
+from fanfold.nodes.domain import SubagentResult, Task, Usage
+from fanfold.nodes.errors import TaskFailedError
 from tests.openai_server import (
     PLANNER,
     SYNTHESIZER,

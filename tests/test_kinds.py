@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from graphs import RunSettings, arun
-from nodes.kinds import AgentKind
+from fanfold import RunSettings, arun
+from fanfold.nodes.kinds import AgentKind
 from tests.fakes import TaskScript, TaskScriptedModel
 
 

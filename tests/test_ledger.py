@@ -7,9 +7,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodes.domain import Plan, SubagentResult
-from nodes.ledger import MAX_LEDGERS, Ledger, ledger_for
-from nodes.reducer import skipped_results
+from fanfold.nodes.domain import Plan, SubagentResult
+from fanfold.nodes.ledger import MAX_LEDGERS, Ledger, ledger_for
+from fanfold.nodes.reducer import skipped_results
 
 
 def _plan(deps: list[list[int]]) -> Plan:

@@ -8,12 +8,12 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_openai import ChatOpenAI
 
-from nodes.demo_model import DEFAULT_DEMO_LATENCY_S, DEMO_LABEL, DemoChatModel, demo_plan
-from nodes.domain import ErrorInfo, Plan, SubagentResult, validate_plan
-from nodes.kinds import BUILTIN_KINDS
-from nodes.models import load_chat_model
-from nodes.prompts import synthesis_prompt
-from tools import calculator, default_registry
+from fanfold.nodes.demo_model import DEFAULT_DEMO_LATENCY_S, DEMO_LABEL, DemoChatModel, demo_plan
+from fanfold.nodes.domain import ErrorInfo, Plan, SubagentResult, validate_plan
+from fanfold.nodes.kinds import BUILTIN_KINDS
+from fanfold.nodes.models import load_chat_model
+from fanfold.nodes.prompts import synthesis_prompt
+from fanfold.tools import calculator, default_registry
 
 # --- load_chat_model -------------------------------------------------------------------
 

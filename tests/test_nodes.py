@@ -16,10 +16,10 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command, Overwrite, Send
 from pydantic import Field
 
-from nodes.act import act, after_act, allowed_tools, bind_tools
-from nodes.brief import brief
-from nodes.context import RunSettings
-from nodes.dispatch import (
+from fanfold.nodes.act import act, after_act, allowed_tools, bind_tools
+from fanfold.nodes.brief import brief
+from fanfold.nodes.context import RunSettings
+from fanfold.nodes.dispatch import (
     DONE,
     FAN_OUT,
     REDUCER,
@@ -28,17 +28,17 @@ from nodes.dispatch import (
     dispatch_path_map,
     ready_tasks,
 )
-from nodes.domain import ErrorInfo, Plan, SubagentResult, Task, Usage
-from nodes.errors import MaxStepsExceeded, PlanError, TaskFailedError
-from nodes.kinds import BUILTIN_KINDS
-from nodes.planner import planner
-from nodes.reducer import reducer
-from nodes.report import report
-from nodes.run_tools import run_tools
-from nodes.subagent_error import on_subagent_error
-from nodes.synthesize import synthesize
+from fanfold.nodes.domain import ErrorInfo, Plan, SubagentResult, Task, Usage
+from fanfold.nodes.errors import MaxStepsExceeded, PlanError, TaskFailedError
+from fanfold.nodes.kinds import BUILTIN_KINDS
+from fanfold.nodes.planner import planner
+from fanfold.nodes.reducer import reducer
+from fanfold.nodes.report import report
+from fanfold.nodes.run_tools import run_tools
+from fanfold.nodes.subagent_error import on_subagent_error
+from fanfold.nodes.synthesize import synthesize
+from fanfold.tools import calculator
 from tests.fakes import AsyncFakeModel, ScriptError, TaskScript, TaskScriptedModel
-from tools import calculator
 
 Event = dict[str, Any]
 USAGE = {"input_tokens": 7, "output_tokens": 3, "total_tokens": 10}
@@ -412,7 +412,7 @@ async def test_brief_jitters_only_the_first_burst(
     async def sleep(seconds: float) -> None:
         delays.append(seconds)
 
-    monkeypatch.setattr("nodes.brief.asyncio.sleep", sleep)
+    monkeypatch.setattr("fanfold.nodes.brief.asyncio.sleep", sleep)
     task = Task(id="t1", description="x")
     state = {"task": task, "dependency_outputs": {}, "round": round_, "awaits": awaits}
     await brief(state, _rt(start_jitter_s=5))  # type: ignore[arg-type]

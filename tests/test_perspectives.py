@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from graphs import RunSettings
-from graphs.perspectives import compile_perspectives
-from nodes.kinds import AgentKind
+from fanfold import RunSettings
+from fanfold.graphs.perspectives import compile_perspectives
+from fanfold.nodes.kinds import AgentKind
 from tests.fakes import TaskScript, TaskScriptedModel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,4 +46,4 @@ async def test_custom_perspectives_and_the_demo_model() -> None:
 
 def test_perspectives_is_served_to_studio() -> None:
     graphs = json.loads((ROOT / "langgraph.json").read_text())["graphs"]
-    assert graphs["perspectives"] == "./graphs/perspectives.py:graph"
+    assert graphs["perspectives"] == "fanfold.graphs.perspectives:graph"

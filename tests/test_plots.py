@@ -13,8 +13,8 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch
 
-from graphs.api import RunOutput, run
-from graphs.plots import (
+from fanfold.graphs.api import RunOutput, run
+from fanfold.graphs.plots import (
     PENDING,
     STATUS_COLORS,
     concurrency_curve,
@@ -22,8 +22,8 @@ from graphs.plots import (
     plot_timeline,
     plot_usage,
 )
-from nodes.context import RunSettings
-from nodes.domain import Plan, SubagentResult, Task, peak_overlap
+from fanfold.nodes.context import RunSettings
+from fanfold.nodes.domain import Plan, SubagentResult, Task, peak_overlap
 
 REQUEST = "Compare tea, coffee and cocoa; estimate 3 * 120 cups"
 

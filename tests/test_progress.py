@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from graphs.api import arun
-from graphs.progress import ProgressBar
-from nodes.context import RunSettings
-from nodes.errors import TaskFailedError
-from nodes.events import EVENT_KEY
+from fanfold.graphs.api import arun
+from fanfold.graphs.progress import ProgressBar
+from fanfold.nodes.context import RunSettings
+from fanfold.nodes.errors import TaskFailedError
+from fanfold.nodes.events import EVENT_KEY
 
 REQUEST = "Compare tea, coffee and cocoa; estimate 3 * 120 cups"
 
@@ -115,7 +115,7 @@ def test_progress_bar_names_the_viz_extra_when_tqdm_is_missing(
 async def test_events_arrive_while_the_run_goes_on_not_at_its_end() -> None:
     import time
 
-    from graphs import RunSettings, arun
+    from fanfold import RunSettings, arun
     from tests.fakes import TaskScript, TaskScriptedModel
 
     plan = {

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests import typecheck
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -23,8 +25,9 @@ def test_ruff_is_clean() -> None:
 
 
 def test_mypy_strict_is_clean() -> None:
-    proc = _run(str(BIN / "mypy"))
+    proc = typecheck.mypy()  # over `fanfold` as it installs (see tests/typecheck.py)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "no issues found" in proc.stdout
 
 
 def _readme_block(title: str) -> str:

@@ -8,9 +8,9 @@ import threading
 import pytest
 from langchain_core.tools import BaseTool, tool
 
-from graphs import RunSettings, Task, execute_tasks_parallel
+from fanfold import RunSettings, Task, execute_tasks_parallel
+from fanfold.tools import ToolRegistry, UnknownToolError
 from tests.fakes import TaskScript, TaskScriptedModel
-from tools import ToolRegistry, UnknownToolError
 
 
 def _make_tool(name: str) -> BaseTool:
@@ -121,7 +121,7 @@ async def test_a_run_uses_provider_tools_and_reports_cache_counts() -> None:
 
 
 async def test_unknown_tool_names_are_caught_at_plan_validation() -> None:
-    from graphs import PlanError
+    from fanfold import PlanError
 
     model = TaskScriptedModel(scripts={})
     with pytest.raises(PlanError, match="unknown tool"):

@@ -31,13 +31,13 @@ from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 from pydantic import Field
 
-from graphs import cli
-from graphs.api import arun
-from graphs.orchestrator import compile_orchestrator
-from nodes.context import RunSettings
-from nodes.domain import Plan, SubagentResult, Task
-from nodes.errors import BudgetExceeded, QuorumUnreachable, RunStopped, TaskFailedError
-from nodes.faults import (
+from fanfold.graphs import cli
+from fanfold.graphs.api import arun
+from fanfold.graphs.orchestrator import compile_orchestrator
+from fanfold.nodes.context import RunSettings
+from fanfold.nodes.domain import Plan, SubagentResult, Task
+from fanfold.nodes.errors import BudgetExceeded, QuorumUnreachable, RunStopped, TaskFailedError
+from fanfold.nodes.faults import (
     BACKOFF_BASE_S,
     BACKOFF_CAP_S,
     RETRY_AFTER_CAP_S,
@@ -45,8 +45,8 @@ from nodes.faults import (
     classify,
     retry_after_s,
 )
-from nodes.prompts import RESULTS_HEADER
-from nodes.scope import AdaptiveLimit, RunScope
+from fanfold.nodes.prompts import RESULTS_HEADER
+from fanfold.nodes.scope import AdaptiveLimit, RunScope
 from tests.fakes import TASK_RE, AsyncFakeModel, TaskScript, TaskScriptedModel
 
 ISSUE_BOUND_S = 0.2

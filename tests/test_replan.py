@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from graphs import PlanError, RunSettings, arun
+from fanfold import PlanError, RunSettings, arun
 from tests.fakes import TaskScript, TaskScriptedModel
 
 FIRST = {"tasks": [{"id": "a", "description": "first"}, {"id": "b", "description": "second"}]}

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from graphs import RunSettings, arun
-from graphs.orchestrator import compile_orchestrator
-from nodes.domain import Plan, SubagentResult
+from fanfold import RunSettings, arun
+from fanfold.graphs.orchestrator import compile_orchestrator
+from fanfold.nodes.domain import Plan, SubagentResult
 from tests.fakes import TaskScript, TaskScriptedModel, dag_plan, scripts_for
 
 SAME = ("task_id", "status", "output", "error", "attempts", "usage", "tool_calls", "tool_errors")

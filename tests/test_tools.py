@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from langchain_core.tools import BaseTool, StructuredTool, tool
 
-from tools import (
+from fanfold.tools import (
     BUILTIN_TOOLS,
     ToolRegistry,
     UnknownToolError,
@@ -21,7 +21,7 @@ from tools import (
     default_registry,
     text_stats,
 )
-from tools.builtins import evaluate
+from fanfold.tools.builtins import evaluate
 
 # --- calculator ------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from uuid import UUID
 from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.outputs import LLMResult
 
-from graphs import RunSettings, arun
+from fanfold import RunSettings, arun
 from tests.fakes import TaskScript, TaskScriptedModel
 
 

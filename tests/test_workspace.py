@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from langchain_core.tools import BaseTool
 
-from graphs import RunSettings, Task, execute_tasks_parallel
+from fanfold import RunSettings, Task, execute_tasks_parallel
+from fanfold.tools.workspace import PathEscapeError, confine, make_workspace_tools
 from tests.fakes import TaskScript, TaskScriptedModel
-from tools.workspace import PathEscapeError, confine, make_workspace_tools
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@
 This package knows nothing of nodes or graphs.
 """
 
-from tools.builtins import BUILTIN_TOOLS, calculator, current_time, text_stats
-from tools.registry import ToolRegistry, UnknownToolError, default_registry
+from fanfold.tools.builtins import BUILTIN_TOOLS, calculator, current_time, text_stats
+from fanfold.tools.registry import ToolRegistry, UnknownToolError, default_registry
 
 __all__ = [
     "BUILTIN_TOOLS",

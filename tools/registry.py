@@ -234,6 +234,6 @@ class ToolRegistry:
 
 def default_registry() -> ToolRegistry:
     """Return a registry holding the built-in tools."""
-    from tools.builtins import BUILTIN_TOOLS
+    from fanfold.tools.builtins import BUILTIN_TOOLS
 
     return ToolRegistry(BUILTIN_TOOLS)

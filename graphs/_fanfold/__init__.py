@@ -1,0 +1,47 @@
+"""Fanfold: plan a task DAG, fan it out to parallel LLM subagents, fold it back.
+
+This is the whole public surface: `arun`/`run` run a request, `aresume` continues
+a checkpointed run, `execute_task` and `execute_tasks_parallel` run given tasks
+without a planner; the types they take and return; the errors they raise. The
+graphs themselves are in `fanfold.graphs` (`fanfold.graphs.orchestrator.graph`).
+"""
+
+from fanfold.graphs.api import (
+    RunOutput,
+    aresume,
+    arun,
+    execute_task,
+    execute_tasks_parallel,
+    run,
+)
+from fanfold.nodes.context import RunSettings
+from fanfold.nodes.domain import Plan, SubagentResult, Task
+from fanfold.nodes.errors import (
+    BudgetExceeded,
+    FanfoldError,
+    PlanError,
+    QuorumUnreachable,
+    TaskFailedError,
+)
+from fanfold.nodes.kinds import AgentKind
+from fanfold.tools.registry import ToolRegistry
+
+__all__ = [
+    "AgentKind",
+    "BudgetExceeded",
+    "FanfoldError",
+    "Plan",
+    "PlanError",
+    "QuorumUnreachable",
+    "RunOutput",
+    "RunSettings",
+    "SubagentResult",
+    "Task",
+    "TaskFailedError",
+    "ToolRegistry",
+    "aresume",
+    "arun",
+    "execute_task",
+    "execute_tasks_parallel",
+    "run",
+]
