@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
-from langgraph.graph._node import StateNode
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
 
@@ -28,6 +27,7 @@ from fanfold.nodes.dispatch import (
     dispatch_path_map,
 )
 from fanfold.nodes.domain import Plan, SubagentResult
+from fanfold.nodes.lg import StateNode
 from fanfold.nodes.planner import planner
 from fanfold.nodes.reducer import reducer
 from fanfold.nodes.replan import replan

@@ -8,6 +8,7 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from fanfold.nodes.domain import ErrorInfo, Plan, RunMetrics, SubagentResult, Task, Usage
 from fanfold.nodes.kinds import AgentKind
+from fanfold.nodes.lg import allows_every_type
 
 FANFOLD_TYPES: tuple[type[Any], ...] = (
     Task,
@@ -35,8 +36,7 @@ def allow_fanfold_types(checkpointer: C) -> C:
     serde = getattr(checkpointer, "serde", None)
     if type(serde) is not JsonPlusSerializer:
         return checkpointer  # a custom or encrypting serializer: the owner decides
-    # `_allowed_msgpack_modules is True` is the permissive default (warn on each type).
-    if getattr(serde, "_allowed_msgpack_modules", None) is True:
+    if allows_every_type(serde):
         replacement = JsonPlusSerializer(
             pickle_fallback=serde.pickle_fallback, allowed_msgpack_modules=FANFOLD_TYPES
         )

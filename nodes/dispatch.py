@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from langchain_core.runnables import RunnableConfig
-from langgraph._internal._constants import CONFIG_KEY_CHECKPOINTER
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
 from fanfold.nodes.context import RunSettings, settings_of
 from fanfold.nodes.domain import Plan, SubagentResult, Task
 from fanfold.nodes.ledger import Ledger, ledger_for
+from fanfold.nodes.lg import saves_writes
 from fanfold.nodes.scope import scope_of
 from fanfold.nodes.state import OrchestratorState, SubagentInput
 
@@ -104,7 +104,7 @@ async def dispatch(
         scope.sync(state["plan"], ledger.status)
     slots = config.get("max_concurrency") or settings.max_concurrency
     window = slots
-    saves = _saves_writes(config)
+    saves = saves_writes(config)
     if not saves:
         # Nothing is saved, so no write can wait behind a queued task: let LangGraph's
         # semaphore start each queued Send the moment a slot frees, within the window.
@@ -135,13 +135,6 @@ async def dispatch_eager(
 ) -> list[Send] | str:
     """`dispatch` for the one-node subagent, which can wait for its inputs."""
     return await dispatch(state, config, runtime, eager=True)
-
-
-def _saves_writes(config: RunnableConfig) -> bool:
-    # LangGraph lends its checkpointer to every task through this config key (None
-    # without one). Missing key: assume a checkpointer, the safe side.
-    conf = config.get("configurable") or {}
-    return conf.get(CONFIG_KEY_CHECKPOINTER, True) is not None
 
 
 def may_replan(state: OrchestratorState, settings: RunSettings, ledger: Ledger) -> bool:
