@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import inspect
 import uuid
@@ -13,20 +12,22 @@ from typing import Any, Literal, cast
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 from pydantic import BaseModel, Field, ValidationError
 
 from fanfold.graphs.orchestrator import Orchestrator, compile_orchestrator
 from fanfold.nodes.context import DEFAULT_MAX_CONCURRENCY, Policy, RunSettings
+from fanfold.nodes.dispatch import concurrency
 from fanfold.nodes.domain import ErrorInfo, Plan, RunMetrics, SubagentResult, Task
 from fanfold.nodes.errors import PlanError, QuorumUnreachable, TaskFailedError
-from fanfold.nodes.events import EVENT_KEY, is_event
+from fanfold.nodes.events import ProgressEvent, is_event
 from fanfold.nodes.models import aclose_models
 from fanfold.nodes.state import OrchestratorInput
 
-EventHandler = Callable[[dict[str, Any]], None]
-"""Called with every Fanfold progress event (a dict), as it happens."""
+EventHandler = Callable[[ProgressEvent], None]
+"""Called with every Fanfold progress event (a typed dict), as it happens."""
 
 RunStatus = Literal["ok", "partial", "failed", "budget_exceeded", "rejected", "awaiting_approval"]
 
@@ -50,7 +51,8 @@ ApprovalHandler = Callable[[Plan], Any]
 
 @functools.cache
 def _default_graph(synthesize_answer: bool, memory: bool = False) -> Orchestrator:
-    # `memory`: an in-memory checkpointer, which an interrupt (plan approval) needs.
+    # `memory`: an in-memory checkpointer, which an interrupt (plan approval) needs;
+    # `arun` deletes each run's thread from it when the run ends.
     return compile_orchestrator(
         synthesize_answer=synthesize_answer, checkpointer=InMemorySaver() if memory else None
     )
@@ -84,30 +86,51 @@ async def arun(
         TaskFailedError: a task failed under `fail_fast`; `results` holds every
             result that had finished, in plan order.
     """
-    # A copy per run: the run's RunScope (limits, budgets, stop signal) is keyed by
-    # this object, so two runs never share one even when given the same settings.
-    settings = dataclasses.replace(settings) if settings is not None else RunSettings()
+    settings = settings if settings is not None else RunSettings()
     if settings.approve_plan and on_approval is None:
         msg = "`approve_plan=True` needs `on_approval=` (or run the graph and resume it yourself)"
         raise ValueError(msg)
+    own_graph = graph is None
     if graph is None:
         graph = _default_graph(True, memory=settings.approve_plan)
-    run_config: RunnableConfig = {**(config or {}), **settings.as_config()}
-    configurable = dict((config or {}).get("configurable") or {})
+    run_config = _run_config(settings, config)
+    configurable = dict(run_config.get("configurable") or {})
     if graph.checkpointer and "thread_id" not in configurable:
         configurable["thread_id"] = uuid.uuid4().hex
-    if configurable:
         run_config["configurable"] = configurable
     inputs: dict[str, Any] = {"request": request}
     if plan is not None:
         inputs["given_plan"] = plan
-    out = await _stream(graph, inputs, settings, run_config, on_event)
-    while on_approval is not None and (pending := await _pending_plan(graph, run_config)):
-        decision = on_approval(pending)
-        if inspect.isawaitable(decision):
-            decision = await decision
-        out = await _stream(graph, Command(resume=decision), settings, run_config, on_event)
+    try:
+        out = await _stream(graph, inputs, settings, run_config, on_event)
+        while on_approval is not None and (pending := await _pending_plan(graph, run_config)):
+            decision = on_approval(pending)
+            if inspect.isawaitable(decision):
+                decision = await decision
+            out = await _stream(graph, Command(resume=decision), settings, run_config, on_event)
+    finally:
+        if own_graph and graph.checkpointer:
+            # The default graph's in-memory checkpoints are this run's alone: drop them.
+            await _delete_thread(graph, configurable["thread_id"])
     return out
+
+
+def _run_config(settings: RunSettings, config: RunnableConfig | None) -> RunnableConfig:
+    """Return the run config: the caller's, with the smaller `max_concurrency` at its top.
+
+    Raises:
+        SettingsError: the config's `max_concurrency` is not an integer >= 1.
+    """
+    run_config: RunnableConfig = {**(config or {})}
+    limit, _ = concurrency(settings, run_config)
+    run_config["max_concurrency"] = limit
+    return run_config
+
+
+async def _delete_thread(graph: Orchestrator, thread_id: str) -> None:
+    saver = graph.checkpointer
+    if isinstance(saver, BaseCheckpointSaver):
+        await saver.adelete_thread(thread_id)
 
 
 async def _pending_plan(graph: Orchestrator, config: RunnableConfig) -> Plan | None:
@@ -150,11 +173,10 @@ async def _stream(
             if mode == "values" and not namespace:
                 values = dict(chunk)
             elif mode == "custom" and is_event(chunk):
-                event: dict[str, Any] = chunk
-                if event[EVENT_KEY] == "task_finished":
-                    finished[event["task_id"]] = event["result"]
+                if chunk["fanfold"] == "task_finished":
+                    finished[chunk["task_id"]] = chunk["result"]
                 if on_event is not None:
-                    on_event(event)
+                    on_event(chunk)
     except (TaskFailedError, QuorumUnreachable) as exc:
         plan = values.get("plan")
         order = plan.order() if isinstance(plan, Plan) else {}
@@ -214,7 +236,7 @@ async def aresume(
     if not snapshot.next:
         return _output(snapshot.values)
     command: Command[Any] | None = Command(resume=decision) if decision is not None else None
-    return await _stream(graph, command, dataclasses.replace(settings), run_config, on_event)
+    return await _stream(graph, command, settings, run_config, on_event)
 
 
 def run(request: str, **kwargs: Any) -> RunOutput:
@@ -237,8 +259,13 @@ def as_tasks(tasks: Sequence[Task | str]) -> list[Task]:
     """Turn plain strings into tasks `t1`, `t2`, ... by position; keep Task objects.
 
     Raises:
-        TypeError: an item is neither a Task nor a string.
+        TypeError: `tasks` is a single string, or an item is neither a Task nor a string.
     """
+    if isinstance(tasks, str | Task):
+        msg = "`tasks` must be a list of tasks or strings, got a single " + (
+            "string (wrap it in a list: [...])" if isinstance(tasks, str) else "Task"
+        )
+        raise TypeError(msg)
     out: list[Task] = []
     for i, item in enumerate(tasks, start=1):
         if isinstance(item, Task):
@@ -277,8 +304,7 @@ async def execute_tasks_parallel(
         plan = Plan(tasks=items, rationale="given tasks")
     except ValidationError as exc:
         raise PlanError([str(e["msg"]) for e in exc.errors()]) from exc
-    settings = dataclasses.replace(
-        settings or RunSettings(),
+    settings = (settings or RunSettings()).replace(
         model=model,
         tools=list(tools or []),
         max_concurrency=max_concurrency,

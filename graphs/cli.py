@@ -20,7 +20,7 @@ from fanfold.graphs.orchestrator import Orchestrator, compile_orchestrator
 from fanfold.nodes.context import DEFAULT_MAX_CONCURRENCY, RunSettings, check_policy
 from fanfold.nodes.domain import ErrorInfo, Plan, RunMetrics
 from fanfold.nodes.errors import FanfoldError, PlanError, QuorumUnreachable, TaskFailedError
-from fanfold.nodes.events import EVENT_KEY
+from fanfold.nodes.events import ProgressEvent
 from fanfold.nodes.models import aclose_models
 
 DEMO_REQUEST = (
@@ -41,21 +41,18 @@ class Progress:
         self.stream = stream
         self.t0 = time.monotonic()
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def __call__(self, event: ProgressEvent) -> None:
         """Print an event."""
         t = time.monotonic() - self.t0
-        name = event[EVENT_KEY]
-        if name == "plan_ready":
+        if event["fanfold"] == "plan_ready":
             line = f"plan: {event['tasks']} tasks in {event['generations']} generations"
-        elif name == "task_started":
+        elif event["fanfold"] == "task_started":
             line = f"start  {event['task_id']} ({event['kind']})"
-        elif name == "task_finished":
+        else:
             line = (
                 f"finish {event['task_id']} {event['status']} "
                 f"in {event['duration_s']:.2f}s, {event['total_tokens']} tokens"
             )
-        else:  # pragma: no cover - future events
-            line = json.dumps(event)
         print(f"[{t:7.2f}s] {line}", file=self.stream, flush=True)
 
 
@@ -227,7 +224,9 @@ async def _execute(args: argparse.Namespace, graph: Orchestrator | None) -> int:
             status="failed",
             results=exc.results,
             metrics=RunMetrics(tasks=len(exc.results)),
-            error=ErrorInfo.of(exc),
+            error=ErrorInfo.of(
+                "TaskFailed" if isinstance(exc, TaskFailedError) else "QuorumUnreachable", exc
+            ),
         )
         code = EXIT_TASK_FAILED
         print(f"fanfold: {exc}", file=sys.stderr)

@@ -6,26 +6,16 @@ import functools
 from typing import Any, Literal
 
 from langchain_core.runnables import RunnableConfig
-from langgraph.graph import END, START, StateGraph
-from langgraph.graph.state import CompiledStateGraph
+from langgraph.graph import END, START
 from langgraph.types import Checkpointer
 
+from fanfold.graphs.scoped import ScopedGraph, ScopedStateGraph
 from fanfold.graphs.serde import allow_fanfold_types
 from fanfold.graphs.subagent import compile_subagent
 from fanfold.nodes.approve import approve
 from fanfold.nodes.context import DEFAULT_MAX_CONCURRENCY, RunSettings
 from fanfold.nodes.delegation import register_runner
-from fanfold.nodes.dispatch import (
-    REDUCER,
-    REJECTED,
-    REPLAN,
-    SUBAGENT,
-    dispatch,
-    dispatch_approved,
-    dispatch_approved_eager,
-    dispatch_eager,
-    dispatch_path_map,
-)
+from fanfold.nodes.dispatch import REDUCER, REJECTED, REPLAN, SUBAGENT, Dispatch, dispatch_path_map
 from fanfold.nodes.domain import Plan, SubagentResult
 from fanfold.nodes.lg import StateNode
 from fanfold.nodes.planner import planner
@@ -38,9 +28,7 @@ from fanfold.nodes.synthesize import synthesize
 
 Granularity = Literal["task", "step"]
 
-Orchestrator = CompiledStateGraph[
-    OrchestratorState, RunSettings, OrchestratorInput, OrchestratorOutput
-]
+Orchestrator = ScopedGraph[OrchestratorState, RunSettings, OrchestratorInput, OrchestratorOutput]
 
 
 def build_orchestrator(
@@ -49,7 +37,7 @@ def build_orchestrator(
     checkpoint_granularity: Granularity = "task",
     plan_with: StateNode[Any, Any] = planner,
     answer_with: StateNode[Any, Any] = synthesize,
-) -> StateGraph[OrchestratorState, RunSettings, OrchestratorInput, OrchestratorOutput]:
+) -> ScopedStateGraph[OrchestratorState, RunSettings, OrchestratorInput, OrchestratorOutput]:
     """Wire planner -> approve -> dispatch =Send=> subagent -> reducer -> ... -> synthesize.
 
     From the reducer, dispatch goes on to the next ready tasks, to `replan` (when
@@ -66,7 +54,7 @@ def build_orchestrator(
             subagent (a resumed subagent goes on mid-conversation, at ~7
             checkpoints per ReAct subagent).
     """
-    builder = StateGraph(
+    builder = ScopedStateGraph(
         OrchestratorState,
         context_schema=RunSettings,
         input_schema=OrchestratorInput,
@@ -87,13 +75,9 @@ def build_orchestrator(
     builder.add_edge(START, plan_node)
     builder.add_edge(plan_node, "approve")
     # The one-node subagent can wait for inputs sent in its own window: it gets the
-    # eager dispatch (used only when the run has no checkpointer; see dispatch).
-    route, route_approved = (
-        (dispatch, dispatch_approved)
-        if checkpoint_granularity == "step"
-        else (dispatch_eager, dispatch_approved_eager)
-    )
-    builder.add_conditional_edges("approve", route_approved, {**routes, REJECTED: END})
+    # eager dispatch (used only when the run has no checkpointer; see Dispatch).
+    route = Dispatch(eager=checkpoint_granularity == "task").route
+    builder.add_conditional_edges("approve", route, {**routes, REJECTED: END})
     builder.add_edge(SUBAGENT, REDUCER)
     builder.add_conditional_edges(REDUCER, route, dispatch_path_map(done, replan=REPLAN))
     builder.add_node(REPLAN, replan)
@@ -148,8 +132,14 @@ def _nested_graph() -> Orchestrator:
 async def run_delegated(
     plan: Plan, settings: RunSettings, depth: int, config: RunnableConfig
 ) -> list[SubagentResult]:
-    """Run a delegated plan as a nested fan-out of the same machinery, at `depth`."""
-    nested = settings.nested()
+    """Run a delegated plan as a nested fan-out of the same machinery, at `depth`.
+
+    It runs under the calling run's control, so it shares that run's scope: one
+    model-call limit, rate limit and set of budgets for every level. Sub-tasks
+    settle: a failure is a result the delegating subagent's model reads, and the
+    run's policy (fail_fast, quorum) counts top-level tasks only.
+    """
+    nested = settings if settings.policy == "settle" else settings.replace(policy="settle")
     out = await _nested_graph().ainvoke(
         {"request": "", "given_plan": plan, "depth": depth},
         {**config, "max_concurrency": settings.max_concurrency},

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from langgraph.graph import END, START, StateGraph
-from langgraph.graph.state import CompiledStateGraph
+from langgraph.graph import END, START
 from langgraph.types import Checkpointer
 
+from fanfold.graphs.scoped import ScopedGraph, ScopedStateGraph
 from fanfold.nodes.act import act, after_act
 from fanfold.nodes.brief import brief
 from fanfold.nodes.context import RunSettings
@@ -14,9 +14,9 @@ from fanfold.nodes.run_tools import run_tools
 from fanfold.nodes.state import SubagentInput, SubagentOutput, SubagentState
 
 
-def build_subagent() -> StateGraph[SubagentState, RunSettings, SubagentInput, SubagentOutput]:
+def build_subagent() -> ScopedStateGraph[SubagentState, RunSettings, SubagentInput, SubagentOutput]:
     """Wire brief -> act <-> run_tools -> report."""
-    builder = StateGraph(
+    builder = ScopedStateGraph(
         SubagentState,
         context_schema=RunSettings,
         input_schema=SubagentInput,
@@ -34,7 +34,7 @@ def build_subagent() -> StateGraph[SubagentState, RunSettings, SubagentInput, Su
     return builder
 
 
-Subagent = CompiledStateGraph[SubagentState, RunSettings, SubagentInput, SubagentOutput]
+Subagent = ScopedGraph[SubagentState, RunSettings, SubagentInput, SubagentOutput]
 
 
 def compile_subagent(checkpointer: Checkpointer = None) -> Subagent:

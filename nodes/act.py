@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
@@ -13,41 +12,38 @@ from langgraph.runtime import Runtime
 
 from fanfold.nodes.calls import CallStats, call_model
 from fanfold.nodes.context import RunSettings, settings_of
-from fanfold.nodes.delegation import DELEGATE, can_delegate, make_delegate_tool
-from fanfold.nodes.domain import ErrorInfo, Task, Usage
-from fanfold.nodes.errors import BudgetExceeded, MaxStepsExceeded, RunStopped
-from fanfold.nodes.models import load_chat_model
-from fanfold.nodes.scope import scope_of
-from fanfold.nodes.state import SubagentState
+from fanfold.nodes.delegation import DELEGATE, make_delegate_tool
+from fanfold.nodes.domain import ErrorInfo, Usage
+from fanfold.nodes.errors import BudgetExceeded, RunStopped
+from fanfold.nodes.resolve import model_of
+from fanfold.nodes.scope import RunScope, scope_of
+from fanfold.nodes.state import SubagentState, SubagentUpdate
 from fanfold.nodes.tracing import subagent_config
 from fanfold.nodes.usage import usage_of
 
 
-async def allowed_tools(task: Task, settings: RunSettings, depth: int = 1) -> list[BaseTool]:
-    """Return only the tools this task may use: its allow-list, else its kind's.
+async def task_tools(
+    state: SubagentState, settings: RunSettings, scope: RunScope
+) -> list[BaseTool]:
+    """Return only the tools this task may use, as its spec lists them.
 
-    Dynamic providers are refreshed here when their TTL has run out. `delegate` is
-    offered below the depth limit (to tasks whose allow-list is open or names it),
-    and never at it.
+    Dynamic providers are refreshed here when their TTL has run out; `delegate` is
+    added when the spec allows it (below the depth limit).
+
+    Raises:
+        UnknownToolError: a listed tool is no longer offered by the run's registry.
     """
-    kinds = settings.agent_kinds()
-    names = task.tools
-    if names is None and task.kind in kinds:
-        names = kinds[task.kind].tools
-    wants_delegate = names is None or DELEGATE in names
-    listed = [n for n in names if n != DELEGATE] if names is not None else None
-    tools = await settings.registry().aresolve(listed)
-    if wants_delegate and can_delegate(settings, depth):
-        tools.append(make_delegate_tool(settings, parent=task, depth=depth))
+    spec = state["spec"]
+    tools = await scope.registry.aresolve(spec["tools"], stats=scope.tool_stats)
+    if spec["delegate"]:
+        tools.append(
+            make_delegate_tool(settings, parent=state["task"], depth=state.get("depth", 1))
+        )
     return tools
 
 
-_BOUND: dict[tuple[int, ...], tuple[weakref.ref[BaseChatModel], list[BaseTool], Any]] = {}
-_BOUND_MAX = 256
-
-
-def bind_tools(model: BaseChatModel, tools: list[BaseTool]) -> Runnable[Any, Any]:
-    """Return `model.bind_tools(tools)`, made once per model and set of tool objects.
+def bind_tools(model: BaseChatModel, tools: list[BaseTool], scope: RunScope) -> Runnable[Any, Any]:
+    """Return `model.bind_tools(tools)`, made once per run, model and set of tool objects.
 
     Binding converts every tool to its JSON schema; a subagent binds on each turn,
     so without the cache that was redone three times per ReAct subagent. A
@@ -58,59 +54,73 @@ def bind_tools(model: BaseChatModel, tools: list[BaseTool]) -> Runnable[Any, Any
     if any(t.name == DELEGATE for t in tools):
         return model.bind_tools(tools)
     key = (id(model), *(id(t) for t in tools))
-    hit = _BOUND.get(key)
-    if hit is None or hit[0]() is not model:
-        if len(_BOUND) >= _BOUND_MAX:
-            _BOUND.clear()  # models gone, tools a provider replaced: let them go
-        # The tools are kept with the binding, so their ids cannot be reused while
-        # it is cached; the model is held weakly and checked on every hit.
-        hit = _BOUND[key] = (weakref.ref(model), list(tools), model.bind_tools(tools))
-    return hit[2]
+    hit = scope.bound.get(key)
+    if hit is None:
+        # The model and tools are kept with the binding, so their ids cannot be
+        # reused while the run (and this cache) lives.
+        hit = scope.bound[key] = (model, list(tools), model.bind_tools(tools))
+    bound: Runnable[Any, Any] = hit[2]
+    return bound
 
 
-def _over_budget(steps: int, usage: Usage, settings: RunSettings) -> Exception | None:
+def over_budget(steps: int, usage: Usage, settings: RunSettings) -> ErrorInfo | None:
+    """Return why the task may not make another model call, if so."""
     if steps >= settings.max_steps:
-        return MaxStepsExceeded(
-            f"stopped after {steps} model calls (max_steps={settings.max_steps}) "
-            "while the model still asked for tools"
+        return ErrorInfo(
+            type="MaxStepsExceeded",
+            message=f"stopped after {steps} model calls (max_steps={settings.max_steps}) "
+            "while the model still asked for tools",
         )
     limit = settings.max_task_tokens
     if limit is not None and usage.total_tokens >= limit:
-        return BudgetExceeded(f"task token budget of {limit} spent ({usage.total_tokens} used)")
+        return ErrorInfo(
+            type="BudgetExceeded",
+            message=f"task token budget of {limit} spent ({usage.total_tokens} used)",
+        )
     return None
 
 
-async def act(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str, Any]:
+def stopped_error(scope: RunScope, exc: RunStopped | BudgetExceeded) -> ErrorInfo:
+    """Return why a running task was cancelled: the run's stop, as every task reports it."""
+    return scope.stop_error() or ErrorInfo.of(
+        "BudgetExceeded" if isinstance(exc, BudgetExceeded) else "RunStopped", exc
+    )
+
+
+async def act(state: SubagentState, runtime: Runtime[RunSettings]) -> SubagentUpdate:
     """Call the model with the conversation so far and the task's tools."""
     if state.get("error") is not None:
         return {}  # the tools step ended the task (the run stopped)
     settings = settings_of(runtime.context)
+    scope = scope_of(runtime)
     steps = state.get("steps", 0)
     usage = state.get("usage") or Usage()
-    stop = _over_budget(steps, usage, settings)
+    stop = over_budget(steps, usage, settings)
     if stop is not None:
-        return {"error": ErrorInfo.of(stop)}
-    stats = CallStats()
+        return {"error": stop}
     try:
-        kind = settings.agent_kinds().get(state["task"].kind)
-        model = load_chat_model(kind.model if kind and kind.model else settings.model)
-        tools = await allowed_tools(state["task"], settings, state.get("depth", 1))
-        runnable = bind_tools(model, tools)
-        config = subagent_config(
-            state["task"], round_=state.get("round", 1), depth=state.get("depth", 1)
-        )
+        model = model_of(state["spec"]["model"], settings)
+        runnable = bind_tools(model, await task_tools(state, settings, scope), scope)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes the task's result
+        return {"error": ErrorInfo.of("TaskError", exc)}
+    stats = CallStats()
+    config = subagent_config(
+        state["task"], round_=state.get("round", 1), depth=state.get("depth", 1)
+    )
+    try:
         reply = await call_model(
-            runnable,
-            state["messages"],
-            settings=settings,
-            scope=scope_of(settings),
-            stats=stats,
-            config=config,
+            runnable, state["messages"], settings=settings, scope=scope, stats=stats, config=config
         )
+    except (RunStopped, BudgetExceeded) as exc:
+        return {
+            "error": stopped_error(scope, exc),
+            "cancelled": True,
+            "steps": steps + 1,
+            "retries": state.get("retries", 0) + stats.retries,
+        }
     except Exception as exc:  # noqa: BLE001 - every failure becomes the task's result
         return {
-            "error": ErrorInfo.of(exc),
-            "cancelled": isinstance(exc, RunStopped | BudgetExceeded),
+            "error": ErrorInfo.of("ModelError", exc),
             "steps": steps + 1,
             "retries": state.get("retries", 0) + stats.retries,
         }

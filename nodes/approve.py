@@ -12,7 +12,8 @@ from fanfold.nodes.context import RunSettings, settings_of
 from fanfold.nodes.domain import Plan
 from fanfold.nodes.errors import PlanError
 from fanfold.nodes.planner import check_plan
-from fanfold.nodes.state import OrchestratorState
+from fanfold.nodes.scope import scope_of
+from fanfold.nodes.state import OrchestratorState, OrchestratorUpdate
 
 MAX_ASKS = 3
 """How many times an invalid edit is sent back before the run fails with PlanError."""
@@ -55,11 +56,12 @@ def parse_decision(value: Any) -> Decision:
     raise ValueError(msg)
 
 
-async def approve(state: OrchestratorState, runtime: Runtime[RunSettings]) -> dict[str, Any]:
+async def approve(state: OrchestratorState, runtime: Runtime[RunSettings]) -> OrchestratorUpdate:
     """Ask for the plan's approval when the run wants it; apply an edit or a rejection."""
     settings = settings_of(runtime.context)
     if not settings.approve_plan:
         return {}
+    registry = scope_of(runtime).registry
     plan = state["plan"]
     problems: list[str] = []
     for _ in range(MAX_ASKS):
@@ -80,7 +82,7 @@ async def approve(state: OrchestratorState, runtime: Runtime[RunSettings]) -> di
             return {"status": "rejected", "answer": "", "rejection": payload}
         try:
             edited = payload if isinstance(payload, Plan) else Plan.model_validate(payload)
-            plan = check_plan(edited, settings)
+            plan = check_plan(edited, settings, registry)
         except ValidationError as exc:
             problems = [str(e["msg"]) for e in exc.errors()[:5]]
         except PlanError as exc:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any
 
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
@@ -13,23 +12,23 @@ from fanfold.nodes.context import RunSettings, settings_of
 from fanfold.nodes.domain import Task, Usage
 from fanfold.nodes.events import now, task_started
 from fanfold.nodes.prompts import task_prompt
+from fanfold.nodes.resolve import resolve_task
 from fanfold.nodes.scope import scope_of
-from fanfold.nodes.state import SubagentState
+from fanfold.nodes.state import SubagentState, SubagentUpdate
 
 
-async def brief(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str, Any]:
+async def brief(state: SubagentState, runtime: Runtime[RunSettings]) -> SubagentUpdate:
     """Start the clock and write the system and task messages."""
     settings = settings_of(runtime.context)
     task = state["task"]
     if not isinstance(task, Task):  # a plain dict when sent over HTTP
         task = Task.model_validate(task)
-    kind = settings.agent_kinds().get(task.kind)
-    system = kind.system_prompt if kind else settings.agent_kinds()["general"].system_prompt
+    spec = state.get("spec") or resolve_task(task, settings, depth=state.get("depth") or 1)
     started = now()
     task_started(runtime.stream_writer, task, started)
     # A task that LangGraph started after the run stopped (it waited for a slot in
     # a window wider than max_concurrency) ends at once, before any model call.
-    stopped = scope_of(settings).stop_error()
+    stopped = scope_of(runtime).stop_error()
     burst = state.get("round", 1) == 1 and not state.get("awaits")
     if settings.start_jitter_s and burst and stopped is None:
         # Spread the run's first burst of calls (when the connection pool is cold)
@@ -39,8 +38,9 @@ async def brief(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str
         await asyncio.sleep(random.uniform(0, settings.start_jitter_s))
     return {
         "task": task,
+        "spec": spec,
         "messages": [
-            SystemMessage(system),
+            SystemMessage(spec["system_prompt"]),
             HumanMessage(task_prompt(task, state.get("dependency_outputs") or {})),
         ],
         "started_at": started,
@@ -51,4 +51,5 @@ async def brief(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str
         "tool_errors": 0,
         "error": stopped,
         "cancelled": stopped is not None,
+        "subtasks": [],
     }

@@ -1,19 +1,40 @@
-"""Run settings: the one typed object a run may set, with every default here."""
+"""Run settings: the one typed object a run may set, declared once.
+
+The declaration below gives everything else: validation with messages that name
+the field and its CLI flag, the coercion of the dicts HTTP and Studio send, the
+context schema Studio shows (minimums, descriptions), and the command line's flags
+(each field's `Flag`; `fanfold.graphs.cli` builds its parser from them).
+
+Settings are plain values: numbers, names, model specs. A Python caller may also
+pass objects (a chat model, tools, a tool registry); those stay in process and are
+left out of `to_json()`. Nothing run-scoped lives here: a run's limits, budgets and
+caches are in its `RunScope` (`fanfold.nodes.scope`).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from dataclasses import dataclass, field, fields
-from typing import Annotated, Any
+from dataclasses import dataclass
+from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
-from pydantic import WithJsonSchema
-from pydantic.json_schema import SkipJsonSchema
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic.fields import FieldInfo
 
+from fanfold.nodes.errors import SettingProblem, SettingsError
 from fanfold.nodes.kinds import BUILTIN_KINDS, DEFAULT_PERSPECTIVES, AgentKind
+from fanfold.nodes.models import SPEC_FORMS, check_model_spec
 from fanfold.tools import ToolRegistry, default_registry
 from fanfold.tools.workspace import make_workspace_tools
 
@@ -33,15 +54,35 @@ def check_policy(policy: str) -> str:
     """Return the policy when it is valid.
 
     Raises:
-        ValueError: naming the policy and the valid forms.
+        ValueError: naming the valid forms.
     """
     if policy in ("settle", "fail_fast") or quorum_of(policy) is not None:
         return policy
-    msg = f"`policy` must be `settle`, `fail_fast` or `quorum:K` (K >= 1), got `{policy}`"
+    msg = "one of settle, fail_fast or quorum:K (K >= 1)"
     raise ValueError(msg)
 
 
 DEFAULT_MAX_CONCURRENCY = 8
+
+
+@dataclass(frozen=True)
+class Flag:
+    """The command-line flag of a setting (metadata on its field)."""
+
+    name: str
+    """The flag, e.g. `--max-concurrency`."""
+    metavar: str | None = None
+    """What the value is called in `--help`, e.g. `N`; None for a switch."""
+    form: Literal["value", "switch", "list"] = "value"
+    """`value`: one value; `switch`: present means true; `list`: comma-separated names."""
+
+
+# Numbers are strict: a bool, a string, NaN or infinity is refused where a number belongs.
+Count = Annotated[int, Field(ge=1, strict=True)]
+Count0 = Annotated[int, Field(ge=0, strict=True)]
+Seconds = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
+Seconds0 = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]
+Rate = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
 
 # Objects a Python caller may pass; over HTTP (Studio) only their JSON-able form exists.
 ModelRef = Annotated[
@@ -60,173 +101,137 @@ ToolList = Annotated[
 RegistryRef = Annotated[
     ToolRegistry | None, WithJsonSchema({"type": "null", "description": "Python only"})
 ]
-KindList = Annotated[
-    list[AgentKind], WithJsonSchema({"type": "array", "description": "extra agent kinds"})
-]
 
 
-@dataclass(eq=False)  # identity hash: a run's RunScope is keyed by its settings object
-class RunSettings:
+class RunSettings(BaseModel):
     """Everything a run may set. It is the graphs' `context_schema`.
 
-    `max_concurrency` is not read by any node: LangGraph takes it from the top
-    level of the run config. `as_config()` puts it there; in Studio, set it in the
-    run's config, not in its context.
+    Frozen: derive changed settings with `replace(...)`, which validates again.
+    Invalid values raise `SettingsError` (a `ValueError`) naming the field, its
+    CLI flag, what is allowed and what was given.
     """
 
-    model: ModelRef = "demo"
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        arbitrary_types_allowed=True,
+        use_attribute_docstrings=True,
+    )
+
+    model: Annotated[ModelRef, Flag("--model", "SPEC")] = "demo"
     """Model for subagents: a spec such as `openai:gpt-4o-mini` or `demo`, or a chat model."""
-    planner_model: OptionalModelRef = None
-    """Model for the planner and the synthesizer; `None` means `model`."""
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
-    """Most subagents running at once (applied through the run config)."""
-    task_timeout_s: float | None = 120.0
-    """Per-task timeout when a task sets none; `None` means no timeout."""
+    planner_model: Annotated[OptionalModelRef, Flag("--planner-model", "SPEC")] = None
+    """Model for the planner and the synthesizer; null means `model`."""
+    max_concurrency: Annotated[Count, Flag("--max-concurrency", "N")] = DEFAULT_MAX_CONCURRENCY
+    """Most subagents running at once, and most model calls in flight. Where the run's
+    config also sets `max_concurrency`, the smaller value wins."""
+    task_timeout_s: Annotated[Seconds | None, Flag("--task-timeout", "S")] = 120.0
+    """Per-task timeout in seconds when a task sets none; null: no timeout."""
     policy: Annotated[
         str,
         WithJsonSchema({"type": "string", "pattern": "^(settle|fail_fast|quorum:[1-9][0-9]*)$"}),
+        Flag("--policy", "settle|fail_fast|quorum:K"),
     ] = "settle"
     """`settle`: failures become results, the run goes on; `fail_fast`: the first failure
     stops the run; `quorum:K`: stop once K tasks succeeded, fail once K is out of reach."""
-    approve_plan: bool = False
+    approve_plan: Annotated[bool, Field(strict=True), Flag("--approve", form="switch")] = False
     """Stop after planning until the plan is accepted, edited or rejected (an interrupt)."""
-    tool_timeout_s: float | None = 30.0
-    """Timeout of one tool call; a timed-out call is an error the model sees."""
-    perspectives: list[str] = field(default_factory=lambda: list(DEFAULT_PERSPECTIVES))
+    tool_timeout_s: Annotated[Seconds | None, Flag("--tool-timeout", "S")] = 30.0
+    """Timeout of one tool call in seconds; a timed-out call is an error the model sees."""
+    perspectives: Annotated[
+        list[str], Field(min_length=1), Flag("--perspectives", "KIND,...", form="list")
+    ] = list(DEFAULT_PERSPECTIVES)
     """Agent kinds the `perspectives` graph asks, each given the whole request."""
-    max_rounds: int = 1
+    max_rounds: Annotated[Count, Flag("--max-rounds", "N")] = 1
     """Planning rounds: after a plan's tasks are done the planner may add tasks, until
     this many rounds; 1 means no re-planning."""
-    max_depth: int = 1
+    max_depth: Annotated[Count, Flag("--max-depth", "N")] = 1
     """Nesting limit: 1, subagents cannot delegate; 2, they may spawn one level of
     sub-tasks through the `delegate` tool; and so on."""
-    max_tasks: int = 50
+    max_tasks: Annotated[Count, Flag("--max-tasks", "N")] = 50
     """Largest plan accepted."""
-    max_steps: int = 12
+    max_steps: Annotated[Count, Flag("--max-steps", "N")] = 12
     """Most model calls one subagent may make before it is stopped."""
-    max_retries: int = 3
+    max_retries: Annotated[Count0, Flag("--max-retries", "N")] = 3
     """Retries of one model call on a transient fault (429, 5xx, timeout, dropped or
     malformed response); never on other errors."""
-    request_timeout_s: float | None = 60.0
-    """Timeout of one model request; a timed-out request counts as a transient fault."""
-    requests_per_second: float | None = None
-    """One shared limit on model requests per second for the whole run; `None`: none."""
-    start_jitter_s: float = 0.02
-    """Each subagent of the first window waits a random 0..start_jitter_s before its first call."""
-    max_total_tokens: int | None = None
+    request_timeout_s: Annotated[Seconds | None, Flag("--request-timeout", "S")] = 60.0
+    """Timeout of one model request in seconds; a timed-out request is a transient fault."""
+    requests_per_second: Annotated[Rate | None, Flag("--rps", "R")] = None
+    """One shared limit on model requests per second for the whole run; null: none."""
+    start_jitter_s: Annotated[Seconds0, Flag("--start-jitter", "S")] = 0.02
+    """Each subagent of the first window waits a random 0..this many seconds before its
+    first model call."""
+    max_total_tokens: Annotated[Count | None, Flag("--max-tokens", "N")] = None
     """Token budget of the run; when spent, the run stops with `budget_exceeded`."""
-    max_wall_time_s: float | None = None
-    """Wall-time budget of the run; when spent, the run stops with `budget_exceeded`."""
-    max_task_tokens: int | None = None
+    max_wall_time_s: Annotated[Seconds | None, Flag("--max-wall-time", "S")] = None
+    """Wall-time budget of the run in seconds; when spent, the run stops with
+    `budget_exceeded`."""
+    max_task_tokens: Annotated[Count | None, Flag("--max-task-tokens", "N")] = None
     """Token budget of each task; a task past it fails with `BudgetExceeded`."""
-    tools: ToolList = field(default_factory=list)
-    """Extra tools, added to the built-ins (same name: yours wins)."""
-    kinds: KindList = field(default_factory=list)
+    workspace: Annotated[str | None, Flag("--workspace", "DIR")] = None
+    """A folder the workspace file tools (list, read, grep, write) are confined to;
+    null: no file tools."""
+    tools: ToolList = Field(default_factory=list)
+    """Extra tools, added to the built-ins (same name: yours wins). Python only."""
+    kinds: list[AgentKind] = Field(default_factory=list)
     """Extra agent kinds, added to the built-ins (same name: yours wins)."""
     tool_registry: RegistryRef = None
     """A registry to use instead of the built-ins plus `tools` (share one across runs to
-    keep its providers' cache); `tools` are added to it."""
-    workspace: str | None = None
-    """A folder the workspace file tools (list, read, grep, write) are confined to;
-    `None`: no file tools."""
-    # Per-object caches, not settings: left out of the JSON schema Studio shows.
-    _registry: SkipJsonSchema[ToolRegistry | None] = field(
-        default=None, init=False, repr=False, compare=False
-    )
-    _parent: SkipJsonSchema[RunSettings | None] = field(
-        default=None, init=False, repr=False, compare=False
-    )
+    keep its providers' cache); `tools` are added to it. Python only."""
 
-    def __post_init__(self) -> None:
-        self.kinds = [
-            k if isinstance(k, AgentKind) else AgentKind.model_validate(k) for k in self.kinds
-        ]
-        check_policy(self.policy)
-        for name in ("max_total_tokens", "max_task_tokens"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                msg = f"`{name}` must be an int >= 1 or None, got `{value}`"
-                raise ValueError(msg)
-        for name in (
-            "max_wall_time_s",
-            "request_timeout_s",
-            "requests_per_second",
-            "tool_timeout_s",
-        ):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                msg = f"`{name}` must be > 0 or None, got `{value}`"
-                raise ValueError(msg)
-        if self.max_retries < 0 or self.start_jitter_s < 0:
-            msg = (
-                f"`max_retries` and `start_jitter_s` must be >= 0, "
-                f"got {self.max_retries} and {self.start_jitter_s}"
-            )
-            raise ValueError(msg)
-        if not isinstance(self.max_concurrency, int) or self.max_concurrency < 1:
-            msg = f"`max_concurrency` must be an int >= 1, got `{self.max_concurrency}`"
-            raise ValueError(msg)
-        if self.task_timeout_s is not None and self.task_timeout_s <= 0:
-            msg = f"`task_timeout_s` must be > 0 or None, got `{self.task_timeout_s}`"
-            raise ValueError(msg)
-        if self.max_rounds < 1 or self.max_depth < 1:
-            msg = f"`max_rounds`, `max_depth` must be >= 1: {self.max_rounds}, {self.max_depth}"
-            raise ValueError(msg)
-        if self.max_tasks < 1 or self.max_steps < 1:
-            msg = f"`max_tasks`, `max_steps` must be >= 1: {self.max_tasks}, {self.max_steps}"
-            raise ValueError(msg)
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise settings_error(exc) from None
 
-    @property
-    def root(self) -> RunSettings:
-        """Return the top-level run's settings (itself, unless this is a nested run's)."""
-        return self._parent if self._parent is not None else self
+    @field_validator("model", "planner_model")
+    @classmethod
+    def _model_spec(cls, value: str | BaseChatModel | None) -> str | BaseChatModel | None:
+        if isinstance(value, str):
+            check_model_spec(value)
+        return value
 
-    @property
-    def is_nested(self) -> bool:
-        """Tell whether these are the settings of a nested (delegated) fan-out."""
-        return self._parent is not None
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, value: str) -> str:
+        return check_policy(value)
 
-    def nested(self) -> RunSettings:
-        """Return settings for a fan-out a subagent delegates.
+    @field_validator("workspace")
+    @classmethod
+    def _workspace(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_dir():
+            msg = "an existing folder"
+            raise ValueError(msg)
+        return value
 
-        They share the top-level run's scope (limits, budgets, registry) and settle:
-        a sub-task's failure is a result its parent's model reads, and the run's
-        policy (fail_fast, quorum) counts top-level tasks only.
+    def replace(self, **changes: Any) -> RunSettings:
+        """Return a copy with `changes` applied, validated like a new object.
+
+        Raises:
+            SettingsError: a changed value is invalid.
         """
-        child = dataclasses.replace(self, policy="settle")
-        child._parent = self.root
-        child._registry = self.root.registry()
-        return child
+        return RunSettings(**{**dict(self), **changes})
 
     def to_json(self) -> dict[str, Any]:
         """Return the settings that survive JSON: model specs (not instances), limits.
 
-        Tools and chat-model instances are Python objects and are left out; a
-        resumed run gets them from its caller again.
+        Tools, registries and chat-model instances are Python objects and are left
+        out (as are kinds that carry one); a resumed run gets them from its caller.
         """
         out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("tools", "kinds", "tool_registry", "_registry", "_parent"):
+        for name, value in self:
+            if name in ("tools", "tool_registry") or isinstance(value, BaseChatModel):
                 continue
-            if f.name in ("model", "planner_model") and not (
-                value is None or isinstance(value, str)
-            ):
-                continue
-            out[f.name] = value
+            if name == "kinds":
+                value = [
+                    k.model_dump(mode="json")
+                    for k in value
+                    if not isinstance(k.model, BaseChatModel)
+                ]
+            out[name] = value
         return out
-
-    def registry(self) -> ToolRegistry:
-        """Return the tools this run may hand out (built once per settings object)."""
-        if self._registry is None:
-            base = self.tool_registry if self.tool_registry is not None else default_registry()
-            extra = list(self.tools)
-            if self.workspace is not None:
-                extra = make_workspace_tools(self.workspace) + extra
-            if extra:
-                base = base.merged(extra)  # a layer: a shared registry keeps its cache
-            self._registry = base
-        return self._registry
 
     def agent_kinds(self) -> dict[str, AgentKind]:
         """Return the agent kinds this run knows."""
@@ -240,23 +245,150 @@ class RunSettings:
         return config
 
 
+def build_registry(settings: RunSettings) -> ToolRegistry:
+    """Return the tools a run may hand out: the registry, file tools, extra tools.
+
+    A layer over a shared `tool_registry`, so the shared one keeps its cache.
+    """
+    base = settings.tool_registry if settings.tool_registry is not None else default_registry()
+    extra = list(settings.tools)
+    if settings.workspace is not None:
+        extra = make_workspace_tools(settings.workspace) + extra
+    return base.merged(extra) if extra else base
+
+
+def flag_of(name: str) -> Flag | None:
+    """Return a setting's command-line flag, if it has one."""
+    info = RunSettings.model_fields.get(name)
+    return _flag(info) if info is not None else None
+
+
+def _flag(info: FieldInfo) -> Flag | None:
+    return next((m for m in info.metadata if isinstance(m, Flag)), None)
+
+
+def setting_flags() -> dict[str, Flag]:
+    """Return every setting that has a command-line flag, by field name, in order."""
+    out: dict[str, Flag] = {}
+    for name, info in RunSettings.model_fields.items():
+        flag = _flag(info)
+        if flag is not None:
+            out[name] = flag
+    return out
+
+
+def requirement(name: str) -> str:
+    """Return what a setting accepts, in words (`an integer >= 1`, `a number > 0 or none`)."""
+    info = RunSettings.model_fields[name]
+    if name in _WORDS_BY_NAME:
+        return _WORDS_BY_NAME[name]
+    kinds: list[str] = []
+    bounds: list[str] = []
+    optional = False
+    for part in _parts(info.annotation):
+        if part is type(None):
+            optional = True
+        else:
+            kinds.append(_WORDS.get(part, f"a {getattr(part, '__name__', part)}"))
+    for m in [*info.metadata, *_metadata(info.annotation)]:
+        for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            bound = getattr(m, attr, None)
+            if bound is not None:
+                bounds.append(f"{op} {bound:g}")
+    text = " or ".join(dict.fromkeys(kinds))
+    if bounds:
+        text += " " + " and ".join(dict.fromkeys(bounds))
+    return text + (" or none" if optional else "")
+
+
+_WORDS: dict[Any, str] = {
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    str: "a string",
+}
+_WORDS_BY_NAME = {
+    "model": f"a model spec ({SPEC_FORMS}) or a chat model",
+    "planner_model": f"a model spec ({SPEC_FORMS}), a chat model or none",
+    "policy": "one of settle, fail_fast or quorum:K (K >= 1)",
+    "tools": "a list of LangChain tools",
+    "kinds": "a list of agent kinds (AgentKind, or dicts with name and system_prompt)",
+    "perspectives": "a non-empty list of agent kind names",
+    "tool_registry": "a ToolRegistry or none",
+    "workspace": "an existing folder or none",
+}
+
+
+def _parts(annotation: Any) -> list[Any]:
+    """Return the plain types a (possibly Annotated, possibly union) annotation allows."""
+    if get_origin(annotation) is Annotated:
+        return _parts(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, UnionType):
+        return [p for arg in get_args(annotation) for p in _parts(arg)]
+    origin = get_origin(annotation)
+    return [origin if origin is not None else annotation]
+
+
+def _metadata(annotation: Any) -> list[Any]:
+    """Return the constraint objects inside an annotation (an Optional's inner bounds)."""
+    out: list[Any] = []
+    if get_origin(annotation) is Annotated:
+        for m in annotation.__metadata__:
+            out.extend(m.metadata if isinstance(m, FieldInfo) else [m])
+        out.extend(_metadata(get_args(annotation)[0]))
+    elif get_origin(annotation) in (Union, UnionType):
+        for arg in get_args(annotation):
+            out.extend(_metadata(arg))
+    return out
+
+
+def settings_error(exc: ValidationError) -> SettingsError:
+    """Turn pydantic's report into one `SettingsError` naming each field and its flag."""
+    problems: list[tuple[str, str, Any]] = []
+    seen: set[str] = set()
+    for e in exc.errors():
+        loc = e["loc"]
+        name = str(loc[0]) if loc else "settings"
+        if name in seen:
+            continue  # a union reports each branch; one line per field is enough
+        seen.add(name)
+        if e["type"] == "extra_forbidden":
+            problems.append((name, "", e.get("input")))
+            continue
+        if name not in RunSettings.model_fields:
+            problems.append((name, str(e["msg"]), e.get("input")))
+            continue
+        if e["type"] == "value_error" and name in ("model", "planner_model"):
+            # The spec checker says what is wrong; pydantic prefixes "Value error, ".
+            what = str(e["msg"]).removeprefix("Value error, ")
+        else:
+            what = requirement(name)
+        if len(loc) > 1 and name in ("kinds", "tools", "perspectives"):
+            where = ".".join(str(p) for p in loc[1:])
+            what = f"{what} ({where}: {e['msg']})"
+        problems.append((name, what, e.get("input")))
+    known = tuple(RunSettings.model_fields)
+    return SettingsError(
+        [SettingProblem(n, flag_of(n), what, v, () if what else known) for n, what, v in problems]
+    )
+
+
 def settings_of(context: RunSettings | dict[str, Any] | None) -> RunSettings:
-    """Return run settings from a node's `runtime.context` (a dict when sent over HTTP)."""
+    """Return run settings from a node's `runtime.context` (a dict when sent over HTTP).
+
+    Raises:
+        SettingsError: a dict with an invalid or unknown setting.
+        TypeError: the context is neither settings nor a dict.
+    """
     if context is None:
-        # One shared object, so a run started with no context (Studio's default)
-        # still has one RunScope for all its nodes.
-        return _DEFAULT_SETTINGS
+        return DEFAULT_SETTINGS  # immutable: a run's state lives in its RunScope
     if isinstance(context, RunSettings):
         return context
     if isinstance(context, dict):
-        known = {f.name for f in fields(RunSettings)}
-        unknown = sorted(set(context) - known)
-        if unknown:
-            msg = f"unknown run setting(s) {unknown}; known: {sorted(known)}"
-            raise ValueError(msg)
         return RunSettings(**context)
     msg = f"run context must be RunSettings or a dict, got `{type(context).__name__}`"
     raise TypeError(msg)
 
 
-_DEFAULT_SETTINGS = RunSettings()
+DEFAULT_SETTINGS = RunSettings()
+"""The settings of a run given no context (Studio's default): every default."""

@@ -1,10 +1,12 @@
 """Delegation: a subagent fans its own sub-tasks out through the orchestrator machinery.
 
-The `delegate` tool runs a nested orchestrator (plan given, no synthesis) with the
-same `RunSettings` object, so the nested fan-out shares the run's scope: one
-model-call concurrency limit for every level (LangGraph's own `max_concurrency`
-is per graph level, so 3 x 3 nested Sends could otherwise make 9 calls at once),
-one rate limit, one set of budgets. The nested results and their tokens roll up
+The `delegate` tool runs a nested orchestrator (plan given, no synthesis) inside
+the subagent's tool call. The nested graph runs under the same LangGraph run
+control, so it shares the run's scope: one model-call concurrency limit for every
+level (LangGraph's own `max_concurrency` is per graph level, so 3 x 3 nested Sends
+could otherwise make 9 calls at once), one rate limit, one set of budgets. The
+sub-results come back as the tool message's artifact, so they are part of the
+subagent's own state (and checkpoints); `report` rolls them and their tokens up
 into the delegating task's result.
 
 The graph layer registers the runner (`register_runner`), so this module, like
@@ -20,7 +22,6 @@ from langchain_core.tools import BaseTool, StructuredTool
 
 from fanfold.nodes.context import RunSettings
 from fanfold.nodes.domain import Plan, SubagentResult, Task
-from fanfold.nodes.scope import scope_of
 
 NestedRunner = Callable[[Plan, RunSettings, int, RunnableConfig], Awaitable[list[SubagentResult]]]
 """Runs a plan as a nested fan-out at a depth; returns its results in plan order."""
@@ -32,7 +33,7 @@ _runner: NestedRunner | None = None
 
 
 def register_runner(runner: NestedRunner) -> None:
-    """Install the nested fan-out runner (done by `graphs.orchestrator` on import)."""
+    """Install the nested fan-out runner (done by `fanfold.graphs.orchestrator` on import)."""
     global _runner
     _runner = runner
 
@@ -43,9 +44,15 @@ def can_delegate(settings: RunSettings, depth: int) -> bool:
 
 
 def make_delegate_tool(settings: RunSettings, *, parent: Task, depth: int) -> BaseTool:
-    """Return the `delegate` tool for one subagent at one depth."""
+    """Return the `delegate` tool for one subagent at one depth.
 
-    async def delegate(tasks: list[str], config: RunnableConfig) -> str:
+    Its message for the model lists each sub-task's outcome; its artifact is the
+    list of sub-task results.
+    """
+
+    async def delegate(
+        tasks: list[str], config: RunnableConfig
+    ) -> tuple[str, list[SubagentResult]]:
         """Split your work: run up to 10 self-contained sub-tasks in parallel, one subagent each.
 
         Returns each sub-task's result, in order. Use it only for independent parts.
@@ -61,7 +68,6 @@ def make_delegate_tool(settings: RunSettings, *, parent: Task, depth: int) -> Ba
             for i, text in enumerate(tasks, start=1)
         ]
         results = await _runner(Plan(tasks=subtasks), settings, depth + 1, config)
-        scope_of(settings).children.setdefault(parent.id, []).extend(results)
         lines = []
         for r in results:
             body = (
@@ -72,8 +78,11 @@ def make_delegate_tool(settings: RunSettings, *, parent: Task, depth: int) -> Ba
                 else ""
             )
             lines.append(f"[{r.task_id} {r.status}] {body}")
-        return "\n".join(lines)
+        return "\n".join(lines), results
 
     return StructuredTool.from_function(
-        coroutine=delegate, name=DELEGATE, description=delegate.__doc__
+        coroutine=delegate,
+        name=DELEGATE,
+        description=delegate.__doc__,
+        response_format="content_and_artifact",
     )

@@ -184,16 +184,53 @@ def validate_plan(
     return plan
 
 
-class ErrorInfo(BaseModel):
-    """Why a task did not end ok."""
+ErrorType = Literal[
+    "TaskTimeout",
+    "DependencyFailed",
+    "QuorumReached",
+    "BudgetExceeded",
+    "RunStopped",
+    "MaxStepsExceeded",
+    "ModelError",
+    "TaskError",
+    "PlanRejected",
+    "PlanError",
+    "TaskFailed",
+    "QuorumUnreachable",
+    "BadInput",
+    "Unreachable",
+]
+"""Why a task (or a run) did not end ok: a closed set of causes.
 
-    type: str
+Tasks: `TaskTimeout` (timed_out), `DependencyFailed` (skipped), `QuorumReached`,
+`BudgetExceeded` and `RunStopped` (cancelled; `BudgetExceeded` is also a failed task
+past its own token budget), `MaxStepsExceeded`, `ModelError` (a model call failed for
+good) and `TaskError` (the subagent raised anywhere else) (failed). Runs: `PlanRejected`,
+`PlanError`, `TaskFailed` (fail_fast), `QuorumUnreachable`, `BadInput`, `Unreachable`
+(a model server or database)."""
+
+
+class ErrorInfo(BaseModel):
+    """Why a task (or a run) did not end ok."""
+
+    type: ErrorType
+    """The cause, one of a closed set (`ErrorType`)."""
     message: str
+    """What happened, in words."""
+    exception: str | None = None
+    """The exception behind it, when there was one (e.g. `openai.APIConnectionError`)."""
 
     @classmethod
-    def of(cls, exc: BaseException) -> ErrorInfo:
-        """Describe an exception."""
-        return cls(type=type(exc).__name__, message=str(exc) or repr(exc))
+    def of(cls, kind: ErrorType, exc: BaseException) -> ErrorInfo:
+        """Describe an exception as a cause of this kind."""
+        return cls(type=kind, message=str(exc) or repr(exc), exception=exception_name(exc))
+
+
+def exception_name(exc: BaseException) -> str:
+    """Return an exception's class name, qualified unless it is a builtin."""
+    cls = type(exc)
+    module = cls.__module__.split(".")[0]
+    return cls.__name__ if module == "builtins" else f"{module}.{cls.__name__}"
 
 
 class SubagentResult(BaseModel):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from fanfold.nodes.context import Flag
     from fanfold.nodes.domain import SubagentResult
 
 
@@ -12,20 +15,87 @@ class FanfoldError(Exception):
     """Base of every error Fanfold raises on purpose."""
 
 
-class PlanError(FanfoldError):
+@dataclass(frozen=True)
+class SettingProblem:
+    """One invalid or unknown run setting."""
+
+    field: str
+    """The setting's name, e.g. `max_concurrency`."""
+    flag: Flag | None
+    """Its command-line flag, if it has one."""
+    requirement: str
+    """What it accepts, e.g. `an integer >= 1`; empty for an unknown setting."""
+    value: Any
+    """What was given."""
+    known: tuple[str, ...] = ()
+    """For an unknown setting: the settings there are."""
+
+    def text(self, *, cli: bool = False) -> str:
+        """Return the problem in one line, naming the flag (`cli`) or the field."""
+        if not self.requirement:
+            return f"unknown setting `{self.field}` (known: {', '.join(self.known)})"
+        name = self.flag.name if cli and self.flag is not None else f"`{self.field}`"
+        return f"{name} must be {self.requirement}, got {shown(self.value)}"
+
+
+class SettingsError(FanfoldError, ValueError):
+    """Run settings that are invalid: each problem names the setting and what it accepts.
+
+    Attributes:
+        problems: every invalid or unknown setting.
+    """
+
+    def __init__(self, problems: list[SettingProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(p.text() for p in self.problems))
+
+    def for_cli(self) -> str:
+        """Return the message with command-line flags in place of field names."""
+        return "; ".join(p.text(cli=True) for p in self.problems)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.problems,))
+
+
+def shown(value: Any) -> str:
+    """Return a value as an error message shows it (`nan`, `'3'`, `True`, `a ChatOpenAI`)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if hasattr(value, "model_fields"):  # a pydantic model: a chat model, a tool
+        return f"a {type(value).__name__}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class PlanError(FanfoldError, ValueError):
     """The planner could not produce a valid plan, or a given plan is invalid.
 
     Attributes:
         problems: each rule the plan broke, in words.
+        raw: what the model replied last, when a model planned.
     """
+
+    RAW_SHOWN = 500
+    """How much of the model's reply the message shows."""
 
     def __init__(self, problems: list[str], *, raw: str | None = None) -> None:
         self.problems = list(problems)
         self.raw = raw
-        super().__init__("invalid plan: " + "; ".join(self.problems))
+        text = "invalid plan: " + "; ".join(self.problems)
+        if raw:
+            shown_raw = raw if len(raw) <= self.RAW_SHOWN else raw[: self.RAW_SHOWN] + "..."
+            text += f"; the model replied: {shown_raw}"
+        super().__init__(text)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_plan_error, (self.problems, self.raw))
 
 
-class TaskFailedError(FanfoldError):
+def _plan_error(problems: list[str], raw: str | None) -> PlanError:
+    return PlanError(problems, raw=raw)
+
+
+class TaskFailedError(FanfoldError, RuntimeError):
     """A subagent failed under the `fail_fast` policy and stopped the run.
 
     Attributes:
@@ -57,7 +127,7 @@ class RunStopped(FanfoldError):
     """The run stopped (budget, quorum met) while this task was still running."""
 
 
-class QuorumUnreachable(FanfoldError):
+class QuorumUnreachable(FanfoldError, RuntimeError):
     """Under `quorum:K`, too few tasks can still succeed to reach K.
 
     Attributes:

@@ -8,10 +8,18 @@ from datetime import datetime
 from typing import Any
 
 from fanfold.nodes.context import RunSettings, quorum_of
-from fanfold.nodes.domain import TASK_STATUSES, RunMetrics, SubagentResult, Usage, peak_overlap
+from fanfold.nodes.domain import (
+    TASK_STATUSES,
+    ErrorInfo,
+    RunMetrics,
+    SubagentResult,
+    Usage,
+    peak_overlap,
+)
 from fanfold.nodes.events import now
 from fanfold.nodes.policy import quorum_met
 from fanfold.nodes.scope import RunScope
+from fanfold.nodes.state import OrchestratorUpdate
 
 
 def compute_metrics(
@@ -22,12 +30,14 @@ def compute_metrics(
     overhead: Usage | None,
     rounds: int,
     scope: RunScope | None = None,
+    stopped: ErrorInfo | None = None,
 ) -> RunMetrics:
     """Return metrics: counts, measured peak concurrency, wall and task time, tokens, faults."""
     counts = Counter(r.status for r in results)
     wall = (now() - started_at).total_seconds() if started_at else 0.0
     task_time = sum(r.duration_s for r in results)
     extra = scope.snapshot() if scope is not None else {}
+    extra["stop_reason"] = stopped.message if stopped is not None else None
     return RunMetrics(
         tasks=tasks,
         counts={s: counts.get(s, 0) for s in TASK_STATUSES},
@@ -49,11 +59,15 @@ def outcome(
     scope: RunScope,
     overhead: Usage,
     rounds: int,
-) -> dict[str, Any]:
-    """Return the `status` and `metrics` state update for these results."""
+    stopped: ErrorInfo | None,
+) -> OrchestratorUpdate:
+    """Return the `status` and `metrics` state update for these results.
+
+    `stopped`: why the run stopped early, if it did (the state's, or just seen).
+    """
     tasks = len(state["plan"].tasks)
     return {
-        "status": run_status(results, tasks, settings, scope),
+        "status": run_status(results, tasks, settings, stopped),
         "metrics": compute_metrics(
             results,
             tasks=tasks,
@@ -61,6 +75,7 @@ def outcome(
             overhead=overhead,
             rounds=rounds,
             scope=scope,
+            stopped=stopped,
         ),
     }
 
@@ -69,14 +84,14 @@ def run_status(
     results: list[SubagentResult],
     tasks: int,
     settings: RunSettings | None = None,
-    scope: RunScope | None = None,
+    stopped: ErrorInfo | None = None,
 ) -> str:
     """Return `ok`, `partial` or `budget_exceeded`.
 
     `ok`: every task ended ok, or a `quorum:K` run reached K; `budget_exceeded`: a
     run budget stopped it; `partial`: anything else.
     """
-    if scope is not None and scope.stop_kind == "budget":
+    if stopped is not None and stopped.type == "BudgetExceeded":
         return "budget_exceeded"
     status = {r.task_id: r.status for r in results}
     k = quorum_of(settings.policy) if settings is not None else None

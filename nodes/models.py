@@ -85,70 +85,101 @@ _LOOP_MODELS: weakref.WeakKeyDictionary[
 ] = weakref.WeakKeyDictionary()
 
 
-def _build(spec: str, env_base_url: str | None, env_api_key: str | None) -> BaseChatModel:
-    provider, _, rest = spec.partition(":")
-    if provider == "demo":
-        return DemoChatModel(**_demo_options(spec, rest))
-    if provider == "openai":
-        from langchain_openai import ChatOpenAI
-        from pydantic import SecretStr
+SPEC_FORMS = "demo, demo:latency=S, openai:<model> or openai:<model>@<base_url>"
 
+
+def check_model_spec(spec: str) -> str:
+    """Return the spec when it names a known provider with valid options.
+
+    Raises:
+        ValueError: saying what a spec looks like and what is wrong with this one.
+    """
+    try:
+        _parse(spec)
+    except ValueError as exc:
+        msg = f"a model spec ({SPEC_FORMS}); {exc}"
+        raise ValueError(msg) from None
+    return spec
+
+
+def _parse(spec: str) -> tuple[str, dict[str, Any]]:
+    """Return a spec's provider and its options.
+
+    Raises:
+        ValueError: what is wrong with the spec, in a few words.
+    """
+    provider, _, rest = spec.strip().partition(":")
+    if provider == "demo":
+        return provider, _demo_options(rest)
+    if provider == "openai":
         model, _, base_url = rest.partition("@")
         if not model:
-            msg = f"model spec `{spec}` names no model; use `openai:<model>`"
-            raise ValueError(msg)
-        base = base_url or env_base_url
-        key = env_api_key or ("not-needed" if base else None)
-        if key is None:
-            msg = (
-                f"model spec `{spec}` needs OPENAI_API_KEY (or OPENAI_BASE_URL for a "
-                "local OpenAI-compatible server)"
-            )
-            raise ValueError(msg)
-        import openai
-
-        # Our own client, not langchain-openai's process-wide one per base URL, and
-        # the openai SDK's own HTTP stack: with a plain `httpx.AsyncClient` (20 kept-
-        # alive connections, fewer than max_concurrency) httpcore closed idle
-        # connections whenever more than 20 were open (encode/httpcore#1035): 851 TCP
-        # connections for 1000 calls at mc=50 and 200 ms, and 2 ms more CPU per call.
-        limits = type(openai.DEFAULT_CONNECTION_LIMITS)(
-            max_connections=OPENAI_MAX_CONNECTIONS, max_keepalive_connections=OPENAI_MAX_CONNECTIONS
-        )
-        client = openai.DefaultAsyncHttpxClient(timeout=OPENAI_TIMEOUT_S, limits=limits)
-        return ChatOpenAI(
-            model=model,
-            http_async_client=client,
-            base_url=base,
-            api_key=SecretStr(key),
-            stream_usage=True,
-            timeout=OPENAI_TIMEOUT_S,
-            max_retries=OPENAI_MAX_RETRIES,
-        )
-    msg = f"unknown model spec `{spec}`; use `demo`, `demo:latency=S` or `openai:<model>`"
+            raise ValueError("`openai:` names no model")
+        return provider, {"model": model, "base_url": base_url or None}
+    msg = f"unknown provider `{provider}`" if provider else "empty spec"
     raise ValueError(msg)
 
 
-def _demo_options(spec: str, rest: str) -> dict[str, Any]:
+def _build(spec: str, env_base_url: str | None, env_api_key: str | None) -> BaseChatModel:
+    try:
+        provider, options = _parse(spec)
+    except ValueError as exc:
+        msg = f"model spec `{spec}`: {exc}; use {SPEC_FORMS}"
+        raise ValueError(msg) from None
+    if provider == "demo":
+        return DemoChatModel(**options)
+    from langchain_openai import ChatOpenAI
+    from pydantic import SecretStr
+
+    base = options["base_url"] or env_base_url
+    key = env_api_key or ("not-needed" if base else None)
+    if key is None:
+        msg = (
+            f"model spec `{spec}` needs OPENAI_API_KEY (or OPENAI_BASE_URL for a "
+            "local OpenAI-compatible server)"
+        )
+        raise ValueError(msg)
+    import openai
+
+    # Our own client, not langchain-openai's process-wide one per base URL, and
+    # the openai SDK's own HTTP stack: with a plain `httpx.AsyncClient` (20 kept-
+    # alive connections, fewer than max_concurrency) httpcore closed idle
+    # connections whenever more than 20 were open (encode/httpcore#1035): 851 TCP
+    # connections for 1000 calls at mc=50 and 200 ms, and 2 ms more CPU per call.
+    limits = type(openai.DEFAULT_CONNECTION_LIMITS)(
+        max_connections=OPENAI_MAX_CONNECTIONS, max_keepalive_connections=OPENAI_MAX_CONNECTIONS
+    )
+    client = openai.DefaultAsyncHttpxClient(timeout=OPENAI_TIMEOUT_S, limits=limits)
+    return ChatOpenAI(
+        model=options["model"],
+        http_async_client=client,
+        base_url=base,
+        api_key=SecretStr(key),
+        stream_usage=True,
+        timeout=OPENAI_TIMEOUT_S,
+        max_retries=OPENAI_MAX_RETRIES,
+    )
+
+
+def _demo_options(rest: str) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for part in filter(None, rest.split(",")):
         key, _, value = part.partition("=")
         if key == "log":
             if not value:
-                msg = f"demo model option `log` needs a file path, in `{spec}`"
-                raise ValueError(msg)
+                raise ValueError("demo option `log` needs a file path")
             options["log"] = value
             continue
         if key != "latency":
-            msg = f"unknown demo model option `{key}` in `{spec}`; known: latency, log"
+            msg = f"unknown demo option `{key}` (known: latency, log)"
             raise ValueError(msg)
         try:
             latency = float(value)
         except ValueError:
-            msg = f"demo model latency must be a number of seconds, got `{value}` in `{spec}`"
+            msg = f"demo latency `{value}` is not a number of seconds"
             raise ValueError(msg) from None
         if not math.isfinite(latency) or latency < 0:
-            msg = f"demo model latency must be a finite number >= 0, got `{value}`"
+            msg = f"demo latency `{value}` is not a finite number >= 0"
             raise ValueError(msg)
         options["latency"] = latency
     return options

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -19,37 +21,41 @@ from fanfold.nodes.delegation import DELEGATE
 from fanfold.nodes.domain import Plan, Usage, validate_plan
 from fanfold.nodes.errors import PlanError
 from fanfold.nodes.events import now, plan_ready
-from fanfold.nodes.models import load_chat_model
 from fanfold.nodes.prompts import PLAN_REPAIR, PLANNER_SYSTEM
-from fanfold.nodes.scope import scope_of
-from fanfold.nodes.state import OrchestratorState
+from fanfold.nodes.resolve import planner_model
+from fanfold.nodes.scope import RunScope, scope_of
+from fanfold.nodes.state import OrchestratorState, OrchestratorUpdate
 from fanfold.nodes.usage import usage_of
+from fanfold.tools.registry import ToolRegistry
 
 REPAIR_ROUNDS = 1
+MAX_JSON_STARTS = 20
+"""Where a reply's text holds no fenced block, how many `{` / `[` to try parsing from."""
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
 
-async def planner(state: OrchestratorState, runtime: Runtime[RunSettings]) -> dict[str, Any]:
+async def planner(state: OrchestratorState, runtime: Runtime[RunSettings]) -> OrchestratorUpdate:
     """Write the plan: validate a given one, or ask the planner model for one."""
     settings = settings_of(runtime.context)
+    scope = scope_of(runtime)
     started = now()
-    await settings.registry().arefresh()  # dynamic tools known before the plan is checked
+    # Dynamic tools are known before the plan is checked.
+    await scope.registry.arefresh(stats=scope.tool_stats)
     given = state.get("given_plan")
     if given is not None:
-        plan = check_plan(_coerce_plan(given), settings)
+        plan = check_plan(_coerce_plan(given), settings, scope.registry)
         usage = Usage()
     else:
-        model = load_chat_model(settings.planner_model or settings.model)
-        plan, usage = await make_plan(model, state["request"], settings)
+        plan, usage = await make_plan(planner_model(settings), state["request"], settings, scope)
     plan_ready(runtime.stream_writer, len(plan.tasks), len(plan.generations()))
     return planned(plan, started=started, usage=usage, settings=settings)
 
 
 def planned(
     plan: Plan, *, started: datetime, usage: Usage, settings: RunSettings
-) -> dict[str, Any]:
+) -> OrchestratorUpdate:
     """Return the state update that starts a run on `plan`.
 
     A thread may hold an earlier run: everything of that run is reset here.
@@ -67,10 +73,11 @@ def planned(
         "status": "",
         "answer": "",
         "rejection": "",
+        "stopped": None,
     }
 
 
-def check_plan(plan: Plan, settings: RunSettings) -> Plan:
+def check_plan(plan: Plan, settings: RunSettings, registry: ToolRegistry) -> Plan:
     """Validate a plan against the run's kinds, tools and size limit.
 
     Raises:
@@ -79,7 +86,7 @@ def check_plan(plan: Plan, settings: RunSettings) -> Plan:
     return validate_plan(
         plan,
         kinds=settings.agent_kinds(),
-        tools=settings.registry().names() + ([DELEGATE] if settings.max_depth > 1 else []),
+        tools=registry.names() + ([DELEGATE] if settings.max_depth > 1 else []),
         max_tasks=settings.max_tasks,
     )
 
@@ -109,10 +116,10 @@ def _structured(model: BaseChatModel, schema: type[BaseModel]) -> Any:
     return model.with_structured_output(schema, include_raw=True)
 
 
-def kinds_and_tools(settings: RunSettings) -> dict[str, str]:
+def kinds_and_tools(settings: RunSettings, registry: ToolRegistry) -> dict[str, str]:
     """Return the kinds and tools a planning prompt lists, as text."""
     kinds = settings.agent_kinds()
-    tools = [(t.name, t.description) for t in settings.registry().resolve(None)]
+    tools = [(t.name, t.description) for t in registry.resolve(None)]
     if settings.max_depth > 1:
         tools.append((DELEGATE, "run sub-tasks in parallel, one subagent each"))
     return {
@@ -121,25 +128,71 @@ def kinds_and_tools(settings: RunSettings) -> dict[str, str]:
     }
 
 
+_FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n(.*?)```", re.DOTALL)
+
+
+def parse_text_reply(text: str, schema: type[M]) -> M | ValidationError | None:
+    """Return the `schema` object a plain-text reply holds as JSON, if any.
+
+    Accepts a fenced block (```json ... ```) or JSON inside prose; for a plan, a
+    bare list of tasks too. Raises nothing: when JSON objects were found but none
+    validates, returns the first one's validation error (for the repair round);
+    None when the text holds no JSON object at all.
+    """
+    blocks = _FENCE.findall(text)
+    first_error: ValidationError | None = None
+    for candidate in _json_values(blocks) if blocks else _json_in_prose(text):
+        if isinstance(candidate, list):
+            candidate = {"tasks": candidate}
+        if not isinstance(candidate, dict):
+            continue
+        try:
+            return schema.model_validate(candidate)
+        except ValidationError as exc:
+            first_error = first_error or exc
+    return first_error
+
+
+def _json_values(blocks: list[str]) -> Iterator[Any]:
+    for block in blocks:
+        try:
+            yield json.loads(block)
+        except ValueError:
+            continue
+
+
+def _json_in_prose(text: str) -> Iterator[Any]:
+    # From each of the first few `{` or `[`: the JSON value that starts there, if any.
+    decoder = json.JSONDecoder()
+    for match in itertools.islice(re.finditer(r"[\[{]", text), MAX_JSON_STARTS):
+        try:
+            value, _ = decoder.raw_decode(text, match.start())
+        except ValueError:
+            continue
+        yield value
+
+
 async def ask_structured(
     model: BaseChatModel,
     schema: type[M],
     messages: list[BaseMessage],
     settings: RunSettings,
+    scope: RunScope,
     accept: Callable[[M], T],
 ) -> tuple[T, Usage]:
     """Ask for structured output; feed problems back once; return what `accept` made of it.
 
-    `accept` validates the parsed output and raises `PlanError` naming what is wrong.
+    A model that answers in text rather than through the tool call still plans:
+    JSON in its text (fenced, or inside prose) is read as the answer. `accept`
+    validates the parsed output and raises `PlanError` naming what is wrong.
 
     Raises:
-        PlanError: still invalid after the repair round.
+        PlanError: still invalid after the repair round; `raw` holds the model's reply.
     """
     structured = _structured(model, schema)
     usage = Usage()
     problems: list[str] = []
     raw_text = ""
-    scope = scope_of(settings)
     asked = list(messages)
     for _ in range(1 + REPAIR_ROUNDS):
         try:
@@ -152,6 +205,12 @@ async def ask_structured(
         usage = usage + usage_of(raw)
         raw_text = _raw_text(raw)
         parsed, error = out.get("parsed"), out.get("parsing_error")
+        if not isinstance(parsed, schema) and isinstance(raw, AIMessage) and not raw.tool_calls:
+            from_text = parse_text_reply(raw_text, schema)
+            if isinstance(from_text, ValidationError):
+                error = from_text
+            else:
+                parsed = from_text
         if isinstance(parsed, schema):
             try:
                 return accept(parsed), usage
@@ -160,7 +219,8 @@ async def ask_structured(
         elif error is not None:
             problems = [_describe(error)]
         else:
-            problems = ["the model returned no plan" + ("" if schema is Plan else " extension")]
+            what = "plan" if schema is Plan else "plan extension"
+            problems = [f"the model returned no {what} (neither a tool call nor JSON in its text)"]
         asked = [
             *messages,
             HumanMessage(
@@ -172,17 +232,23 @@ async def ask_structured(
 
 
 async def make_plan(
-    model: BaseChatModel, request: str, settings: RunSettings
+    model: BaseChatModel, request: str, settings: RunSettings, scope: RunScope
 ) -> tuple[Plan, Usage]:
     """Ask the model for a plan; feed validation errors back once; return plan and tokens.
 
     Raises:
         PlanError: the plan is still invalid after the repair round.
     """
-    system = PLANNER_SYSTEM.format(**kinds_and_tools(settings), max_tasks=settings.max_tasks)
+    fmt = kinds_and_tools(settings, scope.registry)
+    system = PLANNER_SYSTEM.format(**fmt, max_tasks=settings.max_tasks)
     messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(request)]
     return await ask_structured(
-        model, Plan, messages, settings, lambda plan: check_plan(plan, settings)
+        model,
+        Plan,
+        messages,
+        settings,
+        scope,
+        lambda plan: check_plan(plan, settings, scope.registry),
     )
 
 
@@ -199,5 +265,5 @@ def _raw_text(raw: Any) -> str:
     if isinstance(raw, AIMessage):
         if raw.tool_calls:
             return json.dumps(raw.tool_calls[0].get("args", {}), default=str)
-        return str(raw.content)
+        return raw.text
     return ""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import Any
 
 from langgraph.runtime import Runtime
 from langgraph.types import Overwrite
@@ -15,7 +14,7 @@ from fanfold.nodes.ledger import ledger_for
 from fanfold.nodes.metrics import outcome
 from fanfold.nodes.policy import quorum_met
 from fanfold.nodes.scope import RunScope, scope_of
-from fanfold.nodes.state import OrchestratorState
+from fanfold.nodes.state import OrchestratorState, OrchestratorUpdate
 
 
 def skipped_results(
@@ -54,15 +53,18 @@ def skipped_results(
 
 
 def stop_reason(
-    status: Mapping[str, str], settings: RunSettings, scope: RunScope
+    status: Mapping[str, str], settings: RunSettings, scope: RunScope, saved: ErrorInfo | None
 ) -> ErrorInfo | None:
-    """Return why no further task may start (a spent budget, a quorum met), if so."""
-    why = scope.stop_error()
+    """Return why no further task may start (a spent budget, a quorum met), if so.
+
+    `saved`: the stop the state already holds (a resumed run, or one whose scope is
+    in another process). Without it the stop is derived from the results.
+    """
+    why = scope.stop_error() or saved
     if why is not None:
         return why
     k = quorum_of(settings.policy)
     if k is not None and quorum_met(status, k):
-        # A resumed run: the scope of this process has not seen the quorum met.
         return ErrorInfo(type="QuorumReached", message=f"quorum of {k} ok tasks reached")
     return None
 
@@ -76,14 +78,14 @@ def cancelled_results(plan: Plan, done: Collection[str], why: ErrorInfo) -> list
     ]
 
 
-async def reducer(state: OrchestratorState, runtime: Runtime[RunSettings]) -> dict[str, Any]:
+async def reducer(state: OrchestratorState, runtime: Runtime[RunSettings]) -> OrchestratorUpdate:
     """Add skipped and cancelled results; once every task has one: plan order and metrics.
 
     Between windows it looks only at the results new since the last window (through
     the run's `Ledger`), so a window costs O(window), not O(N).
     """
     settings = settings_of(runtime.context)
-    scope = scope_of(settings)
+    scope = scope_of(runtime)
     plan = state["plan"]
     overhead = state.get("usage") or Usage()
     ledger, new, rebuilt = ledger_for(scope.ledgers, plan, state.get("results", []))
@@ -94,23 +96,35 @@ async def reducer(state: OrchestratorState, runtime: Runtime[RunSettings]) -> di
     failed = rebuilt or any(r.status != "ok" for r in new)
     added = skipped_results(plan, ledger.status) if failed else []
     ledger.append(added)
-    why = stop_reason(ledger.status, settings, scope)
+    saved = state.get("stopped")
+    why = stop_reason(ledger.status, settings, scope, saved)
     if why is not None:
         cancelled = cancelled_results(plan, ledger.status, why)
         ledger.append(cancelled)
         added += cancelled
     for r in added:
         task_finished(runtime.stream_writer, r)
-    rounds = state.get("rounds", 0) + 1
+    update: OrchestratorUpdate = {"rounds": state.get("rounds", 0) + 1}
+    if why is not None and saved is None:
+        update["stopped"] = why
     if not ledger.done():
-        # Appended after this window's results, as the ledger expects.
-        return {"results": added, "rounds": rounds} if added else {"rounds": rounds}
+        if added:
+            update["results"] = added  # appended after this window's, as the ledger expects
+        return update
     # Every task has a result: one result per task in plan order, and the metrics
     # (O(N), a sort for the peak), once rather than after each window.
     ordered = sorted(ledger.by_id.values(), key=lambda r: ledger.order.get(r.task_id, 0))
     ledger.rewritten(ordered)
-    return {
-        "results": Overwrite(ordered),
-        "rounds": rounds,
-        **outcome(state, ordered, settings=settings, scope=scope, overhead=overhead, rounds=rounds),
-    }
+    update["results"] = Overwrite(ordered)
+    update.update(
+        outcome(
+            state,
+            ordered,
+            settings=settings,
+            scope=scope,
+            overhead=overhead,
+            rounds=update["rounds"],
+            stopped=why,
+        )
+    )
+    return update

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, ValidationError
@@ -12,10 +10,12 @@ from fanfold.nodes.context import RunSettings, settings_of
 from fanfold.nodes.domain import Plan, Task
 from fanfold.nodes.errors import PlanError
 from fanfold.nodes.events import plan_ready
-from fanfold.nodes.models import load_chat_model
 from fanfold.nodes.planner import ask_structured, check_plan, kinds_and_tools
 from fanfold.nodes.prompts import REPLAN_REQUEST, REPLAN_SYSTEM, synthesis_prompt
-from fanfold.nodes.state import OrchestratorState
+from fanfold.nodes.resolve import planner_model
+from fanfold.nodes.scope import scope_of
+from fanfold.nodes.state import OrchestratorState, OrchestratorUpdate
+from fanfold.tools.registry import ToolRegistry
 
 
 class PlanExtension(BaseModel):
@@ -25,7 +25,9 @@ class PlanExtension(BaseModel):
     rationale: str = Field(default="", description="Why these tasks, or why none.")
 
 
-def extend_plan(plan: Plan, ext: PlanExtension, round_: int, settings: RunSettings) -> Plan:
+def extend_plan(
+    plan: Plan, ext: PlanExtension, round_: int, settings: RunSettings, registry: ToolRegistry
+) -> Plan:
     """Return `plan` with the new tasks (marked with their round), validated as one DAG.
 
     Raises:
@@ -38,15 +40,16 @@ def extend_plan(plan: Plan, ext: PlanExtension, round_: int, settings: RunSettin
         merged = Plan(tasks=[*plan.tasks, *added], rationale=rationale)
     except ValidationError as exc:
         raise PlanError([str(e["msg"]) for e in exc.errors()[:5]]) from exc
-    return check_plan(merged, settings)
+    return check_plan(merged, settings, registry)
 
 
-async def replan(state: OrchestratorState, runtime: Runtime[RunSettings]) -> dict[str, Any]:
+async def replan(state: OrchestratorState, runtime: Runtime[RunSettings]) -> OrchestratorUpdate:
     """Ask the planner for more tasks given every result so far, or to finish."""
     settings = settings_of(runtime.context)
+    scope = scope_of(runtime)
     plan = state["plan"]
     round_ = state.get("plan_round", 1) + 1
-    fmt = kinds_and_tools(settings)
+    fmt = kinds_and_tools(settings, scope.registry)
     request = REPLAN_REQUEST.format(
         results=synthesis_prompt(state["request"], state.get("results", [])),
         ids=", ".join(t.id for t in plan.tasks),
@@ -57,13 +60,13 @@ async def replan(state: OrchestratorState, runtime: Runtime[RunSettings]) -> dic
         SystemMessage(REPLAN_SYSTEM.format(**fmt)),
         HumanMessage(request),
     ]
-    model = load_chat_model(settings.planner_model or settings.model)
     extended, usage = await ask_structured(
-        model,
+        planner_model(settings),
         PlanExtension,
         messages,
         settings,
-        lambda ext: extend_plan(plan, ext, round_, settings),
+        scope,
+        lambda ext: extend_plan(plan, ext, round_, settings, scope.registry),
     )
     added = len(extended.tasks) - len(plan.tasks)
     if added:

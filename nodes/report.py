@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from langchain_core.messages import AIMessage
 from langgraph.runtime import Runtime
 
-from fanfold.nodes.context import RunSettings, quorum_of, settings_of
+from fanfold.nodes.context import RunSettings
 from fanfold.nodes.domain import SubagentResult, Usage
-from fanfold.nodes.errors import QuorumUnreachable, TaskFailedError
-from fanfold.nodes.events import now, task_finished
-from fanfold.nodes.policy import can_still_succeed, quorum_met
-from fanfold.nodes.scope import RunScope, scope_of
-from fanfold.nodes.state import SubagentState
+from fanfold.nodes.events import now
+from fanfold.nodes.finish import finish
+from fanfold.nodes.scope import scope_of
+from fanfold.nodes.state import SubagentState, SubagentUpdate
 
 
 def build_result(state: SubagentState) -> SubagentResult:
-    """Return the task's result from the subagent's state."""
+    """Return the task's result from the subagent's state (delegated sub-tasks rolled up)."""
     ended = now()
     started = state.get("started_at") or ended
     error = state.get("error")
@@ -29,6 +26,10 @@ def build_result(state: SubagentState) -> SubagentResult:
         status = "cancelled"
     else:
         status = "failed"
+    subtasks = list(state.get("subtasks") or [])
+    usage = state.get("usage") or Usage()
+    if subtasks:
+        usage = usage + Usage.total(s.usage for s in subtasks)
     return SubagentResult(
         task_id=state["task"].id,
         status=status,
@@ -39,47 +40,13 @@ def build_result(state: SubagentState) -> SubagentResult:
         started_at=started,
         ended_at=ended,
         duration_s=round((ended - started).total_seconds(), 6),
-        usage=state.get("usage"),
+        usage=usage,
         tool_calls=state.get("tool_calls", 0),
         tool_errors=state.get("tool_errors", 0),
+        subtasks=subtasks,
     )
 
 
-def apply_policy(result: SubagentResult, settings: RunSettings, scope: RunScope) -> None:
-    """Record a finished task run-wide and act on the run's policy.
-
-    Raises:
-        TaskFailedError: under `fail_fast`, for a result that is not ok.
-        QuorumUnreachable: under `quorum:K`, once K successes are out of reach.
-    """
-    if settings.is_nested:
-        return  # a delegated sub-task: its parent's model reads the result
-    scope.status[result.task_id] = result.status
-    if result.status == "ok":
-        k = quorum_of(settings.policy)
-        if k is not None and quorum_met(scope.status, k):
-            scope.stop("quorum", f"quorum of {k} ok tasks reached")
-    elif result.status != "cancelled":
-        if settings.policy == "fail_fast":
-            raise TaskFailedError(result)
-        k = quorum_of(settings.policy)
-        if k is not None and scope.plan is not None:
-            possible = can_still_succeed(scope.plan, scope.status)
-            if possible < k:
-                msg = f"quorum of {k} is out of reach: at most {possible} tasks can still end ok"
-                raise QuorumUnreachable(msg)
-
-
-async def report(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str, Any]:
+async def report(state: SubagentState, runtime: Runtime[RunSettings]) -> SubagentUpdate:
     """Write exactly one result; the run's policy may stop the run instead."""
-    settings = settings_of(runtime.context)
-    result = build_result(state)
-    scope = scope_of(settings)
-    children = scope.children.pop(result.task_id, [])
-    if children:
-        # Roll the delegated sub-tasks up into this task's result and its tokens.
-        usage = result.usage + Usage.total(c.usage for c in children)
-        result = result.model_copy(update={"subtasks": children, "usage": usage})
-    task_finished(runtime.stream_writer, result)
-    apply_policy(result, settings, scope)
-    return {"results": [result]}
+    return finish(build_result(state), state, runtime, scope_of(runtime))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Iterable
-from typing import Any
 
 from langchain_core.messages import AIMessage, ToolCall, ToolMessage
 from langchain_core.runnables import RunnableConfig
@@ -12,12 +11,13 @@ from langchain_core.tools import BaseTool
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, ValidationError
 
-from fanfold.nodes.act import allowed_tools
+from fanfold.nodes.act import stopped_error, task_tools
 from fanfold.nodes.context import RunSettings, settings_of
-from fanfold.nodes.domain import ErrorInfo
+from fanfold.nodes.delegation import DELEGATE
+from fanfold.nodes.domain import ErrorInfo, SubagentResult
 from fanfold.nodes.errors import BudgetExceeded, RunStopped
 from fanfold.nodes.scope import scope_of
-from fanfold.nodes.state import SubagentState
+from fanfold.nodes.state import SubagentState, SubagentUpdate
 from fanfold.nodes.tracing import subagent_config
 
 
@@ -47,14 +47,17 @@ async def call_tool(
         return ToolMessage(content, tool_call_id=call_id, name=name, status="error")
     try:
         async with asyncio.timeout(timeout_s):  # no extra task per call, unlike wait_for
-            output = await tool.ainvoke(args, config)
+            # Given the whole call, a tool answers with a ToolMessage (and its artifact).
+            reply = await tool.ainvoke({**call, "args": args, "type": "tool_call"}, config)
     except TimeoutError:
         content = f"Error: `{name}` timed out after {timeout_s:g}s. Try a smaller request."
         return ToolMessage(content, tool_call_id=call_id, name=name, status="error")
     except Exception as exc:  # noqa: BLE001 - the model decides what to do next
         content = f"Error: `{name}` failed: {type(exc).__name__}: {exc}"
         return ToolMessage(content, tool_call_id=call_id, name=name, status="error")
-    return ToolMessage(str(output), tool_call_id=call_id, name=name)
+    if isinstance(reply, ToolMessage):
+        return reply
+    return ToolMessage(str(reply), tool_call_id=call_id, name=name)
 
 
 async def _all(calls: Iterable[Awaitable[ToolMessage]]) -> list[ToolMessage]:
@@ -65,21 +68,38 @@ async def _all(calls: Iterable[Awaitable[ToolMessage]]) -> list[ToolMessage]:
     return list(await asyncio.gather(*pending))
 
 
-async def run_tools(state: SubagentState, runtime: Runtime[RunSettings]) -> dict[str, Any]:
+async def run_tools(state: SubagentState, runtime: Runtime[RunSettings]) -> SubagentUpdate:
     """Run every tool call of the last turn at once, answers in call order."""
     settings = settings_of(runtime.context)
+    scope = scope_of(runtime)
     last = state["messages"][-1]
     calls = last.tool_calls if isinstance(last, AIMessage) else []
-    tools = {t.name: t for t in await allowed_tools(state["task"], settings, state.get("depth", 1))}
+    try:
+        tools = {t.name: t for t in await task_tools(state, settings, scope)}
+    except Exception as exc:  # noqa: BLE001 - every failure becomes the task's result
+        return {"error": ErrorInfo.of("TaskError", exc)}
     config = subagent_config(
         state["task"], round_=state.get("round", 1), depth=state.get("depth", 1)
     )
     config.pop("run_name")  # a tool run keeps its tool's name; tags and metadata say whose
     try:
-        replies = await scope_of(settings).race(
+        replies = await scope.race(
             _all(call_tool(c, tools, config, settings.tool_timeout_s) for c in calls)
         )
     except (RunStopped, BudgetExceeded) as exc:
-        return {"error": ErrorInfo.of(exc), "cancelled": True}
+        return {"error": stopped_error(scope, exc), "cancelled": True}
     errors = sum(1 for r in replies if r.status == "error")
-    return {"messages": list(replies), "tool_errors": state.get("tool_errors", 0) + errors}
+    update: SubagentUpdate = {
+        "messages": list(replies),
+        "tool_errors": state.get("tool_errors", 0) + errors,
+    }
+    delegated = [
+        r
+        for m in replies
+        if m.name == DELEGATE and isinstance(m.artifact, list)
+        for r in m.artifact
+        if isinstance(r, SubagentResult)
+    ]
+    if delegated:
+        update["subtasks"] = [*state.get("subtasks", []), *delegated]
+    return update

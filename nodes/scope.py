@@ -2,9 +2,19 @@
 
 LangGraph enforces `max_concurrency` per graph level and knows nothing of
 requests per second, 429s or budgets. A `RunScope` is Fanfold's run-wide layer
-for those. It lives beside the run's `RunSettings` object (one per run: LangGraph
-builds a fresh one from a dict context for each run, and `arun` copies yours),
-never in the checkpointed state.
+for those, and for the run's caches (its tool registry, tool bindings, ledgers).
+
+A run owns its scope for exactly its lifetime. LangGraph gives every run one
+`RunControl` object and hands it to each node, router and error handler of the
+run, and to graphs a node runs (a delegated fan-out, a subgraph) through
+`runtime.control`. Fanfold's compiled graphs start each run with a
+`ScopedControl`, a `RunControl` that carries the scope: made on first use, never
+found through a settings or plan object, gone with the run.
+
+What decides a run's outcome is also in, or derivable from, the graph's state
+(results and their tokens, the stop the reducer wrote, the plan): a resumed run,
+or a run whose nodes execute in other processes, rebuilds it from there. The
+scope only makes it live and fast within one process.
 """
 
 from __future__ import annotations
@@ -13,21 +23,25 @@ import asyncio
 import contextlib
 import time
 import uuid
-import weakref
 from collections import Counter
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from langchain_core.rate_limiters import InMemoryRateLimiter
+from langgraph.runtime import RunControl, Runtime
 
+from fanfold.nodes.context import RunSettings, build_registry, settings_of
 from fanfold.nodes.domain import ErrorInfo
 from fanfold.nodes.errors import BudgetExceeded, FanfoldError, RunStopped
 from fanfold.nodes.faults import FaultKind
+from fanfold.tools.registry import RegistryStats
 
 if TYPE_CHECKING:
-    from fanfold.nodes.context import RunSettings
     from fanfold.nodes.domain import Plan, SubagentResult
     from fanfold.nodes.ledger import Ledger
+
+StopKind = Literal["budget", "quorum", "stopped"]
+"""Why a run stopped early: a spent budget, a quorum met, or a stop from outside."""
 
 T = TypeVar("T")
 
@@ -109,11 +123,11 @@ class AdaptiveLimit:
 
 
 class RunScope:
-    """Run-wide limits, budgets, fault counts and the stop signal of one run."""
+    """Run-wide limits, budgets, caches, fault counts and the stop signal of one run."""
 
     def __init__(self, settings: RunSettings) -> None:
         self.settings = settings
-        self.loop: asyncio.AbstractEventLoop | None = None
+        """The top-level run's settings (a delegated fan-out shares the scope)."""
         self.t0 = time.monotonic()
         rps = settings.requests_per_second
         self.rate: InMemoryRateLimiter | None = (
@@ -126,18 +140,22 @@ class RunScope:
             else None
         )
         self.limit = AdaptiveLimit(settings.max_concurrency)
-        self.tools_at_start = settings.registry().stats
+        self.registry = build_registry(settings)
+        """The tools this run may hand out (built once per run)."""
+        self.tool_stats = RegistryStats()
+        """This run's tool look-ups: hits, misses, refreshes, errors (a shared registry
+        counts every run's; these are this run's only)."""
+        self.bound: dict[tuple[int, ...], Any] = {}
+        """Models bound to tool sets, by the ids of the model and the tools."""
         self.tokens = 0
         self.faults: Counter[str] = Counter()
         self.retries = 0
         self.deadline = self.t0 + settings.max_wall_time_s if settings.max_wall_time_s else None
-        self.children: dict[str, list[SubagentResult]] = {}
-        """Results of sub-tasks each task delegated, by the delegating task's id."""
         self.plan: Plan | None = None
         self.status: dict[str, str] = {}
         """Live task statuses (what state knows plus what just finished)."""
         self.stop_reason: str | None = None
-        self.stop_kind: str | None = None
+        self.stop_kind: StopKind | None = None
         self._stopped: asyncio.Event | None = None
         self.ledgers: dict[int, Ledger] = {}
         """Each plan's bookkeeping between windows (`nodes.ledger`), by `id(plan)`."""
@@ -151,7 +169,7 @@ class RunScope:
         """Tell whether the run was told to stop dispatching and end its tasks."""
         return self.stop_reason is not None
 
-    def stop(self, kind: str, reason: str) -> None:
+    def stop(self, kind: StopKind, reason: str) -> None:
         """Stop the run: no more dispatch; running tasks end at their next call."""
         if self.stop_reason is None:
             self.stop_kind, self.stop_reason = kind, reason
@@ -183,8 +201,7 @@ class RunScope:
             self.check()  # notices a wall-time budget that ran out since the last call
         if self.stop_reason is None:
             return None
-        kind = "BudgetExceeded" if self.stop_kind == "budget" else "QuorumReached"
-        return ErrorInfo(type=kind, message=self.stop_reason)
+        return ErrorInfo(type=_STOP_TYPES[self.stop_kind or "stopped"], message=self.stop_reason)
 
     @property
     def needs_race(self) -> bool:
@@ -314,33 +331,79 @@ class RunScope:
 
     def snapshot(self) -> dict[str, Any]:
         """Return the run-wide counts for RunMetrics."""
+        s = self.tool_stats
         return {
             "faults": dict(sorted(self.faults.items())),
             "retries": self.retries,
             "effective_concurrency": list(self.limit.timeline),
             "stop_reason": self.stop_reason,
-            "tool_cache": self.settings.registry().stats.minus(self.tools_at_start),
+            "tool_cache": {
+                "hits": s.hits,
+                "misses": s.misses,
+                "refreshes": s.refreshes,
+                "errors": s.errors,
+            },
         }
 
 
-_SCOPES: weakref.WeakKeyDictionary[RunSettings, RunScope] = weakref.WeakKeyDictionary()
+_STOP_TYPES: dict[StopKind, Literal["BudgetExceeded", "QuorumReached", "RunStopped"]] = {
+    "budget": "BudgetExceeded",
+    "quorum": "QuorumReached",
+    "stopped": "RunStopped",
+}
 
 
-def scope_of(settings: RunSettings) -> RunScope:
-    """Return the run scope that belongs to this settings object (made on first use).
+class ScopedControl(RunControl):
+    """LangGraph's per-run control object, carrying the run's `RunScope`.
 
-    A scope serves one event loop: the same settings used from another loop (two
-    `asyncio.run` calls) get a fresh scope. A nested run's settings share the
-    top-level run's scope.
+    Fanfold's compiled graphs start every run with one (wrapping a control the
+    caller or an enclosing graph passed, whose drain requests it forwards), and
+    LangGraph hands it to every node of the run and to the graphs those nodes run.
     """
-    settings = settings.root
-    try:
-        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = None
-    scope = _SCOPES.get(settings)
-    if scope is None or (loop is not None and scope.loop not in (None, loop)):
-        scope = _SCOPES[settings] = RunScope(settings)
-    if scope.loop is None:
-        scope.loop = loop
-    return scope
+
+    __slots__ = ("inner", "scope")
+
+    def __init__(self, inner: RunControl | None = None) -> None:
+        super().__init__()
+        self.inner = inner
+        self.scope: RunScope | None = None
+
+    def request_drain(self, reason: str = "shutdown") -> None:
+        """Ask the run to drain (forwarded to the wrapped control, if any)."""
+        if self.inner is not None:
+            self.inner.request_drain(reason)
+        else:
+            super().request_drain(reason)
+
+    @property
+    def drain_requested(self) -> bool:
+        """Tell whether a drain was requested."""
+        if self.inner is not None:
+            return self.inner.drain_requested
+        return super().drain_requested
+
+    @property
+    def drain_reason(self) -> str | None:
+        """Return why the run drains, if it does."""
+        if self.inner is not None:
+            return self.inner.drain_reason
+        return super().drain_reason
+
+
+def scope_of(runtime: Runtime[Any]) -> RunScope:
+    """Return the scope of the run a node belongs to (made on first use).
+
+    Raises:
+        RuntimeError: the node runs outside a Fanfold graph, so its run has no scope.
+    """
+    control = runtime.control
+    if not isinstance(control, ScopedControl):
+        msg = (
+            "this node runs outside a Fanfold graph, so its run has no run scope: run it in a "
+            "graph from `compile_orchestrator()` or `build_orchestrator().compile()` (or pass "
+            "`control=ScopedControl()` in its Runtime when calling a node yourself)"
+        )
+        raise RuntimeError(msg)
+    if control.scope is None:
+        control.scope = RunScope(settings_of(runtime.context))
+    return control.scope

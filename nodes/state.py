@@ -7,6 +7,7 @@ from typing import Annotated, Any, NotRequired
 
 from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
+from langgraph.types import Overwrite
 from typing_extensions import TypedDict
 
 from fanfold.nodes.domain import ErrorInfo, Plan, RunMetrics, SubagentResult, Task, Usage
@@ -93,8 +94,52 @@ class OrchestratorState(TypedDict):
     """The final answer."""
     rejection: str
     """Why the plan was rejected at approval, when it was."""
+    stopped: ErrorInfo | None
+    """Why the run stopped early (`BudgetExceeded`, `QuorumReached`, `RunStopped`), as the
+    reducer saw it; None while it goes on. Later steps, and a resumed run, read it here."""
     views: dict[str, str]
     """The perspectives graph only: each perspective's view, by kind."""
+
+
+class OrchestratorUpdate(TypedDict, total=False):
+    """What an orchestrator node may return: any keys of the state, checked by mypy."""
+
+    request: str
+    given_plan: Plan | None
+    plan: Plan
+    results: list[SubagentResult] | Overwrite
+    usage: Usage | Overwrite
+    started_at: datetime
+    settings: dict[str, Any]
+    rounds: int
+    plan_round: int
+    replan_done: bool
+    depth: int
+    metrics: RunMetrics
+    status: str
+    answer: str
+    rejection: str
+    stopped: ErrorInfo | None
+    views: dict[str, str]
+
+
+class TaskSpec(TypedDict):
+    """How one task runs, resolved once (the task, then its kind, then the run).
+
+    Plain values, so it travels in a `Send` and in checkpoints.
+    """
+
+    model: str
+    """A model spec, or `@run`, `@planner` or `@kind:<name>` for a chat-model object
+    the run's settings hold (looked up where the subagent runs)."""
+    tools: list[str] | None
+    """The tool names the task may call; None: every tool of the run."""
+    delegate: bool
+    """Whether the task may delegate sub-tasks (the `delegate` tool)."""
+    timeout_s: float | None
+    """The task's timeout; None: none."""
+    system_prompt: str
+    """The system message the subagent starts from."""
 
 
 class SubagentInput(TypedDict):
@@ -102,6 +147,9 @@ class SubagentInput(TypedDict):
 
     task: Task
     """The task to do."""
+    spec: NotRequired[TaskSpec]
+    """How it runs: model, tools, timeout and prompt, resolved once by dispatch (a
+    subagent run on its own, without one, resolves it when it starts)."""
     dependency_outputs: dict[str, str]
     """Outputs of the tasks this one depends on, by task id."""
     round: NotRequired[int]
@@ -147,3 +195,23 @@ class SubagentState(SubagentInput, SubagentOutput):
     """Set when the subagent cannot go on."""
     cancelled: bool
     """The run stopped (budget, quorum) while this subagent ran."""
+    subtasks: list[SubagentResult]
+    """Results of the sub-tasks this subagent delegated (from its `delegate` calls)."""
+
+
+class SubagentUpdate(TypedDict, total=False):
+    """What a subagent step may return: any keys of its state, checked by mypy."""
+
+    task: Task
+    spec: TaskSpec
+    messages: list[AnyMessage]
+    started_at: datetime
+    usage: Usage
+    steps: int
+    tool_calls: int
+    retries: int
+    tool_errors: int
+    error: ErrorInfo | None
+    cancelled: bool
+    subtasks: list[SubagentResult]
+    results: list[SubagentResult]

@@ -8,12 +8,12 @@ from langgraph.errors import NodeError, NodeTimeoutError
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
-from fanfold.nodes.context import RunSettings, settings_of
+from fanfold.nodes.context import RunSettings
 from fanfold.nodes.dispatch import REDUCER
 from fanfold.nodes.domain import ErrorInfo, SubagentResult, Task
 from fanfold.nodes.errors import QuorumUnreachable, TaskFailedError
-from fanfold.nodes.events import now, task_finished
-from fanfold.nodes.report import apply_policy
+from fanfold.nodes.events import now
+from fanfold.nodes.finish import finish
 from fanfold.nodes.scope import scope_of
 from fanfold.nodes.state import SubagentInput
 
@@ -49,13 +49,14 @@ def timed_out_result(task_id: str, timeout: float, elapsed: float) -> SubagentRe
 
 def _describe(exc: BaseException | str) -> ErrorInfo:
     if isinstance(exc, BaseException):
-        return ErrorInfo.of(exc)
+        return ErrorInfo.of("TaskError", exc)
     # A resumed run gets the saved error back as its repr, e.g. "ValueError('boom')".
     text = str(exc)
     name, paren, rest = text.partition("(")
     if paren and name.isidentifier():
-        return ErrorInfo(type=name, message=rest.rstrip(")").strip("'\"") or text)
-    return ErrorInfo(type="Error", message=text)
+        message = rest.removesuffix(")").strip("'\"") or text
+        return ErrorInfo(type="TaskError", message=message, exception=name)
+    return ErrorInfo(type="TaskError", message=text)
 
 
 async def on_subagent_error(
@@ -63,29 +64,19 @@ async def on_subagent_error(
 ) -> Command[str]:
     """Turn the failure into the task's result, or stop the run as its policy says."""
     exc = error.error
-    settings = settings_of(runtime.context)
-    scope = scope_of(settings)
     # Raise new exception objects: LangGraph marks the one it handed us as handled,
-    # and re-raising that one would not stop the sibling tasks.
-    if isinstance(exc, TaskFailedError | QuorumUnreachable):
-        # The policy stops the run: its eager window (if any) will not be read again.
-        scope.close_window(state.get("window"))
+    # and re-raising that one would not stop the sibling tasks. (The task's result
+    # already went out through `finish`, which raised this.)
     if isinstance(exc, TaskFailedError):
         raise TaskFailedError(exc.result, exc.results) from exc
     if isinstance(exc, QuorumUnreachable):
         raise QuorumUnreachable(str(exc), exc.results) from exc
     task = state["task"]
     task_id = task.id if isinstance(task, Task) else str(task["id"])
-    result = failure_result(task_id, exc)
-    if not isinstance(exc, BaseException):
-        exc = RuntimeError(str(exc))
-    task_finished(runtime.stream_writer, result)
     try:
-        apply_policy(result, settings, scope)
+        update = finish(failure_result(task_id, exc), state, runtime, scope_of(runtime))
     except (TaskFailedError, QuorumUnreachable) as stop:
-        scope.close_window(state.get("window"))
-        raise stop from exc
-    scope.publish(state.get("window"), result)  # tasks of its eager window may wait
+        raise stop from exc  # a new exception: it stops the run (and says what failed)
     # The handler is a node of its own: without `goto`, a superstep in which every
     # subagent failed would never reach the reducer.
-    return Command(update={"results": [result]}, goto=REDUCER)
+    return Command(update=update, goto=REDUCER)

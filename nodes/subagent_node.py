@@ -22,29 +22,30 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from fanfold.nodes.act import act, after_act
+from fanfold.nodes.act import act, after_act, stopped_error
 from fanfold.nodes.brief import brief
-from fanfold.nodes.context import RunSettings, settings_of
+from fanfold.nodes.context import RunSettings
 from fanfold.nodes.domain import ErrorInfo, SubagentResult, Task
 from fanfold.nodes.errors import BudgetExceeded, RunStopped
-from fanfold.nodes.events import task_finished
-from fanfold.nodes.report import apply_policy, report
+from fanfold.nodes.finish import finish
+from fanfold.nodes.report import report
 from fanfold.nodes.run_tools import run_tools
 from fanfold.nodes.scope import RunScope, scope_of
-from fanfold.nodes.state import SubagentInput, SubagentState
+from fanfold.nodes.state import SubagentInput, SubagentState, SubagentUpdate
 from fanfold.nodes.subagent_error import timed_out_result
 
 
-def _apply(state: dict[str, Any], update: dict[str, Any]) -> None:
+def _apply(state: dict[str, Any], update: SubagentUpdate) -> None:
     # The subgraph's one reducer is `add_messages` on `messages`: the steps only
     # ever append new messages, so appending is the same merge.
-    messages = update.pop("messages", None)
-    if messages:
-        state["messages"] = [*state.get("messages", ()), *messages]
-    state.update(update)
+    for key, value in update.items():
+        if key == "messages":
+            state["messages"] = [*state.get("messages", ()), *value]  # type: ignore[misc]
+        else:
+            state[key] = value
 
 
-async def _run(local: dict[str, Any], runtime: Runtime[RunSettings]) -> dict[str, Any]:
+async def _run(local: dict[str, Any], runtime: Runtime[RunSettings]) -> SubagentUpdate:
     view: SubagentState = local  # type: ignore[assignment]
     _apply(local, await brief(view, runtime))
     while True:
@@ -58,8 +59,8 @@ async def _inputs(window: str, awaits: list[str], scope: RunScope) -> dict[str, 
     """Wait for the dependencies' results: their outputs, or why this task cannot run."""
     try:
         results = await scope.race(scope.results_of(window, awaits))
-    except (RunStopped, BudgetExceeded):
-        return scope.stop_error() or ErrorInfo(type="RunStopped", message="stopped")
+    except (RunStopped, BudgetExceeded) as exc:
+        return stopped_error(scope, exc)
     bad = [r for r in results if r.status != "ok"]
     if bad:
         return ErrorInfo(
@@ -68,40 +69,20 @@ async def _inputs(window: str, awaits: list[str], scope: RunScope) -> dict[str, 
     return {r.task_id: r.output for r in results}
 
 
-async def subagent(state: SubagentInput, runtime: Runtime[RunSettings]) -> dict[str, Any]:
+async def subagent(state: SubagentInput, runtime: Runtime[RunSettings]) -> SubagentUpdate:
     """Run one task to its result, in one LangGraph step."""
     local: dict[str, Any] = dict(state)
-    window = state.get("window")
-    if window is None:
-        return await _run(local, runtime)
-    settings = settings_of(runtime.context)
-    scope = scope_of(settings)
-    out = await _eager(local, window, settings, scope, runtime)
-    # Only a run that goes on tells the tasks waiting for this one (a policy that
-    # stops the run raised above; LangGraph then cancels them with the rest).
-    scope.publish(window, out["results"][0])
-    return out
-
-
-async def _eager(
-    local: dict[str, Any],
-    window: str,
-    settings: RunSettings,
-    scope: RunScope,
-    runtime: Runtime[RunSettings],
-) -> dict[str, Any]:
-    awaits = local.get("awaits")
+    awaits = state.get("awaits")
     if not awaits:
         return await _run(local, runtime)
+    scope = scope_of(runtime)
     task = local["task"] if isinstance(local["task"], Task) else Task.model_validate(local["task"])
-    inputs = await _inputs(window, awaits, scope)
+    inputs = await _inputs(str(state.get("window")), awaits, scope)
     if isinstance(inputs, ErrorInfo):
         # What the reducer writes for a task it never sends: skipped or cancelled.
         status = "skipped" if inputs.type == "DependencyFailed" else "cancelled"
         result = SubagentResult(task_id=task.id, status=status, attempts=0, error=inputs)
-        task_finished(runtime.stream_writer, result)
-        scope.status[task.id] = status
-        return {"results": [result]}
+        return finish(result, state, runtime, scope)
     local["dependency_outputs"] = {**local.get("dependency_outputs", {}), **inputs}
     timeout = local.get("timeout_s")
     start = time.monotonic()
@@ -112,6 +93,4 @@ async def _eager(
         if not deadline.expired():
             raise
     result = timed_out_result(task.id, timeout or 0.0, time.monotonic() - start)
-    task_finished(runtime.stream_writer, result)
-    apply_policy(result, settings, scope)  # fail_fast raises, as in the handler
-    return {"results": [result]}
+    return finish(result, state, runtime, scope)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
@@ -12,30 +10,31 @@ from fanfold.nodes.context import RunSettings, settings_of
 from fanfold.nodes.domain import Usage
 from fanfold.nodes.errors import BudgetExceeded
 from fanfold.nodes.metrics import outcome
-from fanfold.nodes.models import load_chat_model
 from fanfold.nodes.prompts import SYNTHESIZE_SYSTEM, synthesis_prompt
+from fanfold.nodes.resolve import planner_model
 from fanfold.nodes.scope import scope_of
-from fanfold.nodes.state import OrchestratorState
+from fanfold.nodes.state import OrchestratorState, OrchestratorUpdate
 from fanfold.nodes.usage import usage_of
 
 
-async def synthesize(state: OrchestratorState, runtime: Runtime[RunSettings]) -> dict[str, Any]:
+async def synthesize(state: OrchestratorState, runtime: Runtime[RunSettings]) -> OrchestratorUpdate:
     """Write the final answer from every result, in plan order (not when a budget ran out)."""
     return await write_answer(state, runtime, SYNTHESIZE_SYSTEM)
 
 
 async def write_answer(
     state: OrchestratorState, runtime: Runtime[RunSettings], system: str
-) -> dict[str, Any]:
+) -> OrchestratorUpdate:
     """Make the one model call over the ordered results, with `system` as its instructions."""
     settings = settings_of(runtime.context)
-    scope = scope_of(settings)
+    scope = scope_of(runtime)
     results = state.get("results", [])
     usage = Usage()
-    if scope.stop_kind == "budget":
+    stopped = state.get("stopped") or scope.stop_error()
+    if stopped is not None and stopped.type == "BudgetExceeded":
         answer = ""  # the budget is spent: no further model call
     else:
-        model = load_chat_model(settings.planner_model or settings.model)
+        model = planner_model(settings)
         prompt = synthesis_prompt(state["request"], results)
         messages = [SystemMessage(system), HumanMessage(prompt)]
         try:
@@ -44,10 +43,11 @@ async def write_answer(
             )
         except BudgetExceeded:
             answer = ""  # the wall-time budget ran out between the reducer and here
+            stopped = scope.stop_error()
         else:
             usage = usage_of(reply)
             answer = reply.text
-    return {
+    update: OrchestratorUpdate = {
         "answer": answer,
         "usage": usage,
         **outcome(
@@ -57,5 +57,9 @@ async def write_answer(
             scope=scope,
             overhead=(state.get("usage") or Usage()) + usage,
             rounds=state.get("rounds", 0),
+            stopped=stopped,
         ),
     }
+    if stopped is not None and state.get("stopped") is None:
+        update["stopped"] = stopped
+    return update

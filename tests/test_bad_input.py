@@ -32,7 +32,7 @@ from fanfold.nodes.kinds import BUILTIN_KINDS
 from fanfold.nodes.models import aclose_models
 from fanfold.nodes.planner import planner
 from fanfold.tools import default_registry
-from tests.fakes import TASK_RE, AsyncFakeModel, ScriptError
+from tests.fakes import TASK_RE, AsyncFakeModel, ScriptError, node_runtime
 from tests.openai_server import ScriptedOpenAI
 
 USAGE = {"input_tokens": 5, "output_tokens": 5, "total_tokens": 10}
@@ -81,7 +81,7 @@ def plan_reply(args: Any, *, name: str = "Plan") -> AIMessage:
 
 
 def _runtime(**kw: Any) -> Runtime[RunSettings]:
-    return Runtime(context=RunSettings(**kw), stream_writer=lambda _: None)
+    return node_runtime(RunSettings(**kw))
 
 
 async def _plan(replies: list[AIMessage]) -> tuple[Plan | PlanError, PlannerFake]:
@@ -295,9 +295,38 @@ async def test_odd_unicode_ids_that_fit_the_rules_are_kept_as_written() -> None:
 
 
 async def test_prose_instead_of_a_plan_then_nothing_is_a_plan_error() -> None:
-    outcome, _ = await _plan([AIMessage("Sure! Here is my plan: do everything."), AIMessage("")])
+    prose = "Sure! Here is my plan: do everything, {first} the hard part."
+    outcome, _ = await _plan([AIMessage(prose), AIMessage(prose)])
     assert isinstance(outcome, PlanError)
-    assert outcome.problems == ["the model returned no plan"]
+    assert outcome.problems == [
+        "the model returned no plan (neither a tool call nor JSON in its text)"
+    ]
+    assert outcome.raw == prose  # what the model said, for the user to see
+    assert "do everything" in str(outcome)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'Here you go:\n```json\n{"tasks": [{"id": "a", "description": "x"}]}\n```\nGood luck.',
+        '```\n[{"id": "a", "description": "x"}]\n```',
+        'I would split it as {"tasks": [{"id": "a", "description": "x"}], "rationale": "r"} ok?',
+        'Step [1] first. Plan: [{"id": "a", "description": "x"}] - done.',
+    ],
+    ids=["fenced-json", "fenced-list", "in-prose", "list-after-a-bracket"],
+)
+async def test_a_json_plan_in_the_text_of_a_reply_is_accepted(text: str) -> None:
+    outcome, model = await _plan([AIMessage(text)])
+    assert isinstance(outcome, Plan), outcome
+    assert [t.id for t in outcome.tasks] == ["a"] and len(model.calls) == 1
+
+
+async def test_a_json_plan_in_text_that_breaks_the_rules_gets_the_repair_round() -> None:
+    cyclic = '{"tasks": [{"id": "a", "description": "x", "depends_on": ["a"]}]}'
+    outcome, model = await _plan([AIMessage(cyclic), AIMessage(f"fixed: {json.dumps(GOOD)}")])
+    assert isinstance(outcome, Plan) and len(model.calls) == 2
+    # The text plan did not validate: the repair round says why.
+    assert "depends on itself" in model.calls[1][2].text
 
 
 @pytest.mark.http

@@ -257,11 +257,26 @@ def test_usage_is_frozen() -> None:
 
 
 def test_error_info_of_an_exception() -> None:
-    assert ErrorInfo.of(ValueError("bad value")) == ErrorInfo(
-        type="ValueError", message="bad value"
+    assert ErrorInfo.of("TaskError", ValueError("bad value")) == ErrorInfo(
+        type="TaskError", message="bad value", exception="ValueError"
     )
 
 
+def test_error_info_names_a_library_exception_with_its_package() -> None:
+    from pydantic import ValidationError
+
+    try:
+        Usage(input_tokens="many")  # type: ignore[arg-type]
+    except ValidationError as exc:
+        info = ErrorInfo.of("ModelError", exc)
+    assert info.exception == "pydantic_core.ValidationError"
+
+
 def test_error_info_of_an_exception_without_message_uses_repr() -> None:
-    info = ErrorInfo.of(RuntimeError())
-    assert info.type == "RuntimeError" and info.message == "RuntimeError()"
+    info = ErrorInfo.of("TaskError", RuntimeError())
+    assert info.type == "TaskError" and info.message == "RuntimeError()"
+
+
+def test_error_types_are_a_closed_set() -> None:
+    with pytest.raises(ValidationError):
+        ErrorInfo(type="SomethingElse", message="x")  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from fanfold import Plan, RunSettings, TaskFailedError, arun
 from fanfold.graphs.orchestrator import compile_orchestrator
-from fanfold.nodes.scope import scope_of
+from fanfold.nodes.scope import ScopedControl
 from tests.fakes import TaskScript, TaskScriptedModel
 
 
@@ -163,15 +163,18 @@ async def test_runs_sharing_a_settings_object_never_see_each_others_results() ->
 
 
 async def test_a_run_leaves_no_eager_window_open_in_its_scope() -> None:
-    # A scope may serve many runs (one settings object): each closes its windows,
-    # when it ends and when a policy stops it.
+    # Windows close as the run goes (a long run must not pile them up): when the
+    # next step follows them, and when a policy stops the run.
     plan = _plan(*CHAIN)
     graph = compile_orchestrator(synthesize_answer=False)
     ok = TaskScriptedModel(scripts={t: TaskScript(latency=0.01) for t, _ in CHAIN})
     settings = RunSettings(model=ok, start_jitter_s=0)
-    out = await graph.ainvoke({"request": "", "given_plan": plan}, context=settings)
+    control = ScopedControl()
+    out = await graph.ainvoke(
+        {"request": "", "given_plan": plan}, context=settings, control=control
+    )
     assert out["metrics"].rounds == 1
-    assert scope_of(settings)._windows == {}
+    assert control.scope is not None and control.scope._windows == {}
 
     failing = {t: TaskScript(latency=0.01) for t, _ in CHAIN} | {"a": TaskScript(behaviour="raise")}
     settings = RunSettings(
@@ -180,6 +183,7 @@ async def test_a_run_leaves_no_eager_window_open_in_its_scope() -> None:
         policy="fail_fast",
         max_retries=0,
     )
+    control = ScopedControl()
     with pytest.raises(TaskFailedError):
-        await graph.ainvoke({"request": "", "given_plan": plan}, context=settings)
-    assert scope_of(settings)._windows == {}
+        await graph.ainvoke({"request": "", "given_plan": plan}, context=settings, control=control)
+    assert control.scope is not None and control.scope._windows == {}

@@ -107,7 +107,8 @@ async def test_settle_turns_a_raise_and_a_timeout_into_results() -> None:
     by_id = {r.task_id: r for r in out.results}
     assert len(out.results) == 20
     assert by_id["t02"].status == "failed"
-    assert by_id["t02"].error is not None and by_id["t02"].error.type == "RuntimeError"
+    assert by_id["t02"].error is not None and by_id["t02"].error.type == "ModelError"
+    assert by_id["t02"].error.exception == "RuntimeError"
     assert "scripted failure for t02" in by_id["t02"].error.message
     assert by_id["t03"].status == "timed_out"
     assert by_id["t03"].duration_s >= 0.3

@@ -335,7 +335,8 @@ async def test_http_400_fails_only_that_task_under_settle(server: ScriptedOpenAI
     assert err is not None
     # openai raises BadRequestError; langchain-openai re-raises it as its subclass
     # OpenAIInvalidRequestError. Either way the message names the HTTP status.
-    assert err.type in {"BadRequestError", "OpenAIInvalidRequestError"}
+    assert err.type == "ModelError"
+    assert err.exception in {"openai.BadRequestError", "langchain_openai.OpenAIInvalidRequestError"}
     assert err.message == "Error code: 400 - t2 is not allowed here"
     assert res["t2"].output == ""
     assert res["t2"].usage == Usage()
@@ -417,7 +418,8 @@ async def test_unknown_task_id_fails_loudly(server: ScriptedOpenAI) -> None:
     err = results[1].error
     assert err is not None
     # openai's InternalServerError, or langchain-openai's subclass of it.
-    assert err.type in {"InternalServerError", "OpenAIAPIError"}
+    assert err.type == "ModelError"
+    assert err.exception in {"openai.InternalServerError", "langchain_openai.OpenAIAPIError"}
     assert err.message.startswith("Error code: 500 - unknown task id `t2`")
     assert len(server.errors) == 1 and "unknown task id `t2`" in server.errors[0]
     # `x-should-retry: false` kept the client from retrying the mistake.

@@ -191,7 +191,7 @@ async def test_demo_synthesizes_from_results() -> None:
     results = [
         SubagentResult(task_id="t1", status="ok", output="twelve"),
         SubagentResult(
-            task_id="t2", status="failed", error=ErrorInfo(type="RuntimeError", message="x")
+            task_id="t2", status="failed", error=ErrorInfo(type="TaskError", message="x")
         ),
     ]
     reply = await _fast().ainvoke([HumanMessage(synthesis_prompt("do it", results))])

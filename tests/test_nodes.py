@@ -16,7 +16,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command, Overwrite, Send
 from pydantic import Field
 
-from fanfold.nodes.act import act, after_act, allowed_tools, bind_tools
+from fanfold.nodes.act import act, after_act, bind_tools, task_tools
 from fanfold.nodes.brief import brief
 from fanfold.nodes.context import RunSettings
 from fanfold.nodes.dispatch import (
@@ -24,7 +24,7 @@ from fanfold.nodes.dispatch import (
     FAN_OUT,
     REDUCER,
     SUBAGENT,
-    dispatch,
+    Dispatch,
     dispatch_path_map,
     ready_tasks,
 )
@@ -34,11 +34,13 @@ from fanfold.nodes.kinds import BUILTIN_KINDS
 from fanfold.nodes.planner import planner
 from fanfold.nodes.reducer import reducer
 from fanfold.nodes.report import report
+from fanfold.nodes.resolve import resolve_task
 from fanfold.nodes.run_tools import run_tools
+from fanfold.nodes.scope import scope_of
 from fanfold.nodes.subagent_error import on_subagent_error
 from fanfold.nodes.synthesize import synthesize
 from fanfold.tools import calculator
-from tests.fakes import AsyncFakeModel, ScriptError, TaskScript, TaskScriptedModel
+from tests.fakes import AsyncFakeModel, ScriptError, TaskScript, TaskScriptedModel, node_runtime
 
 Event = dict[str, Any]
 USAGE = {"input_tokens": 7, "output_tokens": 3, "total_tokens": 10}
@@ -74,7 +76,10 @@ def _plan_call(plan: dict[str, Any]) -> AIMessage:
 
 def _rt(events: list[Event] | None = None, **settings: Any) -> Runtime[RunSettings]:
     sink: list[Event] = [] if events is None else events
-    return Runtime(context=RunSettings(**settings), stream_writer=sink.append)
+    return node_runtime(RunSettings(**settings), writer=sink.append)
+
+
+dispatch = Dispatch(eager=False).route
 
 
 def _never() -> ScriptedModel:
@@ -104,7 +109,9 @@ def _ok(tid: str, output: str = "", start: float = 0, end: float = 1) -> Subagen
 
 def _failed(tid: str) -> SubagentResult:
     return SubagentResult(
-        task_id=tid, status="failed", error=ErrorInfo(type="RuntimeError", message="boom")
+        task_id=tid,
+        status="failed",
+        error=ErrorInfo(type="TaskError", message="boom", exception="RuntimeError"),
     )
 
 
@@ -360,7 +367,7 @@ async def test_synthesize_calls_the_model_once_with_every_result() -> None:
     assert tools == []
     prompt = messages[-1].text
     assert "the request" in prompt
-    for line in ("[a ok] alpha out", "[b failed] RuntimeError: boom", "[c ok] gamma out"):
+    for line in ("[a ok] alpha out", "[b failed] TaskError: boom", "[c ok] gamma out"):
         assert line in prompt
     assert out["answer"] == "the final answer"
     assert out["usage"] == Usage(**USAGE)
@@ -423,15 +430,21 @@ async def test_brief_jitters_only_the_first_burst(
 # --- act and after_act -----------------------------------------------------------------
 
 
-async def _briefed(task: Task, **settings: Any) -> dict[str, Any]:
-    return dict(await brief({"task": task, "dependency_outputs": {}}, _rt(**settings)))
+async def _briefed(task: Task, runtime: Runtime[RunSettings]) -> dict[str, Any]:
+    return dict(await brief({"task": task, "dependency_outputs": {}}, runtime))
+
+
+def _spec(task: Task, **settings: Any) -> dict[str, Any]:
+    """A subagent state as brief leaves it: the task and its resolved spec."""
+    return {"task": task, "spec": resolve_task(task, RunSettings(**settings))}
 
 
 async def test_act_returns_the_reply_and_counts_tool_calls_and_usage() -> None:
     model = TaskScriptedModel(scripts={"t1": TaskScript(latency=0, expression="6 * 7")})
     task = Task(id="t1", description="multiply", tools=["calculator"])
-    state = await _briefed(task)
-    out = await act(state, _rt(model=model))
+    rt = _rt(model=model)
+    state = await _briefed(task, rt)
+    out = await act(state, rt)
     [reply] = out["messages"]
     assert isinstance(reply, AIMessage)
     assert [c["name"] for c in reply.tool_calls] == ["calculator"]
@@ -446,8 +459,9 @@ async def test_act_returns_the_reply_and_counts_tool_calls_and_usage() -> None:
 async def test_act_binds_no_tools_for_a_task_without_any() -> None:
     # The script would call the calculator if it were bound; a writer gets no tools.
     model = TaskScriptedModel(scripts={"t1": TaskScript(latency=0, expression="6 * 7")})
-    state = await _briefed(Task(id="t1", description="write", kind="writer"))
-    out = await act({**state, "steps": 2, "tool_calls": 3}, _rt(model=model))
+    rt = _rt(model=model)
+    state = await _briefed(Task(id="t1", description="write", kind="writer"), rt)
+    out = await act({**state, "steps": 2, "tool_calls": 3}, rt)
     [reply] = out["messages"]
     assert reply.tool_calls == [] and reply.text == "output of t1:"
     assert out["steps"] == 3 and out["tool_calls"] == 3
@@ -455,9 +469,12 @@ async def test_act_binds_no_tools_for_a_task_without_any() -> None:
 
 async def test_act_turns_a_model_exception_into_an_error() -> None:
     model = TaskScriptedModel(scripts={"t1": TaskScript(latency=0, behaviour="raise")})
-    state = await _briefed(Task(id="t1", description="x"))
-    out = await act(state, _rt(model=model))
-    assert out["error"] == ErrorInfo(type="RuntimeError", message="scripted failure for t1")
+    rt = _rt(model=model)
+    state = await _briefed(Task(id="t1", description="x"), rt)
+    out = await act(state, rt)
+    assert out["error"] == ErrorInfo(
+        type="ModelError", message="scripted failure for t1", exception="RuntimeError"
+    )
     assert out["steps"] == 1
     assert "messages" not in out
     assert after_act({**state, **out}) == "report"
@@ -465,8 +482,9 @@ async def test_act_turns_a_model_exception_into_an_error() -> None:
 
 async def test_act_stops_at_max_steps_without_calling_the_model() -> None:
     model = TaskScriptedModel(scripts={})
-    state = await _briefed(Task(id="t1", description="x"))
-    out = await act({**state, "steps": 3}, _rt(model=model, max_steps=3))
+    rt = _rt(model=model, max_steps=3)
+    state = await _briefed(Task(id="t1", description="x"), rt)
+    out = await act({**state, "steps": 3}, rt)
     assert out["error"] is not None
     assert out["error"].type == MaxStepsExceeded.__name__
     assert "max_steps=3" in out["error"].message
@@ -478,15 +496,17 @@ def test_after_act_routes() -> None:
     asks = AIMessage("", tool_calls=[call])
     assert after_act({"messages": [asks], "error": None}) == "run_tools"
     assert after_act({"messages": [AIMessage("done")], "error": None}) == "report"
-    err = ErrorInfo(type="X", message="y")
+    err = ErrorInfo(type="TaskError", message="y")
     assert after_act({"messages": [asks], "error": err}) == "report"
 
 
-async def test_allowed_tools() -> None:
-    settings = RunSettings()
+async def test_task_tools_follow_the_task_then_its_kind() -> None:
+    rt = _rt()
+    settings, scope = RunSettings(), scope_of(rt)
 
     async def names(task: Task) -> list[str]:
-        return [t.name for t in await allowed_tools(task, settings)]
+        state = {**_spec(task), "depth": 1}
+        return [t.name for t in await task_tools(state, settings, scope)]  # type: ignore[arg-type]
 
     assert await names(Task(id="a", description="x", tools=["text_stats", "calculator"])) == [
         "text_stats",
@@ -533,7 +553,7 @@ async def test_run_tools_runs_good_calls_and_reports_bad_ones() -> None:
     last = AIMessage(
         "", tool_calls=[{"name": n, "args": a, "id": f"c{i}"} for i, (n, a) in enumerate(calls)]
     )
-    state = {"task": task, "messages": [HumanMessage("go"), last]}
+    state = {**_spec(task, tools=[double, flaky]), "messages": [HumanMessage("go"), last]}
     out = await run_tools(state, _rt(tools=[double, flaky]))
     replies = out["messages"]
     assert [m.tool_call_id for m in replies] == [f"c{i}" for i in range(len(calls))]
@@ -564,7 +584,7 @@ async def test_run_tools_runs_good_calls_and_reports_bad_ones() -> None:
 async def test_run_tools_with_the_kind_default_tools() -> None:
     call = {"name": "calculator", "args": {"expression": "2 ** 5"}, "id": "c1"}
     state = {
-        "task": Task(id="t1", description="x"),
+        **_spec(Task(id="t1", description="x")),
         "messages": [AIMessage("", tool_calls=[call])],
     }
     [reply] = (await run_tools(state, _rt()))["messages"]
@@ -614,12 +634,12 @@ async def test_report_builds_a_failed_result() -> None:
 
 async def test_report_raises_under_fail_fast() -> None:
     events: list[Event] = []
-    err = ErrorInfo(type="RuntimeError", message="boom")
+    err = ErrorInfo(type="ModelError", message="boom", exception="RuntimeError")
     with pytest.raises(TaskFailedError) as info:
         await report(_subagent_state(error=err), _rt(events, policy="fail_fast"))
     assert info.value.result.task_id == "t1" and info.value.result.status == "failed"
     assert info.value.results == [info.value.result]
-    assert "RuntimeError: boom" in str(info.value)
+    assert "ModelError: boom" in str(info.value)
     assert [e["status"] for e in events] == ["failed"]
 
 
@@ -657,7 +677,7 @@ async def test_on_subagent_error_other_exception_becomes_failed() -> None:
     assert out.goto == REDUCER
     [result] = out.update["results"]
     assert result.task_id == "t9" and result.status == "failed"
-    assert result.error == ErrorInfo(type="KeyError", message="'gone'")
+    assert result.error == ErrorInfo(type="TaskError", message="'gone'", exception="KeyError")
 
 
 async def test_on_subagent_error_under_fail_fast_raises() -> None:
@@ -670,7 +690,9 @@ async def test_on_subagent_error_under_fail_fast_raises() -> None:
         )
     assert info.value.__cause__ is original
     assert info.value.result.status == "failed"
-    assert info.value.result.error == ErrorInfo(type="RuntimeError", message="boom")
+    assert info.value.result.error == ErrorInfo(
+        type="TaskError", message="boom", exception="RuntimeError"
+    )
     assert [e["status"] for e in events] == ["failed"]
 
 
@@ -678,7 +700,9 @@ async def test_on_subagent_error_raises_a_new_task_failed_error() -> None:
     events: list[Event] = []
     state = {"task": Task(id="t1", description="x"), "dependency_outputs": {}}
     failed = SubagentResult(
-        task_id="t1", status="failed", error=ErrorInfo(type="RuntimeError", message="boom")
+        task_id="t1",
+        status="failed",
+        error=ErrorInfo(type="TaskError", message="boom", exception="RuntimeError"),
     )
     original = TaskFailedError(failed)
     with pytest.raises(TaskFailedError) as info:
@@ -695,19 +719,22 @@ async def test_on_subagent_error_raises_a_new_task_failed_error() -> None:
 # --- binding tools ---------------------------------------------------------------------
 
 
-def test_bind_tools_binds_once_per_model_and_tool_set() -> None:
+def test_bind_tools_binds_once_per_run_model_and_tool_set() -> None:
     model = TaskScriptedModel(scripts={})
     other = TaskScriptedModel(scripts={})
+    scope = scope_of(_rt())
 
     @tool
     def echo(text: str) -> str:
         """Echo."""
         return text
 
-    first = bind_tools(model, [calculator])
-    assert bind_tools(model, [calculator]) is first  # the same binding, not re-converted
-    assert bind_tools(other, [calculator]) is not first  # per model
-    both = bind_tools(model, [calculator, echo])
+    first = bind_tools(model, [calculator], scope)
+    assert bind_tools(model, [calculator], scope) is first  # the same binding, not re-converted
+    assert bind_tools(other, [calculator], scope) is not first  # per model
+    both = bind_tools(model, [calculator, echo], scope)
     assert both is not first
     assert [t["function"]["name"] for t in both.kwargs["tools"]] == ["calculator", "echo"]
-    assert bind_tools(model, []) is model
+    assert bind_tools(model, [], scope) is model
+    # Per run: another run binds afresh, and nothing of this run's cache is global.
+    assert bind_tools(model, [calculator], scope_of(_rt())) is not first

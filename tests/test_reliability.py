@@ -604,7 +604,7 @@ async def test_fail_fast_cancels_hung_siblings_at_once_and_keeps_finished_result
     # Every result that had finished, in plan order; nothing from the cancelled ones.
     assert [(r.task_id, r.status) for r in err.results] == [("quick", "ok"), ("bad", "failed")]
     assert err.results[0].output == "output of quick:"
-    assert err.results[1].error is not None and err.results[1].error.type == "RuntimeError"
+    assert err.results[1].error is not None and err.results[1].error.type == "ModelError"
     assert "later" not in model.recorder.calls
 
 
@@ -655,8 +655,11 @@ async def test_quorum_stops_dispatch_and_cancels_the_rest() -> None:
     # The running hung tasks ended at once, their model calls cancelled.
     assert model.recorder.cancelled == {"h1", "h2"}
     assert wall < 10.0  # the hung tasks' own timeout is 120 s
-    types = error_types(out.results)
-    assert types["h1"] == types["h2"] == "RunStopped"
+    # One stop, one cause: running or never started, every cancelled task says the same.
+    quorum = ("QuorumReached", "quorum of 2 ok tasks reached")
+    for r in out.results:
+        if r.status == "cancelled":
+            assert r.error is not None and (r.error.type, r.error.message) == quorum
     # No more dispatch: the second window never reached the model.
     assert set(model.recorder.calls) == {"a", "b", "h1", "h2"}
     for tid in ("p1", "p2", "p3", "p4"):
@@ -682,10 +685,13 @@ async def test_quorum_in_a_wide_window_starts_tasks_as_slots_free_then_stops() -
         "p1": "ok",
         **{t: "cancelled" for t in ("b", "h1", "h2", "p2", "p3", "p4")},
     }
-    types = error_types(out.results)
-    # Running when the quorum was met: their calls were cancelled.
+    # Running when the quorum was met: their calls were cancelled, and they say why
+    # exactly as the tasks that never started do.
     assert model.recorder.cancelled == {"b", "h1", "h2"}
-    assert types["b"] == types["h1"] == types["h2"] == "RunStopped"
+    for tid in ("b", "h1", "h2"):
+        r = by_id(out.results)[tid]
+        assert r.error is not None
+        assert (r.error.type, r.error.message) == ("QuorumReached", "quorum of 2 ok tasks reached")
     # Started after it (they waited for a slot): no model call, no attempt.
     assert set(model.recorder.calls) == {"a", "b", "h1", "h2", "p1"}
     for tid in ("p2", "p3", "p4"):
@@ -1015,7 +1021,8 @@ async def test_retries_are_bounded_and_attempts_stay_true() -> None:
     (r,) = out.results
     assert r.status == "failed"
     assert r.attempts == 3  # the first try and two retries
-    assert r.error is not None and r.error.type == "InternalServerError"
+    assert r.error is not None and r.error.type == "ModelError"
+    assert r.error.exception in {"openai.InternalServerError", "langchain_openai.OpenAIAPIError"}
     assert model.raised == {"t": 3} and "t" not in model.recorder.calls
     assert out.metrics.retries == 2
     assert out.metrics.faults == {"server_error": 1, "timeout": 1}
@@ -1035,6 +1042,7 @@ async def test_a_non_transient_error_fails_the_task_at_once(exc: BaseException) 
     res = by_id(out.results)
     assert statuses(out.results) == {"bad": "failed", "fine": "ok"}
     assert res["bad"].attempts == 1
-    assert res["bad"].error is not None and res["bad"].error.type == type(exc).__name__
+    assert res["bad"].error is not None and res["bad"].error.type == "ModelError"
+    assert (res["bad"].error.exception or "").endswith(type(exc).__name__)
     assert model.raised == {"bad": 1}
     assert out.metrics.retries == 0 and out.metrics.faults == {}

@@ -171,30 +171,40 @@ class ToolRegistry:
             raise UnknownToolError(missing, tools)
         return [tools[n] for n in names]
 
-    async def aresolve(self, names: Sequence[str] | None) -> list[BaseTool]:
+    async def aresolve(
+        self, names: Sequence[str] | None, *, stats: RegistryStats | None = None
+    ) -> list[BaseTool]:
         """Refresh expired providers (once each, however many callers), then resolve.
+
+        `stats`: also count this look-up there (a run's own counters).
 
         Raises:
             UnknownToolError: a name is not known.
         """
-        await self.arefresh()
+        await self.arefresh(stats=stats)
         return self.resolve(names)
 
-    async def arefresh(self) -> None:
-        """Bring every expired provider up to date; count a hit or a miss."""
+    async def arefresh(self, *, stats: RegistryStats | None = None) -> None:
+        """Bring every expired provider up to date; count a hit or a miss.
+
+        `stats`: also count the look-up and any refresh it made there.
+        """
         if self._parent is not None:
-            await self._parent.arefresh()
+            await self._parent.arefresh(stats=stats)
             if not self._providers:
                 return
         now = time.monotonic()
         expired = [p for p in self._providers if p.expires_at <= now]
+        counters = [self._stats] if stats is None else [self._stats, stats]
         if not expired:
-            self._stats.hits += 1
+            for c in counters:
+                c.hits += 1
             return
-        self._stats.misses += 1
-        await asyncio.gather(*(self._refresh(p) for p in expired))
+        for c in counters:
+            c.misses += 1
+        await asyncio.gather(*(self._refresh(p, counters) for p in expired))
 
-    async def _refresh(self, provider: _Provider) -> None:
+    async def _refresh(self, provider: _Provider, counters: list[RegistryStats]) -> None:
         loop = asyncio.get_running_loop()
         inflight = provider.inflight
         if inflight is not None and not inflight.done() and inflight.get_loop() is loop:
@@ -203,7 +213,8 @@ class ToolRegistry:
         fut: asyncio.Future[None] = loop.create_future()
         provider.inflight = fut
         try:
-            self._stats.refreshes += 1
+            for c in counters:
+                c.refreshes += 1
             result = provider.fn()
             if inspect.isawaitable(result):
                 result = await result
@@ -216,7 +227,8 @@ class ToolRegistry:
             provider.tools = tools
             provider.expires_at = time.monotonic() + provider.ttl_s
         except Exception:  # noqa: BLE001 - keep the last good tools; try again next look-up
-            self._stats.errors += 1
+            for c in counters:
+                c.errors += 1
         finally:
             fut.set_result(None)
             provider.inflight = None
