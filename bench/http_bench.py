@@ -480,13 +480,11 @@ async def measure_impl(spec: dict[str, Any]) -> dict[str, Any]:
         "all_peak_open": [r["peak_open"] for r in runs],
     }
     if spec["impl"].startswith("fanfold"):
-        import dataclasses
-
         from fanfold.nodes.context import RunSettings
 
         s = RunSettings(**spec.get("settings") or {})
         keep = ("start_jitter_s", "request_timeout_s", "max_retries", "requests_per_second")
-        out["settings"] = {k: v for k, v in dataclasses.asdict(s).items() if k in keep}
+        out["settings"] = {k: v for k, v in s.to_json().items() if k in keep}
         out["settings"]["task_timeout_s"] = None  # execute_tasks_parallel's default
     return out
 

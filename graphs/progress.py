@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +50,7 @@ class ProgressBar:
         self.total: int | None = None
         """Tasks in the plan, once `plan_ready` has arrived."""
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def __call__(self, event: Mapping[str, Any]) -> None:
         """Take one progress event."""
         name = event.get(EVENT_KEY)
         if self._closed or name not in _SHOWN:

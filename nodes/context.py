@@ -40,7 +40,6 @@ from fanfold.tools.workspace import make_workspace_tools
 
 Policy = str
 """`settle`, `fail_fast` or `quorum:K` (K >= 1)."""
-POLICIES: tuple[str, ...] = ("settle", "fail_fast", "quorum:K")
 _QUORUM = re.compile(r"^quorum:([1-9][0-9]*)$")
 
 

@@ -10,7 +10,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Send
 
 from fanfold.nodes.context import RunSettings, settings_of
-from fanfold.nodes.domain import Plan, SubagentResult, Task
+from fanfold.nodes.domain import SubagentResult, Task
 from fanfold.nodes.errors import SettingProblem, SettingsError
 from fanfold.nodes.ledger import Ledger, ledger_for
 from fanfold.nodes.lg import saves_writes
@@ -34,11 +34,6 @@ WIDE_WINDOW = (16, 256)
 """Without a checkpointer a window holds up to 16 x `max_concurrency` Sends, at most 256
 (never fewer than `max_concurrency`): LangGraph's cost per finished task grows with the
 width of its superstep, and the barrier between windows costs less the wider they are."""
-
-
-def ready_tasks(plan: Plan, results: list[SubagentResult]) -> list[Task]:
-    """Return, in plan order, the tasks with no result whose dependencies all ended ok."""
-    return Ledger(plan, results).take_ready()
 
 
 def make_send(

@@ -115,10 +115,6 @@ class TaskFailedError(FanfoldError, RuntimeError):
         return (type(self), (self.result, self.results))
 
 
-class MaxStepsExceeded(FanfoldError):
-    """A subagent kept calling tools past its step bound."""
-
-
 class BudgetExceeded(FanfoldError):
     """A run or task budget (tokens, wall time) is spent; never retried."""
 

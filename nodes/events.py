@@ -17,8 +17,6 @@ from fanfold.nodes.domain import SubagentResult, Task
 EVENT_KEY = "fanfold"
 """Every Fanfold custom stream event is a dict with this key naming the event."""
 
-EventName = Literal["plan_ready", "task_started", "task_finished"]
-
 
 class PlanReady(TypedDict):
     """The plan is validated: how many tasks, in how many generations."""

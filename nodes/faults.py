@@ -14,14 +14,6 @@ FaultKind = Literal["rate_limited", "server_error", "timeout", "connection", "ma
 """A transient fault: `rate_limited` (429), `server_error` (5xx, 408, 409),
 `timeout`, `connection` (refused, reset, dropped), `malformed` (a broken body or stream)."""
 
-FAULT_KINDS: tuple[FaultKind, ...] = (
-    "rate_limited",
-    "server_error",
-    "timeout",
-    "connection",
-    "malformed",
-)
-
 BACKOFF_BASE_S = 0.25
 BACKOFF_CAP_S = 8.0
 RETRY_AFTER_CAP_S = 60.0

@@ -26,11 +26,11 @@ from fanfold.nodes.dispatch import (
     SUBAGENT,
     Dispatch,
     dispatch_path_map,
-    ready_tasks,
 )
 from fanfold.nodes.domain import ErrorInfo, Plan, SubagentResult, Task, Usage
-from fanfold.nodes.errors import MaxStepsExceeded, PlanError, TaskFailedError
+from fanfold.nodes.errors import PlanError, TaskFailedError
 from fanfold.nodes.kinds import BUILTIN_KINDS
+from fanfold.nodes.ledger import Ledger
 from fanfold.nodes.planner import planner
 from fanfold.nodes.reducer import reducer
 from fanfold.nodes.report import report
@@ -229,11 +229,11 @@ DISPATCH_PLAN = Plan.model_validate(
 
 def test_ready_tasks() -> None:
     plan = DISPATCH_PLAN
-    assert [t.id for t in ready_tasks(plan, [])] == ["t1", "t3"]
-    assert [t.id for t in ready_tasks(plan, [_ok("t1")])] == ["t2", "t3"]
-    assert [t.id for t in ready_tasks(plan, [_ok("t1"), _ok("t3")])] == ["t2", "t4"]
+    assert [t.id for t in Ledger(plan, []).take_ready()] == ["t1", "t3"]
+    assert [t.id for t in Ledger(plan, [_ok("t1")]).take_ready()] == ["t2", "t3"]
+    assert [t.id for t in Ledger(plan, [_ok("t1"), _ok("t3")]).take_ready()] == ["t2", "t4"]
     # A failed dependency never makes a task ready.
-    assert [t.id for t in ready_tasks(plan, [_failed("t1"), _ok("t3")])] == []
+    assert [t.id for t in Ledger(plan, [_failed("t1"), _ok("t3")]).take_ready()] == []
 
 
 async def test_dispatch_sends_ready_tasks_with_their_inputs_and_timeouts() -> None:
@@ -486,7 +486,7 @@ async def test_act_stops_at_max_steps_without_calling_the_model() -> None:
     state = await _briefed(Task(id="t1", description="x"), rt)
     out = await act({**state, "steps": 3}, rt)
     assert out["error"] is not None
-    assert out["error"].type == MaxStepsExceeded.__name__
+    assert out["error"].type == "MaxStepsExceeded"
     assert "max_steps=3" in out["error"].message
     assert model.recorder.calls == {}
 

@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.llmock_server import run_llmock
+
 ROOT = Path(__file__).resolve().parent.parent
 LANGGRAPH = Path(sys.executable).parent / "langgraph"
 STARTUP_S = 90.0
@@ -96,7 +98,7 @@ def _run(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
     thread = client.post("/threads", json={})
     thread.raise_for_status()
     resp = client.post(f"/threads/{thread.json()['thread_id']}/runs/wait", json=body)
-    resp.raise_for_status()
+    assert resp.status_code == 200, resp.text
     out: dict[str, Any] = resp.json()
     assert "__error__" not in out, out
     return out
@@ -243,3 +245,67 @@ def test_a_second_run_on_a_thread_plans_its_own_request(server: httpx.Client) ->
     assert [t["description"] for t in second["plan"]["tasks"][:3]] == ["alpha", "beta", "gamma"]
     assert [r["task_id"] for r in second["results"]] == [t["id"] for t in second["plan"]["tasks"]]
     assert "alpha" in second["answer"] and "tea" not in second["answer"]
+
+
+EIGHT = "alpha, beta, gamma, delta, epsilon, zeta, eta, theta"
+"""The demo model plans eight parallel tasks (then a comparison and a report)."""
+
+
+def test_max_concurrency_in_the_context_alone_bounds_subagents(server: httpx.Client) -> None:
+    # What Studio's context form sets. Each task makes two 0.3 s model calls; eight at
+    # once under a limit of 2 take four rounds (~2.4 s). Were the limit only on model
+    # calls, all eight would start at once and their 1 s timeouts would run while they
+    # waited for a call slot (as they did before the run's setting bounded subagents).
+    context = {"model": "demo:latency=0.3", "max_concurrency": 2, "task_timeout_s": 1.0}
+    out = _run(
+        server,
+        {"assistant_id": "orchestrator", "input": {"request": EIGHT}, "context": context},
+    )
+    assert len(out["results"]) == 10
+    assert {r["status"] for r in out["results"]} == {"ok"}, out["results"]
+    assert out["metrics"]["peak_concurrency"] == 2
+
+
+def test_max_concurrency_under_configurable_is_not_ignored(server: httpx.Client) -> None:
+    # LangGraph itself ignores it there (the server refuses configurable with a
+    # context, so this run has none: the demo model, every default).
+    out = _run(
+        server,
+        {
+            "assistant_id": "orchestrator",
+            "input": {"request": EIGHT},
+            "config": {"configurable": {"max_concurrency": 3}},
+        },
+    )
+    assert {r["status"] for r in out["results"]} == {"ok"}
+    assert out["metrics"]["peak_concurrency"] == 3
+
+
+def test_a_bad_setting_in_the_context_is_named(server: httpx.Client) -> None:
+    thread = server.post("/threads", json={}).json()["thread_id"]
+    body = {
+        "assistant_id": "orchestrator",
+        "input": {"request": "tea"},
+        "context": {"max_concurrency": 0},
+    }
+    out = server.post(f"/threads/{thread}/runs/wait", json=body).json()
+    error = out.get("__error__") or {}
+    assert "max_concurrency" in error.get("message", ""), out
+    assert "integer >= 1" in error["message"]
+
+
+def test_a_model_that_answers_in_prose_shows_its_reply_in_the_error(
+    server: httpx.Client,
+) -> None:
+    prose = "I would rather not make a plan today; ask me about tea instead."
+    with run_llmock(reply=prose, tool_mode="off") as llm:
+        thread = server.post("/threads", json={}).json()["thread_id"]
+        body = {
+            "assistant_id": "orchestrator",
+            "input": {"request": "tea and coffee"},
+            "context": {"model": f"openai:mock@{llm.base_url}", "max_retries": 0},
+        }
+        out = server.post(f"/threads/{thread}/runs/wait", json=body).json()
+    error = out.get("__error__") or {}
+    assert error.get("error") == "PlanError", out
+    assert prose in error["message"]  # not "An internal error occurred"
