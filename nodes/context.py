@@ -13,6 +13,7 @@ caches are in its `RunScope` (`fanfold.nodes.scope`).
 
 from __future__ import annotations
 
+import importlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,8 +96,17 @@ OptionalModelRef = Annotated[
     WithJsonSchema({"type": ["string", "null"], "description": "model spec; null: `model`"}),
 ]
 ToolList = Annotated[
-    list[BaseTool], WithJsonSchema({"type": "array", "description": "extra tools (Python only)"})
+    list[BaseTool | str],
+    WithJsonSchema(
+        {
+            "type": "array",
+            "items": {"type": "string", "pattern": "^[\\w.]+:[\\w.]+$"},
+            "description": "extra tools by import path, `package.module:name` (a tool or a "
+            "list of tools); Python callers may also pass tool objects",
+        }
+    ),
 ]
+_TOOL_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 RegistryRef = Annotated[
     ToolRegistry | None, WithJsonSchema({"type": "null", "description": "Python only"})
 ]
@@ -171,8 +181,12 @@ class RunSettings(BaseModel):
     workspace: Annotated[str | None, Flag("--workspace", "DIR")] = None
     """A folder the workspace file tools (list, read, grep, write) are confined to;
     null: no file tools."""
-    tools: ToolList = Field(default_factory=list)
-    """Extra tools, added to the built-ins (same name: yours wins). Python only."""
+    tools: Annotated[ToolList, Flag("--tools", "MODULE:NAME,...", form="list")] = Field(
+        default_factory=list
+    )
+    """Extra tools, added to the built-ins (same name: yours wins): tool objects, or import
+    paths `package.module:name` naming a tool or a list of tools, imported where the run
+    executes (so they survive JSON: a saved, resumed or remote run finds them again)."""
     kinds: list[AgentKind] = Field(default_factory=list)
     """Extra agent kinds, added to the built-ins (same name: yours wins)."""
     tool_registry: RegistryRef = None
@@ -196,6 +210,15 @@ class RunSettings(BaseModel):
     @classmethod
     def _policy(cls, value: str) -> str:
         return check_policy(value)
+
+    @field_validator("tools")
+    @classmethod
+    def _tool_specs(cls, value: list[BaseTool | str]) -> list[BaseTool | str]:
+        for item in value:
+            if isinstance(item, str) and not _TOOL_SPEC.match(item):
+                msg = f"`{item}` is not an import path `package.module:name`"
+                raise ValueError(msg)
+        return value
 
     @field_validator("workspace")
     @classmethod
@@ -221,8 +244,10 @@ class RunSettings(BaseModel):
         """
         out: dict[str, Any] = {}
         for name, value in self:
-            if name in ("tools", "tool_registry") or isinstance(value, BaseChatModel):
+            if name == "tool_registry" or isinstance(value, BaseChatModel):
                 continue
+            if name == "tools":
+                value = [t for t in value if isinstance(t, str)]  # objects stay in process
             if name == "kinds":
                 value = [
                     k.model_dump(mode="json")
@@ -250,10 +275,35 @@ def build_registry(settings: RunSettings) -> ToolRegistry:
     A layer over a shared `tool_registry`, so the shared one keeps its cache.
     """
     base = settings.tool_registry if settings.tool_registry is not None else default_registry()
-    extra = list(settings.tools)
+    extra = [tool for item in settings.tools for tool in _tools_of(item)]
     if settings.workspace is not None:
         extra = make_workspace_tools(settings.workspace) + extra
     return base.merged(extra) if extra else base
+
+
+def _tools_of(item: BaseTool | str) -> list[BaseTool]:
+    """Return the tools a `tools` entry stands for (an import path is imported here).
+
+    Raises:
+        SettingsError: the path does not import, or names no tool.
+    """
+    if isinstance(item, BaseTool):
+        return [item]
+    module_name, _, attr = item.partition(":")
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as exc:
+        raise _tool_problem(item, f"an importable tool ({type(exc).__name__}: {exc})") from None
+    tools = list(found) if isinstance(found, list | tuple) else [found]
+    if not tools or not all(isinstance(t, BaseTool) for t in tools):
+        raise _tool_problem(item, "an import path of a LangChain tool or a list of tools")
+    return tools
+
+
+def _tool_problem(item: str, what: str) -> SettingsError:
+    return SettingsError([SettingProblem("tools", flag_of("tools"), what, item)])
 
 
 def flag_of(name: str) -> Flag | None:
@@ -310,7 +360,7 @@ _WORDS_BY_NAME = {
     "model": f"a model spec ({SPEC_FORMS}) or a chat model",
     "planner_model": f"a model spec ({SPEC_FORMS}), a chat model or none",
     "policy": "one of settle, fail_fast or quorum:K (K >= 1)",
-    "tools": "a list of LangChain tools",
+    "tools": "a list of LangChain tools or import paths `package.module:name`",
     "kinds": "a list of agent kinds (AgentKind, or dicts with name and system_prompt)",
     "perspectives": "a non-empty list of agent kind names",
     "tool_registry": "a ToolRegistry or none",

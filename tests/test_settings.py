@@ -104,7 +104,7 @@ def test_to_json_round_trips_and_keeps_only_plain_values() -> None:
         max_total_tokens=500,
     )
     saved = s.to_json()
-    assert "planner_model" not in saved and "tools" not in saved
+    assert "planner_model" not in saved and saved["tools"] == []
     assert [k["name"] for k in saved["kinds"]] == ["poet"]  # the object-backed kind is not JSON
     again = RunSettings(**saved)
     assert again.to_json() == {**saved, "planner_model": None}  # the object is not saved
@@ -135,7 +135,7 @@ def test_every_setting_a_cli_user_may_want_has_a_flag() -> None:
         "perspectives",
     ):
         assert name in flags, name
-    python_only = {"tools", "kinds", "tool_registry"}
+    python_only = {"kinds", "tool_registry"}
     assert set(RunSettings.model_fields) - set(flags) == python_only
     assert len({f.name for f in flags.values()}) == len(flags)  # no flag twice
 
@@ -204,3 +204,29 @@ def test_the_readme_settings_table_is_the_declaration() -> None:
     flags = {name: flag.name for name, flag in setting_flags().items()}
     assert [name for name, _ in rows] == list(RunSettings.model_fields)  # every one, in order
     assert {name: flag for name, flag in rows if flag} == flags
+
+
+async def test_tools_named_by_import_path_survive_json_and_are_imported_at_run_time() -> None:
+    model = TaskScriptedModel(
+        scripts={"a": TaskScript(latency=0, call=("calculator", {"expression": "6 * 7"}))}
+    )
+    s = RunSettings(model=model, tools=["fanfold.tools.builtins:calculator"], start_jitter_s=0)
+    assert s.to_json()["tools"] == ["fanfold.tools.builtins:calculator"]
+    plan = Plan(tasks=[Task(id="a", description="x", tools=["calculator"])])
+    out = await arun("", settings=s, plan=plan)
+    assert out.results[0].status == "ok" and "42" in out.results[0].output
+    listed = RunSettings(tools=["fanfold.tools.builtins:BUILTIN_TOOLS"])
+    assert listed.tools == ["fanfold.tools.builtins:BUILTIN_TOOLS"]
+
+
+async def test_a_bad_tool_path_is_named() -> None:
+    with pytest.raises(SettingsError, match="import paths `package.module:name`"):
+        RunSettings(tools=["no colon here"])
+    s = RunSettings(tools=["fanfold.tools.builtins:nothing_here"])
+    with pytest.raises(SettingsError) as info:
+        await arun("x", settings=s)
+    assert "`tools` must be an importable tool (AttributeError" in str(info.value)
+    assert info.value.for_cli().startswith("--tools must be")
+    s = RunSettings(tools=["fanfold.tools.builtins:evaluate"])  # a function, not a tool
+    with pytest.raises(SettingsError, match="a LangChain tool or a list of tools"):
+        await arun("x", settings=s)
