@@ -11,6 +11,7 @@ the right scope, whoever calls them, and no scope outlives its run.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Generic
 
 from langchain_core.runnables import RunnableConfig
@@ -52,7 +53,7 @@ class ScopedGraph(CompiledStateGraph[StateT, ContextT, InputT, OutputT]):
         *,
         control: RunControl | None = None,
         **kwargs: Any,
-    ) -> Any:
+    ) -> AsyncIterator[Any]:
         """Stream a run (see `CompiledStateGraph.astream`), under its own run scope."""
         check_config(config)
         return super().astream(input, config, control=run_control(control), **kwargs)
@@ -64,7 +65,7 @@ class ScopedGraph(CompiledStateGraph[StateT, ContextT, InputT, OutputT]):
         *,
         control: RunControl | None = None,
         **kwargs: Any,
-    ) -> Any:
+    ) -> Iterator[Any]:
         """Stream a run (see `CompiledStateGraph.stream`), under its own run scope."""
         check_config(config)
         return super().stream(input, config, control=run_control(control), **kwargs)
