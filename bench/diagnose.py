@@ -120,10 +120,6 @@ async def stream_cost(n: int, mc: int) -> None:
     """Fanfold's `arun` (astream, subgraphs=True, custom+values) against `ainvoke`."""
     from fanfold import RunSettings
     from fanfold.nodes.domain import Plan
-    from fanfold.nodes.state import OrchestratorInput
-
-    # The input key of a given plan (renamed while issue 3 was being built).
-    key = "given_plan" if "given_plan" in OrchestratorInput.__annotations__ else "plan"
 
     bench = Bench("fanfold")
     await bench.warm_up()
@@ -137,7 +133,7 @@ async def stream_cost(n: int, mc: int) -> None:
             model=bench.model, tools=tools, max_concurrency=mc, task_timeout_s=None, max_tasks=n
         )
         state = await graph.ainvoke(
-            {"request": "", key: plan}, settings.as_config(), context=settings
+            {"request": "", "given_plan": plan}, settings.as_config(), context=settings
         )
         return fanfold_impl.answers_of(state["results"])
 

@@ -1,4 +1,4 @@
-"""Target 6 of issue 6: model calls over real HTTP to a local OpenAI-compatible server.
+"""Target 6: model calls over real HTTP to a local OpenAI-compatible server.
 
     python bench/http_bench.py                       # 1000 calls, mc=50, 20 ms, best of 2
     python bench/http_bench.py --n 300 --best-of 1 --impls httpx httpx2 chatopenai fanfold

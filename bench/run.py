@@ -1,4 +1,4 @@
-"""Run the benchmarks of issue 6 and print a table of figures, ratios and targets.
+"""Run the benchmarks and print a table of figures, ratios and targets.
 
     python bench/run.py --quick     # under 2 minutes
     python bench/run.py             # the full run, under 15 minutes
@@ -198,7 +198,7 @@ def _row(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any]:
 
 
 def targets(data: dict[str, Any], plan: dict[str, Any]) -> list[dict[str, Any]]:
-    """Return each target of the issue with its measured figure and PASS/MISS."""
+    """Return each target with its measured figure and PASS/MISS."""
     out: list[dict[str, Any]] = []
 
     def add(tid: str, what: str, detail: str, value: float | None, goal: str, ok: bool | None):
@@ -434,7 +434,7 @@ def report(doc: dict[str, Any]) -> str:
             f"{m['langchain_core']}, git {m['git']}; load average {m['load_before']} before, "
             f"{doc['load_after']} after; took {doc['elapsed_s']:.0f} s",
             "",
-            "## Targets (issue 6)",
+            "## Targets",
             "",
             table(["#", "target", "measured", "ratio / value", "goal", "verdict"], target_rows),
             "",
