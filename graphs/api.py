@@ -46,7 +46,11 @@ class RunOutput(BaseModel):
 ApprovalHandler = Callable[[Plan], Any]
 """Called with the plan when `approve_plan` is set; returns (or awaits to) a decision:
 `"accept"`, `"reject"`, `{"action": "reject", "reason": ...}`,
-`{"action": "edit", "tasks": [...]}` or a `Plan`."""
+`{"action": "edit", "tasks": [...]}` or a `Plan`.
+
+A handler that names a `problems` parameter (give it a default, e.g.
+`def review(plan, problems=()): ...`) is also told why its last decision was
+refused: a list of reasons (an edit that is not a valid plan), empty on the first ask."""
 
 
 @functools.cache
@@ -103,11 +107,7 @@ async def arun(
         inputs["given_plan"] = plan
     try:
         out = await _stream(graph, inputs, settings, run_config, on_event)
-        while on_approval is not None and (pending := await _pending_plan(graph, run_config)):
-            decision = on_approval(pending)
-            if inspect.isawaitable(decision):
-                decision = await decision
-            out = await _stream(graph, Command(resume=decision), settings, run_config, on_event)
+        out = await _approve(graph, out, settings, run_config, on_event, on_approval)
     finally:
         if own_graph and graph.checkpointer:
             # The default graph's in-memory checkpoints are this run's alone: drop them.
@@ -133,16 +133,54 @@ async def _delete_thread(graph: Orchestrator, thread_id: str) -> None:
         await saver.adelete_thread(thread_id)
 
 
-async def _pending_plan(graph: Orchestrator, config: RunnableConfig) -> Plan | None:
-    """Return the plan an approval interrupt is waiting on, if the run is paused there."""
+async def _pending_plan(
+    graph: Orchestrator, config: RunnableConfig
+) -> tuple[Plan, list[str]] | None:
+    """Return the plan an approval interrupt waits on, if any, and why it was asked again.
+
+    The reasons are why the last decision was refused (empty on the first ask).
+    """
     if not graph.checkpointer:
         return None
     snapshot = await graph.aget_state(config)
     for pending in snapshot.interrupts:
         value = pending.value
         if isinstance(value, dict) and "plan" in value:
-            return Plan.model_validate(value["plan"])
+            problems = value.get("problems") or []
+            return Plan.model_validate(value["plan"]), [str(p) for p in problems]
     return None
+
+
+def _takes_problems(handler: ApprovalHandler) -> bool:
+    try:
+        parameter = inspect.signature(handler).parameters.get("problems")
+    except (TypeError, ValueError):  # a builtin or C callable: no signature to read
+        return False
+    return parameter is not None and parameter.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+    )
+
+
+async def _approve(
+    graph: Orchestrator,
+    out: RunOutput,
+    settings: RunSettings,
+    config: RunnableConfig,
+    on_event: EventHandler | None,
+    on_approval: ApprovalHandler | None,
+) -> RunOutput:
+    """While the run waits on a plan approval, ask `on_approval` and resume with its answer."""
+    while on_approval is not None and (pending := await _pending_plan(graph, config)):
+        plan, problems = pending
+        if _takes_problems(on_approval):
+            decision = cast(Callable[..., Any], on_approval)(plan, problems=problems)
+        else:
+            decision = on_approval(plan)
+        if inspect.isawaitable(decision):
+            decision = await decision
+        out = await _stream(graph, Command(resume=decision), settings, config, on_event)
+    return out
 
 
 async def _stream(
@@ -211,6 +249,7 @@ async def aresume(
     settings: RunSettings | None = None,
     on_event: EventHandler | None = None,
     decision: Any = None,
+    on_approval: ApprovalHandler | None = None,
 ) -> RunOutput:
     """Continue a checkpointed run: only tasks without a saved result run again.
 
@@ -221,6 +260,8 @@ async def aresume(
             limits, policy). Tools and model instances are not saved: pass them.
         on_event: called with each progress event.
         decision: for a run paused at plan approval, the decision to resume with.
+        on_approval: for a run paused at plan approval, asked for the decision (as
+            in `arun`) when `decision` is not given.
 
     Raises:
         KeyError: no run is saved under `thread_id`.
@@ -236,7 +277,8 @@ async def aresume(
     if not snapshot.next:
         return _output(snapshot.values)
     command: Command[Any] | None = Command(resume=decision) if decision is not None else None
-    return await _stream(graph, command, settings, run_config, on_event)
+    out = await _stream(graph, command, settings, run_config, on_event)
+    return await _approve(graph, out, settings, run_config, on_event, on_approval)
 
 
 def run(request: str, **kwargs: Any) -> RunOutput:

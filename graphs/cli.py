@@ -1,27 +1,51 @@
-"""The `fanfold` command: run a request, or the offline demo."""
+"""The `fanfold` command: run a request or a given plan, the offline demo, or resume a run.
+
+Its setting flags come from the `RunSettings` declaration (each field's `Flag`), so a
+setting and its flag are declared once. Every failure is one line on stderr that
+starts with `fanfold: ` and says what to do, never a traceback; `--json` prints one
+document on stdout whatever happens. The exit codes are in `EXIT_CODES`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import difflib
+import importlib.metadata
 import json
+import os
+import sqlite3
 import sys
+import textwrap
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
+from urllib.parse import urlsplit
 
 from langchain_core.runnables import RunnableConfig
+from pydantic import ValidationError
 
 from fanfold.graphs.api import RunOutput, aresume, arun
-from fanfold.graphs.checkpoint import open_checkpointer
+from fanfold.graphs.checkpoint import is_postgres, open_checkpointer
 from fanfold.graphs.orchestrator import Orchestrator, compile_orchestrator
-from fanfold.nodes.context import DEFAULT_MAX_CONCURRENCY, RunSettings, check_policy
-from fanfold.nodes.domain import ErrorInfo, Plan, RunMetrics
-from fanfold.nodes.errors import FanfoldError, PlanError, QuorumUnreachable, TaskFailedError
+from fanfold.nodes.context import Flag, RunSettings, plain_types, requirement, setting_flags
+from fanfold.nodes.domain import ErrorInfo, ErrorType, Plan, RunMetrics, SubagentResult
+from fanfold.nodes.domain import exception_name as _exception_name
+from fanfold.nodes.errors import (
+    PlanError,
+    QuorumUnreachable,
+    SettingProblem,
+    SettingsError,
+    TaskFailedError,
+)
 from fanfold.nodes.events import ProgressEvent
-from fanfold.nodes.models import aclose_models
+from fanfold.nodes.faults import classify
+from fanfold.nodes.models import aclose_models, load_chat_model
 
 DEMO_REQUEST = (
     "Compare asyncio, threads and processes for I/O-bound Python work; "
@@ -30,8 +54,87 @@ DEMO_REQUEST = (
 DEMO_MODEL = "demo:latency=0.2"
 
 EXIT_OK = 0
-EXIT_TASK_FAILED = 1
+EXIT_RUN_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_UNREACHABLE = 3
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (EXIT_OK, "the run finished: ok, partial, budget_exceeded or rejected"),
+    (EXIT_RUN_FAILED, "the run failed by policy: fail_fast, or a quorum out of reach"),
+    (EXIT_BAD_INPUT, "bad input: a setting, the plan file, an invalid plan, an unknown thread"),
+    (EXIT_UNREACHABLE, "the model server or the checkpoint database is unreachable"),
+    (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
+    (EXIT_BROKEN_PIPE, "stdout was closed early (e.g. piped into `head`)"),
+)
+
+REPLY_SHOWN = 400
+"""How much of a model's reply one error line shows."""
+
+_SETTING = "setting:"
+"""Prefix of the argparse destinations of setting flags (apart from other options)."""
+
+
+class CliFailure(Exception):
+    """A failure the command reports: one line on stderr, and its `--json` document.
+
+    Attributes:
+        kind: the cause (`ErrorInfo.type`).
+        code: the exit code.
+        message: the line, without the `fanfold: ` prefix; it says what to do.
+        detail: the document's `error.message` when it says more than the line.
+        cause: the exception behind it, if any.
+        results: the results that finished before the run stopped.
+    """
+
+    def __init__(
+        self,
+        kind: ErrorType,
+        code: int,
+        message: str,
+        *,
+        detail: str | None = None,
+        cause: BaseException | None = None,
+        results: Sequence[SubagentResult] = (),
+    ) -> None:
+        super().__init__(message)
+        self.kind: ErrorType = kind
+        self.code = code
+        self.message = message
+        self.detail = detail
+        self.cause = cause
+        self.results = list(results)
+
+    def error_info(self) -> ErrorInfo:
+        """Return the failure as the document's `error`."""
+        return ErrorInfo(
+            type=self.kind,
+            message=self.detail or self.message,
+            exception=_exception_name(self.cause) if self.cause is not None else None,
+        )
+
+
+def bad_input(message: str, cause: BaseException | None = None) -> CliFailure:
+    """Return a bad-input failure (exit 2)."""
+    return CliFailure("BadInput", EXIT_BAD_INPUT, message, cause=cause)
+
+
+# --- output ------------------------------------------------------------------------------
+
+
+def _say(text: str, *, end: str = "\n") -> None:
+    """Write a line on stderr; a closed stderr is ignored (there is nowhere to tell)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, end=end, file=sys.stderr, flush=True)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class Progress:
@@ -53,118 +156,15 @@ class Progress:
                 f"finish {event['task_id']} {event['status']} "
                 f"in {event['duration_s']:.2f}s, {event['total_tokens']} tokens"
             )
-        print(f"[{t:7.2f}s] {line}", file=self.stream, flush=True)
-
-
-def _policy(text: str) -> str:
-    try:
-        return check_policy(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _add_run_options(p: argparse.ArgumentParser, *, model: str | None) -> None:
-    p.add_argument("--model", default=model, help=f"model spec (default: {model or 'saved'})")
-    p.add_argument(
-        "--max-concurrency",
-        type=int,
-        default=None,
-        help=f"most subagents at once (default: {DEFAULT_MAX_CONCURRENCY})",
-    )
-    p.add_argument("--task-timeout", type=float, default=None, help="seconds per task")
-    p.add_argument(
-        "--policy",
-        type=_policy,
-        default=None,
-        help="settle (default) | fail_fast | quorum:K",
-    )
-    p.add_argument("--max-retries", type=int, default=None, help="retries per model call")
-    p.add_argument("--rps", type=float, default=None, help="model requests per second, run-wide")
-    p.add_argument("--max-tokens", type=int, default=None, help="token budget of the run")
-    p.add_argument("--max-wall-time", type=float, default=None, help="seconds budget of the run")
-    p.add_argument("--max-task-tokens", type=int, default=None, help="token budget of each task")
-    p.add_argument(
-        "--checkpoint", default=None, help="SQLite file or postgresql:// URL to checkpoint to"
-    )
-    p.add_argument("--max-rounds", type=int, default=None, help="planning rounds (1: no replan)")
-    p.add_argument("--max-depth", type=int, default=None, help="delegation depth (1: none)")
-    p.add_argument("--workspace", default=None, help="folder the file tools are confined to")
-    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    p.add_argument(
-        "--approve",
-        action="store_true",
-        help="show the plan and ask on stdin: [a]ccept, [r]eject [reason], [e]dit FILE.json",
-    )
-
-
-def _ask_approval(plan: Plan) -> Any:
-    """Show the plan on stderr and read a decision from stdin."""
-    print("plan:", file=sys.stderr)
-    for t in plan.tasks:
-        deps = f" <- {', '.join(t.depends_on)}" if t.depends_on else ""
-        print(f"  {t.id} ({t.kind}): {t.description}{deps}", file=sys.stderr)
-    print("accept, reject [reason] or edit FILE.json? ", end="", file=sys.stderr, flush=True)
-    line = sys.stdin.readline()
-    if not line:
-        return {"action": "reject", "reason": "no answer on stdin"}
-    word, _, rest = line.strip().partition(" ")
-    if word in ("a", "accept", "y", "yes"):
-        return "accept"
-    if word in ("r", "reject", "n", "no"):
-        return {"action": "reject", "reason": rest.strip() or "rejected"}
-    if word in ("e", "edit") and rest.strip():
-        data = json.loads(Path(rest.strip()).read_text(encoding="utf-8"))
-        return {"action": "edit", "plan": data if "tasks" in data else {"tasks": data}}
-    return {"action": "unknown", "answer": line.strip()}  # asked again, with the problem
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fanfold", description="Run many LLM subagents in parallel on LangGraph."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    run_p = sub.add_parser("run", help="plan a request, run its tasks in parallel, answer")
-    run_p.add_argument("request", help="what to do, in words")
-    demo_p = sub.add_parser("demo", help="run a built-in request on the offline demo model")
-    resume_p = sub.add_parser("resume", help="continue a checkpointed run")
-    resume_p.add_argument("thread_id", help="the run's thread id")
-    for p, model in ((run_p, "demo"), (demo_p, DEMO_MODEL)):
-        _add_run_options(p, model=model)
-        p.add_argument("--thread-id", default=None, help="thread id of a checkpointed run")
-    _add_run_options(resume_p, model=None)
-    return parser
-
-
-_SETTING_FLAGS = {
-    "model": "model",
-    "max_concurrency": "max_concurrency",
-    "task_timeout": "task_timeout_s",
-    "policy": "policy",
-    "max_retries": "max_retries",
-    "rps": "requests_per_second",
-    "max_tokens": "max_total_tokens",
-    "max_wall_time": "max_wall_time_s",
-    "max_task_tokens": "max_task_tokens",
-    "max_rounds": "max_rounds",
-    "max_depth": "max_depth",
-    "workspace": "workspace",
-}
-
-
-def _settings(args: argparse.Namespace, base: dict[str, Any] | None = None) -> RunSettings:
-    """Return settings from `base` (a saved run's) with every flag given on top."""
-    kwargs = dict(base or {})
-    if getattr(args, "approve", False):
-        kwargs["approve_plan"] = True
-    for flag, field_name in _SETTING_FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            kwargs[field_name] = value
-    return RunSettings(**kwargs)
+        with contextlib.suppress(OSError, ValueError):
+            print(f"[{t:7.2f}s] {line}", file=self.stream, flush=True)
 
 
 def _print_human(out: RunOutput, stream: TextIO) -> None:
-    print(out.answer, file=stream)
+    if out.status == "rejected" and out.error is not None:
+        print(f"plan rejected: {out.error.message}", file=stream)
+    else:
+        print(out.answer, file=stream)
     print("", file=stream)
     for r in out.results:
         why = f"  ({r.error.type}: {r.error.message})" if r.error else ""
@@ -182,88 +182,848 @@ def _print_human(out: RunOutput, stream: TextIO) -> None:
     )
 
 
-async def _main(args: argparse.Namespace) -> int:
-    if args.command == "resume" and not args.checkpoint:
-        raise ValueError("`fanfold resume` needs --checkpoint (the run's SQLite file or URL)")
-    if args.checkpoint:
-        async with open_checkpointer(args.checkpoint) as saver:
-            graph = compile_orchestrator(checkpointer=saver)
-            return await _execute(args, graph)
-    return await _execute(args, None)
+def _print_document(out: RunOutput) -> None:
+    print(json.dumps(out.model_dump(mode="json"), indent=2), flush=True)
 
 
-async def _execute(args: argparse.Namespace, graph: Orchestrator | None) -> int:
-    progress = Progress(sys.stderr)
-    try:
-        if args.command == "resume":
-            assert graph is not None
-            saved = await graph.aget_state({"configurable": {"thread_id": args.thread_id}})
-            settings = _settings(args, saved.values.get("settings") if saved.values else None)
-            _announce(settings, args.thread_id)
-            out = await aresume(args.thread_id, graph=graph, settings=settings, on_event=progress)
-        else:
-            settings = _settings(args)
-            request = args.request if args.command == "run" else DEMO_REQUEST
-            config: RunnableConfig = {}
-            thread_id = args.thread_id
-            if graph is not None:
-                thread_id = thread_id or uuid.uuid4().hex
-                config = {"configurable": {"thread_id": thread_id}}
-            _announce(settings, thread_id)
-            out = await arun(
-                request,
-                settings=settings,
-                graph=graph,
-                config=config,
-                on_event=progress,
-                on_approval=_ask_approval if settings.approve_plan else None,
-            )
-        code = EXIT_OK
-    except (TaskFailedError, QuorumUnreachable) as exc:
-        out = RunOutput(
-            status="failed",
-            results=exc.results,
-            metrics=RunMetrics(tasks=len(exc.results)),
-            error=ErrorInfo.of(
-                "TaskFailed" if isinstance(exc, TaskFailedError) else "QuorumUnreachable", exc
-            ),
-        )
-        code = EXIT_TASK_FAILED
-        print(f"fanfold: {exc}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(out.model_dump(mode="json"), indent=2))
+def _report(out: RunOutput, *, as_json: bool) -> int:
+    """Print a finished run's output; return its exit code."""
+    if out.status == "rejected" and out.error is not None:
+        _say(f"plan rejected: {out.error.message}")
+    if as_json:
+        _print_document(out)
     else:
         _print_human(out, sys.stdout)
-    return code
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+def _report_failure(failure: CliFailure, *, as_json: bool) -> int:
+    """Print a failure: one line on stderr, and the document (or the results) on stdout."""
+    _say(f"fanfold: {_one_line(failure.message)}")
+    out = RunOutput(
+        status="failed",
+        results=failure.results,
+        metrics=RunMetrics(tasks=len(failure.results)),
+        error=failure.error_info(),
+    )
+    if as_json:
+        _print_document(out)
+    elif failure.results:
+        _print_human(out, sys.stdout)
+        sys.stdout.flush()
+    return failure.code
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush finds no broken pipe."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+# --- the parser, from the RunSettings declaration ----------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (a `CliFailure`, exit 2)."""
+
+    argv: Sequence[str] = ()
+
+    def error(self, message: str) -> NoReturn:
+        """Report a usage error in one line."""
+        if "required: command" in message.lower():
+            message = "name a command: run, resume or demo"
+        elif message.startswith("unrecognized arguments:"):
+            message = _with_suggestions(self, message)
+        raise bad_input(f"{message}; see `{self._help_command()} --help`")
+
+    def _help_command(self) -> str:
+        # Unknown arguments are found by the top-level parser: point at the command's help.
+        if self.prog == "fanfold":
+            command = next((a for a in self.argv if a in ("run", "resume", "demo")), None)
+            if command is not None:
+                return f"fanfold {command}"
+        return self.prog
+
+
+def _options(parser: argparse.ArgumentParser) -> list[str]:
+    """Every option string of a parser and of its sub-commands."""
+    found: list[str] = []
+    for action in parser._actions:
+        found.extend(s for s in action.option_strings if s.startswith("--"))
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found.extend(_options(sub))
+    return sorted(set(found))
+
+
+def _with_suggestions(parser: argparse.ArgumentParser, message: str) -> str:
+    known = _options(parser)
+    hints = []
+    for word in message.removeprefix("unrecognized arguments:").split():
+        if word.startswith("--"):
+            close = difflib.get_close_matches(word.partition("=")[0], known, n=1)
+            if close:
+                hints.append(f"{word}: did you mean {close[0]}?")
+    return message + (f" ({'; '.join(hints)})" if hints else "")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("fanfold")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout
+        return "unknown"
+
+
+def _epilog() -> str:
+    lines = ["exit codes:"] + [f"  {code:<4} {what}" for code, what in EXIT_CODES]
+    return "\n".join(lines)
+
+
+def _default_text(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser, defaults: dict[str, Any] | None) -> None:
+    """Add a flag for every setting that declares one.
+
+    `defaults`: what `--help` shows as a setting's default where it differs from the
+    declaration's; None: every default is the saved run's (`resume`).
+    """
+    group = parser.add_argument_group("run settings (each also a RunSettings field)")
+    for name, flag in setting_flags().items():
+        info = RunSettings.model_fields[name]
+        if defaults is None:
+            default = "the saved run's"
+        elif name in defaults:
+            default = _default_text(defaults[name])
+        else:
+            default = _default_text(info.get_default(call_default_factory=True))
+        # The declaration speaks JSON (`null`); the command line says `none`.
+        text = _one_line(info.description or name).replace("null", "none")
+        help_text = f"{text} (default: {default})".replace("%", "%%")
+        if flag.form == "switch":
+            group.add_argument(
+                flag.name,
+                dest=_SETTING + name,
+                action="store_const",
+                const=True,
+                default=None,
+                help=help_text,
+            )
+        else:
+            group.add_argument(
+                flag.name, dest=_SETTING + name, metavar=flag.metavar, default=None, help=help_text
+            )
+
+
+def _add_output_flags(parser: argparse.ArgumentParser, *, resume: bool) -> None:
+    group = parser.add_argument_group("output and durability")
+    group.add_argument(
+        "--json", action="store_true", help="print one JSON document on stdout, whatever happens"
+    )
+    group.add_argument(
+        "--checkpoint",
+        metavar="FILE|postgresql://...",
+        required=resume,
+        default=None,
+        help=(
+            "the SQLite file or PostgreSQL URL the run was saved to"
+            if resume
+            else "save the run to a SQLite file (created if missing) or a PostgreSQL URL, "
+            "so `fanfold resume` can continue it"
+        ),
+    )
+    if not resume:
+        group.add_argument(
+            "--thread-id",
+            metavar="ID",
+            default=None,
+            help="the run's thread id in the checkpoint (default: a new random one)",
+        )
+
+
+def build_parser() -> _Parser:
+    """Return the `fanfold` parser: its setting flags come from `RunSettings`."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(
+        prog="fanfold",
+        description="Run many LLM subagents in parallel on LangGraph.",
+        epilog=_epilog(),
+        formatter_class=formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"fanfold {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run_p = sub.add_parser(
+        "run",
+        help="plan a request (or take a plan), run its tasks in parallel, answer",
+        description=textwrap.fill(
+            "Plan a request, run its tasks in parallel, write the answer. With --plan FILE "
+            "the plan is given (a JSON task list or plan) and no planner runs."
+        ),
+        epilog=_epilog(),
+        formatter_class=formatter,
+    )
+    run_p.add_argument(
+        "request", nargs="?", default=None, help="what to do, in words (optional with --plan)"
+    )
+    run_p.add_argument(
+        "--plan",
+        metavar="FILE.json",
+        default=None,
+        help='run this plan without the planner: a JSON task list, or {"tasks": [...], '
+        '"rationale": "..."}; a task is {"id", "description", "kind", "depends_on", '
+        '"tools", "timeout_s"} or just a description',
+    )
+    demo_p = sub.add_parser(
+        "demo",
+        help="run a built-in request on the offline demo model",
+        description="Run a built-in request on the offline demo model (no API key).",
+        epilog=_epilog(),
+        formatter_class=formatter,
+    )
+    resume_p = sub.add_parser(
+        "resume",
+        help="continue a checkpointed run",
+        description=textwrap.fill(
+            "Continue a checkpointed run: the plan and every saved result are kept, only "
+            "tasks without a saved result run again. The run's saved settings are used; "
+            "flags given here override them."
+        ),
+        epilog=_epilog(),
+        formatter_class=formatter,
+    )
+    resume_p.add_argument("thread_id", metavar="THREAD_ID", help="the run's thread id")
+    _add_setting_flags(run_p, {})
+    _add_output_flags(run_p, resume=False)
+    _add_setting_flags(demo_p, {"model": DEMO_MODEL})
+    _add_output_flags(demo_p, resume=False)
+    _add_setting_flags(resume_p, None)
+    _add_output_flags(resume_p, resume=True)
+    return parser
+
+
+# --- flags to settings -----------------------------------------------------------------
+
+
+def _convert(name: str, flag: Flag, value: Any) -> Any:
+    """Turn a flag's text into its setting's type; RunSettings checks the value.
+
+    Raises:
+        ValueError: the text is not of the setting's type.
+    """
+    if flag.form == "switch":
+        return True
+    text = str(value).strip()
+    if flag.form == "list":
+        return [item.strip() for item in text.split(",") if item.strip()]
+    types = set(plain_types(RunSettings.model_fields[name].annotation))
+    if type(None) in types and text.lower() in ("none", "null"):
+        return None
+    if int in types:
+        return int(text)
+    if float in types:
+        return float(text)
+    return text
+
+
+@dataclass
+class Overrides:
+    """The settings given as flags: converted values, and flags whose text did not convert."""
+
+    values: dict[str, Any]
+    problems: list[SettingProblem]
+
+
+def setting_overrides(args: argparse.Namespace) -> Overrides:
+    """Return the settings given as flags, converted to their types."""
+    out = Overrides({}, [])
+    for name, flag in setting_flags().items():
+        value = getattr(args, _SETTING + name, None)
+        if value is None:
+            continue
+        try:
+            out.values[name] = _convert(name, flag, value)
+        except ValueError:
+            out.problems.append(SettingProblem(name, flag, requirement(name), value))
+    return out
+
+
+def _settings(overrides: Overrides, base: dict[str, Any] | None = None) -> RunSettings:
+    """Return settings from `base` (a saved run's) with the flags given on top.
+
+    Raises:
+        SettingsError: naming every flag that does not convert or that RunSettings refuses.
+    """
+    problems = list(overrides.problems)
+    try:
+        settings = RunSettings(**{**(base or {}), **overrides.values})
+    except SettingsError as exc:
+        problems += exc.problems
+    if problems:
+        order = list(RunSettings.model_fields)
+        problems.sort(key=lambda p: order.index(p.field) if p.field in order else len(order))
+        raise SettingsError(problems)
+    return settings
+
+
+def _check_models(settings: RunSettings) -> None:
+    """Build the run's models now, so a spec that cannot work fails before the run."""
+    for name in ("model", "planner_model"):
+        spec = getattr(settings, name)
+        if isinstance(spec, str):
+            try:
+                load_chat_model(spec)
+            except ValueError as exc:
+                flag = setting_flags()[name].name
+                raise bad_input(f"{flag}: {exc}", exc) from None
+
+
+# --- plan files ------------------------------------------------------------------------
+
+
+def read_plan_json(path: str) -> dict[str, Any]:
+    """Read a plan file: a JSON task list, or a plan object with `tasks`.
+
+    A task given as a string becomes `{"id": "t<position>", "description": ...}`.
+
+    Raises:
+        ValueError: naming the file and what is wrong with it.
+    """
+    where = f"plan file `{path}`"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{where} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"{where} is a folder, not a JSON file") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{where} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {where}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        msg = f"{where} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        raise ValueError(msg) from None
+    shape = 'a JSON task list or a plan object {"tasks": [...]}'
+    if isinstance(data, list):
+        data = {"tasks": data}
+    elif not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
+        raise ValueError(f"{where} must hold {shape}")
+    tasks = [
+        {"id": f"t{i}", "description": t} if isinstance(t, str) else t
+        for i, t in enumerate(data["tasks"], start=1)
+    ]
+    return {**data, "tasks": tasks}
+
+
+def _validation_text(exc: ValidationError, limit: int = 5) -> str:
+    parts = []
+    for e in exc.errors()[:limit]:
+        where = ".".join(str(p) for p in e["loc"])
+        what = str(e["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {what}" if where else what)
+    return "; ".join(parts)
+
+
+def load_plan(path: str) -> Plan:
+    """Read and validate a plan file (its tasks form a DAG).
+
+    Raises:
+        CliFailure: bad input, naming the file and the problem.
+    """
+    try:
+        data = read_plan_json(path)
+    except ValueError as exc:
+        raise bad_input(f"{exc}; see `fanfold run --help`") from None
+    try:
+        return Plan.model_validate(data)
+    except ValidationError as exc:
+        raise bad_input(
+            f"plan file `{path}` is not a valid plan: {_validation_text(exc)}"
+        ) from None
+
+
+# --- plan approval on the terminal -------------------------------------------------------
+
+
+def _is_terminal(stream: TextIO | None) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (OSError, ValueError):
+        return False
+
+
+_ACCEPT = ("a", "accept", "y", "yes")
+_REJECT = ("r", "reject", "n", "no")
+_EDIT = ("e", "edit")
+PROMPT = "accept, reject [reason] or edit FILE.json? "
+
+
+async def _read_line() -> str:
+    """Read a line from stdin without blocking the event loop (or Ctrl-C).
+
+    A daemon thread reads it: if the run is interrupted meanwhile, nothing waits on it.
+    """
+    stdin = sys.stdin
+    if stdin is None:
+        return ""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[str] = loop.create_future()
+
+    def deliver(line: str) -> None:
+        if not answer.done():
+            answer.set_result(line)
+
+    def read() -> None:
+        try:
+            line = stdin.readline()
+        except (OSError, ValueError):
+            line = ""
+        with contextlib.suppress(RuntimeError):  # the loop is gone (interrupted)
+            loop.call_soon_threadsafe(deliver, line)
+
+    threading.Thread(target=read, name="fanfold-stdin", daemon=True).start()
+    return await answer
+
+
+def _problem_text(problem: str) -> str:
+    return problem.removeprefix("Value error, ")  # pydantic's prefix for a validator's error
+
+
+async def ask_approval(plan: Plan, problems: Sequence[str] = ()) -> Any:
+    """Show the plan on stderr and read a decision from stdin.
+
+    `problems`: why the last answer was refused (an edit that is not a valid plan).
+    An answer that is not one, or an edit file that cannot be read, is asked again here
+    with the reason; end of input rejects the plan.
+    """
+    if problems:
+        _say("the edited plan was refused: " + "; ".join(_problem_text(p) for p in problems))
+    _say("plan:")
+    for t in plan.tasks:
+        deps = f" <- {', '.join(t.depends_on)}" if t.depends_on else ""
+        _say(f"  {t.id} ({t.kind}): {t.description}{deps}")
+    echo = not _is_terminal(sys.stdin)
+    while True:
+        _say(PROMPT, end="")
+        try:
+            line = await _read_line()
+        except asyncio.CancelledError:
+            _say("")  # Ctrl-C at the prompt: its message goes on a line of its own
+            raise
+        if not line:
+            _say("")
+            return {"action": "reject", "reason": "no answer on stdin"}
+        if echo:  # a piped answer is not echoed by a terminal: show it after the prompt
+            _say(line.rstrip("\n"))
+        word, _, rest = line.strip().partition(" ")
+        word, rest = word.lower(), rest.strip()
+        if word in _ACCEPT:
+            return "accept"
+        if word in _REJECT:
+            return {"action": "reject", "reason": rest or "rejected"}
+        if word in _EDIT:
+            if not rest:
+                _say("edit needs a file: e FILE.json (a JSON task list or plan)")
+                continue
+            try:
+                return {"action": "edit", "plan": read_plan_json(rest)}
+            except ValueError as exc:
+                _say(f"{exc}; answer again")
+                continue
+        _say(f"`{line.strip()}` is no answer: type a (accept), r [reason] or e FILE.json")
+
+
+# --- running -----------------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    """One command: its arguments, and what the run learnt while it went on.
+
+    Where the run is saved (for the Ctrl-C hint), and whether the plan was edited at
+    approval (so a PlanError is told as the edit's).
+    """
+
+    args: argparse.Namespace
+    thread_id: str | None = None
+    checkpoint: str | None = None
+    settings: RunSettings | None = None
+    edited: bool = False
+
+    async def approve(self, plan: Plan, problems: Sequence[str] = ()) -> Any:
+        """Ask on the terminal (`ask_approval`); remember an edit."""
+        decision = await ask_approval(plan, problems)
+        if isinstance(decision, dict) and decision.get("action") == "edit":
+            self.edited = True
+        return decision
 
 
 def _announce(settings: RunSettings, thread_id: str | None) -> None:
     if isinstance(settings.model, str) and settings.model.startswith("demo"):
-        print(
-            f"model: {settings.model} (offline demo model, not an LLM)", file=sys.stderr, flush=True
-        )
+        _say(f"model: {settings.model} (offline demo model, not an LLM)")
     if thread_id is not None:
-        print(f"thread: {thread_id}", file=sys.stderr, flush=True)
+        _say(f"thread: {thread_id}")
 
 
-async def _main_closing(args: argparse.Namespace) -> int:
+def _shown_location(location: str) -> str:
+    """A checkpoint location as messages show it: a URL's password is left out."""
+    if not is_postgres(location):
+        return location
+    parts = urlsplit(location)
+    if parts.password is None:
+        return location
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _checkpoint_failure(location: str, exc: Exception) -> CliFailure | None:
+    shown = _shown_location(location)
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(exc, psycopg.OperationalError):
+        return CliFailure(
+            "Unreachable",
+            EXIT_UNREACHABLE,
+            f"cannot reach the checkpoint database {shown}: {_one_line(str(exc))}; "
+            "check that PostgreSQL is running and the --checkpoint URL",
+            cause=exc,
+        )
+    if isinstance(exc, sqlite3.OperationalError | OSError):
+        return CliFailure(
+            "Unreachable",
+            EXIT_UNREACHABLE,
+            f"cannot open the checkpoint `{shown}`: {exc}; check the path and its permissions",
+            cause=exc,
+        )
+    if isinstance(exc, sqlite3.DatabaseError):
+        return bad_input(
+            f"`{shown}` is not a SQLite checkpoint ({exc}); give the file a run was saved "
+            "to, or a new file name",
+            exc,
+        )
+    if isinstance(exc, ImportError):
+        return bad_input(str(exc), exc)
+    return None
+
+
+def _check_location(location: str, *, resume: bool) -> None:
+    """Refuse a SQLite location that is a folder, or (resume) a file that does not exist."""
+    if is_postgres(location):
+        return
+    path = Path(location)
+    if resume and not path.exists():
+        raise bad_input(
+            f"checkpoint file `{location}` does not exist; give the file the run was "
+            f"saved to (`fanfold run ... --checkpoint FILE --thread-id ID`)"
+        )
+    if path.is_dir():
+        raise bad_input(
+            f"checkpoint `{location}` is a folder; give a file, e.g. {path / 'runs.sqlite'}"
+        )
+
+
+@contextlib.asynccontextmanager
+async def _orchestrator(
+    location: str | None, *, resume: bool
+) -> AsyncIterator[Orchestrator | None]:
+    """Yield the orchestrator compiled on the checkpoint at `location` (None: no checkpoint).
+
+    For a resume, a SQLite file that does not exist is bad input, and nothing is created.
+    """
+    if location is None:
+        yield None
+        return
+    _check_location(location, resume=resume)
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            saver = await stack.enter_async_context(open_checkpointer(location))
+            setup = getattr(saver, "setup", None)
+            if setup is not None:
+                await setup()  # an unusable file fails here, not in the middle of the run
+        except Exception as exc:
+            failure = _checkpoint_failure(location, exc)
+            if failure is None:
+                raise
+            raise failure from exc
+        yield compile_orchestrator(checkpointer=saver)
+
+
+async def _run_command(session: Session) -> RunOutput:
+    """Run `run` or `demo`: validate every input, then open the checkpoint and run."""
+    args = session.args
+    overrides = setting_overrides(args)
+    if args.command == "demo":
+        overrides.values.setdefault("model", DEMO_MODEL)
+    settings = session.settings = _settings(overrides)
+    plan_file: str | None = getattr(args, "plan", None)
+    plan = load_plan(plan_file) if plan_file is not None else None
+    if args.command == "demo":
+        request = DEMO_REQUEST
+    elif args.request and args.request.strip():
+        request = args.request
+    elif plan is not None:
+        request = plan.rationale or "; ".join(t.description for t in plan.tasks)
+    else:
+        raise bad_input(
+            "`fanfold run` needs a REQUEST (what to do, in words) or --plan FILE.json; "
+            "see `fanfold run --help`"
+        )
+    _check_models(settings)
+    if args.thread_id is not None and args.checkpoint is None:
+        _say(
+            "fanfold: warning: --thread-id without --checkpoint saves nothing, so this run "
+            "cannot be resumed; add --checkpoint FILE.sqlite to save it"
+        )
+    async with _orchestrator(args.checkpoint, resume=False) as graph:
+        config: RunnableConfig = {}
+        thread_id = args.thread_id
+        if graph is not None:
+            thread_id = thread_id or uuid.uuid4().hex
+            config = {"configurable": {"thread_id": thread_id}}
+            session.thread_id, session.checkpoint = thread_id, args.checkpoint
+        _announce(settings, thread_id if graph is not None else None)
+        return await arun(
+            request,
+            settings=settings,
+            plan=plan,
+            graph=graph,
+            config=config,
+            on_event=Progress(sys.stderr),
+            on_approval=session.approve if settings.approve_plan else None,
+        )
+
+
+async def _resume_command(session: Session) -> RunOutput:
+    """Run `resume`: the saved settings, with the flags given on top."""
+    args = session.args
+    overrides = setting_overrides(args)
+    async with _orchestrator(args.checkpoint, resume=True) as graph:
+        assert graph is not None
+        saved = await graph.aget_state({"configurable": {"thread_id": args.thread_id}})
+        if not saved.values:
+            shown = _shown_location(args.checkpoint)
+            raise bad_input(
+                f"no run with thread id `{args.thread_id}` in `{shown}`; the thread id is "
+                "the `thread:` line a checkpointed run prints"
+            )
+        settings = session.settings = _settings(overrides, saved.values.get("settings"))
+        _check_models(settings)
+        session.thread_id, session.checkpoint = args.thread_id, args.checkpoint
+        _announce(settings, args.thread_id)
+        return await aresume(
+            args.thread_id,
+            graph=graph,
+            settings=settings,
+            on_event=Progress(sys.stderr),
+            on_approval=session.approve if settings.approve_plan else None,
+        )
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _server(exc: BaseException) -> str:
+    """Return ` at <scheme://host:port>` for an HTTP error that knows its request."""
+    for e in _chain(exc):
+        try:
+            request = getattr(e, "request", None)
+        except RuntimeError:  # httpx: an error raised without a request
+            request = None
+        url = getattr(request, "url", None)
+        if url is not None:
+            parts = urlsplit(str(url))
+            return f" at {parts.scheme}://{parts.netloc}"
+    return ""
+
+
+def _root_message(exc: BaseException) -> str:
+    """Return the most specific message along an exception's chain."""
+    messages = [str(e) for e in _chain(exc) if str(e)]
+    return messages[-1] if messages else type(exc).__name__
+
+
+def _unreachable(exc: BaseException, settings_hint: str) -> CliFailure | None:
+    """Return an exit-3 failure when the model server or the database could not serve."""
+    psycopg = sys.modules.get("psycopg")
+    for e in _chain(exc):
+        if psycopg is not None and isinstance(e, psycopg.OperationalError):
+            return CliFailure(
+                "Unreachable",
+                EXIT_UNREACHABLE,
+                f"the checkpoint database failed: {_one_line(str(e))}; check that it is running",
+                cause=exc,
+            )
+        kind = classify(e)
+        if kind is None:
+            continue
+        at = _server(e)
+        why = _one_line(_root_message(e))
+        if kind == "connection":
+            message = (
+                f"cannot reach the model server{at}: {why}; check that it is running and the "
+                f"address in --model (or OPENAI_BASE_URL)"
+            )
+        elif kind == "timeout":
+            message = (
+                f"the model server{at} did not answer in time ({why}); check it, or raise "
+                "--request-timeout"
+            )
+        elif kind == "rate_limited":
+            message = (
+                f"the model server{at} kept refusing with 429 (rate limited){settings_hint}: "
+                f"{why}; lower --rps or --max-concurrency, or raise --max-retries"
+            )
+        elif kind == "server_error":
+            message = (
+                f"the model server{at} kept failing{settings_hint}: {why}; try again later, "
+                "or raise --max-retries"
+            )
+        else:
+            message = f"the model server{at} sent broken replies{settings_hint}: {why}"
+        return CliFailure("Unreachable", EXIT_UNREACHABLE, message, cause=e)
+    return None
+
+
+def _refused(exc: BaseException) -> CliFailure | None:
+    """Return an exit-2 failure when the model server refused the request (a 4xx)."""
+    openai = sys.modules.get("openai")
+    if openai is None:
+        return None
+    for e in _chain(exc):
+        if isinstance(e, openai.APIStatusError):
+            return bad_input(
+                f"the model server{_server(e)} refused the request ({e.status_code}: "
+                f"{_one_line(str(e))}); check the model name in --model and OPENAI_API_KEY",
+                e,
+            )
+    return None
+
+
+def _plan_failure(exc: PlanError, session: Session) -> CliFailure:
+    problems = "; ".join(_problem_text(p) for p in exc.problems)
+    plan_file: str | None = getattr(session.args, "plan", None)
+    if session.edited:
+        message = f"the edited plan is still invalid: {problems}; the run did not start"
+        return CliFailure("PlanError", EXIT_BAD_INPUT, message, cause=exc)
+    if exc.raw is not None:
+        reply = f'"{_clip(_one_line(exc.raw), REPLY_SHOWN)}"' if exc.raw.strip() else "nothing"
+        message = (
+            f"the model gave no valid plan: {problems}; it replied {reply}; use a model that "
+            "calls tools or answers with a JSON plan, or give the plan with --plan FILE"
+        )
+    elif plan_file is not None:
+        message = f"the plan in `{plan_file}` is invalid: {problems}; fix the file"
+    else:
+        message = f"invalid plan: {problems}"
+    return CliFailure("PlanError", EXIT_BAD_INPUT, message, detail=str(exc), cause=exc)
+
+
+def failure_of(exc: Exception, session: Session) -> CliFailure:
+    """Describe any exception of a run as the failure the command reports."""
+    if isinstance(exc, CliFailure):
+        return exc
+    if isinstance(exc, SettingsError):
+        return bad_input(exc.for_cli(), exc)
+    if isinstance(exc, PlanError):
+        return _plan_failure(exc, session)
+    if isinstance(exc, TaskFailedError):
+        return CliFailure(
+            "TaskFailed",
+            EXIT_RUN_FAILED,
+            f"{exc}; --policy settle lets the other tasks finish",
+            detail=str(exc),
+            cause=exc,
+            results=exc.results,
+        )
+    if isinstance(exc, QuorumUnreachable):
+        return CliFailure(
+            "QuorumUnreachable",
+            EXIT_RUN_FAILED,
+            f"{exc}; a smaller K in --policy quorum:K, or --policy settle, keeps the results",
+            detail=str(exc),
+            cause=exc,
+            results=exc.results,
+        )
+    retries = session.settings.max_retries if session.settings is not None else None
+    hint = "" if retries is None else f" after {retries} retr{'y' if retries == 1 else 'ies'}"
+    found = _unreachable(exc, hint) or _refused(exc)
+    if found is not None:
+        return found
+    return CliFailure(
+        "TaskError",
+        EXIT_RUN_FAILED,
+        f"unexpected error: {type(exc).__name__}: {_one_line(str(exc))}; "
+        "set FANFOLD_TRACEBACK=1 to see where",
+        cause=exc,
+    )
+
+
+async def _command(session: Session) -> int:
+    as_json: bool = session.args.json
     try:
-        return await _main(args)
+        try:
+            if session.args.command == "resume":
+                out = await _resume_command(session)
+            else:
+                out = await _run_command(session)
+        except BrokenPipeError:
+            raise
+        except Exception as exc:
+            if os.environ.get("FANFOLD_TRACEBACK") and not isinstance(exc, CliFailure):
+                raise
+            return _report_failure(failure_of(exc, session), as_json=as_json)
+        return _report(out, as_json=as_json)
     finally:
         await aclose_models()
 
 
+def _interrupted(session: Session) -> CliFailure:
+    message = "interrupted"
+    if session.thread_id is not None and session.checkpoint is not None:
+        shown = _shown_location(session.checkpoint)
+        message += f"; continue with `fanfold resume {session.thread_id} --checkpoint {shown}`"
+    return CliFailure("RunStopped", EXIT_INTERRUPTED, message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in arguments
     try:
-        return asyncio.run(_main_closing(args))
-    except (PlanError, ValueError, TypeError, KeyError) as exc:
-        print(f"fanfold: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except FanfoldError as exc:  # pragma: no cover - every subclass is handled above
-        print(f"fanfold: {exc}", file=sys.stderr)
-        return EXIT_TASK_FAILED
+        parser = build_parser()
+        parser.argv = arguments
+        try:
+            args = parser.parse_args(arguments)
+        except CliFailure as failure:
+            return _report_failure(failure, as_json=as_json)
+        except SystemExit as exit_:  # --help, --version
+            return exit_.code if isinstance(exit_.code, int) else EXIT_OK
+        session = Session(args)
+        try:
+            return asyncio.run(_command(session))
+        except KeyboardInterrupt:
+            return _report_failure(_interrupted(session), as_json=args.json)
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

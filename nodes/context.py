@@ -334,7 +334,7 @@ def requirement(name: str) -> str:
     kinds: list[str] = []
     bounds: list[str] = []
     optional = False
-    for part in _parts(info.annotation):
+    for part in plain_types(info.annotation):
         if part is type(None):
             optional = True
         else:
@@ -368,12 +368,12 @@ _WORDS_BY_NAME = {
 }
 
 
-def _parts(annotation: Any) -> list[Any]:
+def plain_types(annotation: Any) -> list[Any]:
     """Return the plain types a (possibly Annotated, possibly union) annotation allows."""
     if get_origin(annotation) is Annotated:
-        return _parts(get_args(annotation)[0])
+        return plain_types(get_args(annotation)[0])
     if get_origin(annotation) in (Union, UnionType):
-        return [p for arg in get_args(annotation) for p in _parts(arg)]
+        return [p for arg in get_args(annotation) for p in plain_types(arg)]
     origin = get_origin(annotation)
     return [origin if origin is not None else annotation]
 
