@@ -3,28 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Literal, cast
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any, Literal, TypeVar, cast
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.config import get_config
 from langgraph.types import Command
 from pydantic import BaseModel, Field, ValidationError
 
 from fanfold.graphs.orchestrator import Orchestrator, compile_orchestrator
 from fanfold.nodes.context import DEFAULT_MAX_CONCURRENCY, Policy, RunSettings
-from fanfold.nodes.dispatch import concurrency
 from fanfold.nodes.domain import ErrorInfo, Plan, RunMetrics, SubagentResult, Task
 from fanfold.nodes.errors import PlanError, QuorumUnreachable, TaskFailedError
 from fanfold.nodes.events import ProgressEvent, is_event
 from fanfold.nodes.models import aclose_models
 from fanfold.nodes.state import OrchestratorInput
+
+T = TypeVar("T")
 
 EventHandler = Callable[[ProgressEvent], None]
 """Called with every Fanfold progress event (a typed dict), as it happens."""
@@ -90,6 +93,20 @@ async def arun(
         TaskFailedError: a task failed under `fail_fast`; `results` holds every
             result that had finished, in plan order.
     """
+    if _inside_a_run():
+        # A run of its own (an `arun` inside another run's tool, say): LangGraph would
+        # otherwise make it a subgraph of the enclosing task.
+        return await _detached(
+            arun(
+                request,
+                settings=settings,
+                plan=plan,
+                graph=graph,
+                on_event=on_event,
+                config=config,
+                on_approval=on_approval,
+            )
+        )
     settings = settings if settings is not None else RunSettings()
     if settings.approve_plan and on_approval is None:
         msg = "`approve_plan=True` needs `on_approval=` (or run the graph and resume it yourself)"
@@ -97,7 +114,7 @@ async def arun(
     own_graph = graph is None
     if graph is None:
         graph = _default_graph(True, memory=settings.approve_plan)
-    run_config = _run_config(settings, config)
+    run_config: RunnableConfig = {**(config or {})}
     configurable = dict(run_config.get("configurable") or {})
     if graph.checkpointer and "thread_id" not in configurable:
         configurable["thread_id"] = uuid.uuid4().hex
@@ -115,16 +132,18 @@ async def arun(
     return out
 
 
-def _run_config(settings: RunSettings, config: RunnableConfig | None) -> RunnableConfig:
-    """Return the run config: the caller's, with the smaller `max_concurrency` at its top.
+def _inside_a_run() -> bool:
+    """Tell whether this code runs inside a LangChain runnable (a node, a tool)."""
+    try:
+        get_config()
+    except RuntimeError:
+        return False
+    return True
 
-    Raises:
-        SettingsError: the config's `max_concurrency` is not an integer >= 1.
-    """
-    run_config: RunnableConfig = {**(config or {})}
-    limit, _ = concurrency(settings, run_config)
-    run_config["max_concurrency"] = limit
-    return run_config
+
+async def _detached(run: Coroutine[Any, Any, T]) -> T:
+    """Await `run` in a context of its own: none of the enclosing runnable's config."""
+    return await asyncio.create_task(run, context=contextvars.Context())
 
 
 async def _delete_thread(graph: Orchestrator, thread_id: str) -> None:
@@ -216,14 +235,29 @@ async def _stream(
                 if on_event is not None:
                     on_event(chunk)
     except (TaskFailedError, QuorumUnreachable) as exc:
-        plan = values.get("plan")
-        order = plan.order() if isinstance(plan, Plan) else {}
-        results = {tid: SubagentResult.model_validate(r) for tid, r in finished.items()}
-        if isinstance(exc, TaskFailedError):
-            results[exc.result.task_id] = exc.result
-        exc.results = sorted(results.values(), key=lambda r: order.get(r.task_id, len(order)))
+        exc.results = stopped_results(values.get("plan"), finished, exc)
         raise
     return _output(values)
+
+
+def stopped_results(
+    plan: Plan | None, finished: dict[str, Any], exc: TaskFailedError | QuorumUnreachable
+) -> list[SubagentResult]:
+    """Return one result per task of a run a policy stopped, in plan order.
+
+    Every task that ended has its result (the failure too); a task that had not,
+    ended with the run: `cancelled`, `RunStopped`, saying why.
+    """
+    results = {tid: SubagentResult.model_validate(r) for tid, r in finished.items()}
+    if isinstance(exc, TaskFailedError):
+        results[exc.result.task_id] = exc.result
+    if plan is None:
+        return list(results.values())
+    why = ErrorInfo(type="RunStopped", message=f"the run stopped: {exc}")
+    return [
+        results.get(t.id) or SubagentResult(task_id=t.id, status="cancelled", attempts=0, error=why)
+        for t in plan.tasks
+    ]
 
 
 def _output(values: dict[str, Any]) -> RunOutput:
@@ -266,6 +300,17 @@ async def aresume(
     Raises:
         KeyError: no run is saved under `thread_id`.
     """
+    if _inside_a_run():
+        return await _detached(
+            aresume(
+                thread_id,
+                graph=graph,
+                settings=settings,
+                on_event=on_event,
+                decision=decision,
+                on_approval=on_approval,
+            )
+        )
     config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
     snapshot = await graph.aget_state(config)
     if not snapshot.values:
@@ -335,7 +380,8 @@ async def execute_tasks_parallel(
 
     Dependencies between Task objects are honoured. Returns one result per
     task, in input order. `settings` supplies every other run setting (budgets,
-    retries, rate limit...); the keyword arguments here override it.
+    retries, rate limit...); the keyword arguments here override it, and there is
+    neither re-planning nor plan approval (there is no planner).
 
     Raises:
         PlanError: the tasks do not form a valid DAG, or name unknown tools or kinds.
@@ -346,12 +392,15 @@ async def execute_tasks_parallel(
         plan = Plan(tasks=items, rationale="given tasks")
     except ValidationError as exc:
         raise PlanError([str(e["msg"]) for e in exc.errors()]) from exc
-    settings = (settings or RunSettings()).replace(
+    base = settings or RunSettings()
+    settings = base.replace(
         model=model,
-        tools=list(tools or []),
+        tools=base.tools if tools is None else tuple(tools),
         max_concurrency=max_concurrency,
         task_timeout_s=task_timeout_s,
         policy=policy,
+        max_rounds=1,  # given tasks: no planner, so no re-planning and nothing to approve
+        approve_plan=False,
         max_tasks=max(len(items), 1),
     )
     out = await arun(

@@ -289,7 +289,7 @@ def _default_text(value: Any) -> str:
         return "on" if value else "off"
     if isinstance(value, float):
         return f"{value:g}"
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return ",".join(str(v) for v in value)
     return str(value)
 
@@ -516,6 +516,8 @@ def read_plan_json(path: str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         msg = f"{where} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
         raise ValueError(msg) from None
+    except RecursionError:
+        raise ValueError(f"{where} nests too deeply to be a plan") from None
     shape = 'a JSON task list or a plan object {"tasks": [...]}'
     if isinstance(data, list):
         data = {"tasks": data}

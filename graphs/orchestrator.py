@@ -9,13 +9,21 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START
 from langgraph.types import Checkpointer
 
-from fanfold.graphs.scoped import ScopedGraph, ScopedStateGraph
+from fanfold.graphs.scoped import ScopedGraph, ScopedStateGraph, part_of_run
 from fanfold.graphs.serde import allow_fanfold_types
 from fanfold.graphs.subagent import compile_subagent
 from fanfold.nodes.approve import approve
-from fanfold.nodes.context import DEFAULT_MAX_CONCURRENCY, RunSettings
+from fanfold.nodes.context import RunSettings, check_config, concurrency
 from fanfold.nodes.delegation import register_runner
-from fanfold.nodes.dispatch import REDUCER, REJECTED, REPLAN, SUBAGENT, Dispatch, dispatch_path_map
+from fanfold.nodes.dispatch import (
+    REDUCER,
+    REJECTED,
+    REPLAN,
+    STOPPED,
+    SUBAGENT,
+    Dispatch,
+    dispatch_path_map,
+)
 from fanfold.nodes.domain import Plan, SubagentResult
 from fanfold.nodes.lg import StateNode
 from fanfold.nodes.planner import planner
@@ -69,7 +77,7 @@ def build_orchestrator(
     # `step`: a subgraph that inherits the checkpointer, so a resumed subagent goes
     # on from its last step. `task`: nothing inside a subagent is saved, so it runs
     # as one node (a third of the CPU and half the memory of a subgraph).
-    runner = compile_subagent() if checkpoint_granularity == "step" else subagent
+    runner = part_of_run(compile_subagent()) if checkpoint_granularity == "step" else subagent
     builder.add_node(SUBAGENT, runner, error_handler=on_subagent_error)
     builder.add_node(REDUCER, reducer)
     builder.add_edge(START, plan_node)
@@ -77,7 +85,7 @@ def build_orchestrator(
     # The one-node subagent can wait for inputs sent in its own window: it gets the
     # eager dispatch (used only when the run has no checkpointer; see Dispatch).
     route = Dispatch(eager=checkpoint_granularity == "task").route
-    builder.add_conditional_edges("approve", route, {**routes, REJECTED: END})
+    builder.add_conditional_edges("approve", route, {**routes, REJECTED: END, STOPPED: END})
     builder.add_edge(SUBAGENT, REDUCER)
     builder.add_conditional_edges(REDUCER, route, dispatch_path_map(done, replan=REPLAN))
     builder.add_node(REPLAN, replan)
@@ -97,16 +105,23 @@ def compile_orchestrator(
     synthesize_answer: bool = True,
     checkpointer: Checkpointer = None,
     checkpoint_granularity: Granularity = "task",
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    max_concurrency: int | None = None,
     plan_with: StateNode[Any, Any] = planner,
     answer_with: StateNode[Any, Any] = synthesize,
     name: str = "orchestrator",
     **compile_kwargs: Any,
 ) -> Orchestrator:
-    """Compile the orchestrator with a default `max_concurrency` in its config.
+    """Compile the orchestrator, optionally capping every run's `max_concurrency`.
 
-    A run config's own top-level `max_concurrency` still wins.
+    Each run's limit is the smallest of its settings' (the default is in
+    `RunSettings`), its config's and this cap.
+
+    Raises:
+        SettingsError: `max_concurrency` is not an integer >= 1.
+        ValueError: an unknown `checkpoint_granularity`.
     """
+    if max_concurrency is not None:
+        check_config({"max_concurrency": max_concurrency})
     if checkpoint_granularity not in ("task", "step"):
         msg = f"`checkpoint_granularity` must be `task` or `step`, got `{checkpoint_granularity}`"
         raise ValueError(msg)
@@ -119,14 +134,20 @@ def compile_orchestrator(
     compiled = builder.compile(
         checkpointer=allow_fanfold_types(checkpointer), name=name, **compile_kwargs
     )
-    return compiled.with_config(max_concurrency=max_concurrency)
+    return (
+        compiled
+        if max_concurrency is None
+        else compiled.with_config(max_concurrency=max_concurrency)
+    )
 
 
 @functools.cache
 def _nested_graph() -> Orchestrator:
     # checkpointer=False: a delegated fan-out lives inside one tool call of its
     # parent subagent, which restarts it whole if the run is resumed.
-    return compile_orchestrator(synthesize_answer=False, checkpointer=False, name="delegated")
+    return part_of_run(
+        compile_orchestrator(synthesize_answer=False, checkpointer=False, name="delegated")
+    )
 
 
 async def run_delegated(
@@ -140,9 +161,10 @@ async def run_delegated(
     run's policy (fail_fast, quorum) counts top-level tasks only.
     """
     nested = settings if settings.policy == "settle" else settings.replace(policy="settle")
+    limit, _ = concurrency(settings, config)  # the parent run's limit holds at every level
     out = await _nested_graph().ainvoke(
         {"request": "", "given_plan": plan, "depth": depth},
-        {**config, "max_concurrency": settings.max_concurrency},
+        {**config, "max_concurrency": limit},
         context=nested,
     )
     return list(out["results"])

@@ -2,33 +2,36 @@
 
 A run's shared layer (limits, budgets, stop signal, caches) is its `RunScope`,
 carried by the `RunControl` LangGraph hands to each node of the run
-(`fanfold.nodes.scope`). `ScopedGraph` starts every run it is given with a
-`ScopedControl`: a new one for a run of its own, the enclosing Fanfold run's for
-a graph a Fanfold node runs (a delegated fan-out, the subagent subgraph). So
-`ainvoke`, `astream`, `invoke`, `stream`, a server run and a nested run all get
-the right scope, whoever calls them, and no scope outlives its run.
+(`fanfold.nodes.scope`). `ScopedGraph` starts every run it is given with a new
+`ScopedControl`, whoever calls it: `ainvoke`, `astream`, `astream_events`, a
+server run, or an `arun` inside a tool of another run (a run of its own, with its
+own settings and policy). Only the graphs Fanfold runs as parts of a run (the
+subagent subgraph, a delegated fan-out: `PartOfRun`) keep the enclosing run's
+control and so its scope. No scope outlives its run.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, Generic
+from typing import Any, ClassVar, Generic
 
 from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import merge_configs
 from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import RunControl, get_runtime
 from langgraph.typing import ContextT, InputT, OutputT, StateT
 
-from fanfold.nodes.dispatch import check_config
+from fanfold.nodes.context import RunSettings, check_config, concurrency, settings_of
 from fanfold.nodes.scope import ScopedControl
 
 
-def run_control(control: RunControl | None) -> ScopedControl:
-    """Return the control a run starts with: its caller's, if it is a Fanfold run's.
+def run_control(control: RunControl | None, *, part_of_run: bool = False) -> ScopedControl:
+    """Return the control a run starts with.
 
-    A control the caller passed (or an enclosing non-Fanfold graph's) is wrapped,
-    so its drain requests still reach the run.
+    A `ScopedControl` given is used as it is. Otherwise a new one, wrapping the
+    control the caller passed or the enclosing run's (so their drain requests still
+    reach this run); with `part_of_run`, the enclosing Fanfold run's own control.
     """
     if isinstance(control, ScopedControl):
         return control
@@ -38,13 +41,34 @@ def run_control(control: RunControl | None) -> ScopedControl:
         except RuntimeError:  # called outside any runnable
             parent = None
         control = parent.control if parent is not None else None
-        if isinstance(control, ScopedControl):
-            return control  # a graph run by a node of a Fanfold run: the same run
+        if part_of_run and isinstance(control, ScopedControl):
+            return control
     return ScopedControl(control)
 
 
+MIN_RECURSION_LIMIT = 10_000
+
+
+def steps_needed(settings: RunSettings) -> int:
+    """Return a LangGraph recursion limit no plan these settings accept can reach.
+
+    A run is bounded by its plan (a window of one task still takes a subagent step
+    and a reducer step), so LangGraph's own limit would only cut a large plan short
+    (5100 tasks at `max_concurrency=1`).
+    """
+    per_round = 2 * settings.max_tasks + 10
+    return max(MIN_RECURSION_LIMIT, per_round * settings.max_rounds + 10)
+
+
 class ScopedGraph(CompiledStateGraph[StateT, ContextT, InputT, OutputT]):
-    """A compiled Fanfold graph: every run it starts has its own run scope."""
+    """A compiled Fanfold graph: every run it starts has its own run scope.
+
+    Fanfold's nodes are async: run it with `ainvoke`/`astream` (or `fanfold.run`
+    from synchronous code).
+    """
+
+    part_of_run: ClassVar[bool] = False
+    """Whether it runs as a part of the enclosing Fanfold run (see `PartOfRun`)."""
 
     def astream(
         self,
@@ -52,23 +76,61 @@ class ScopedGraph(CompiledStateGraph[StateT, ContextT, InputT, OutputT]):
         config: RunnableConfig | None = None,
         *,
         control: RunControl | None = None,
+        context: Any = None,
         **kwargs: Any,
     ) -> AsyncIterator[Any]:
-        """Stream a run (see `CompiledStateGraph.astream`), under its own run scope."""
-        check_config(config)
-        return super().astream(input, config, control=run_control(control), **kwargs)
+        """Stream a run (see `CompiledStateGraph.astream`), under its own run scope.
 
-    def stream(
-        self,
-        input: Any,
-        config: RunnableConfig | None = None,
-        *,
-        control: RunControl | None = None,
-        **kwargs: Any,
-    ) -> Iterator[Any]:
-        """Stream a run (see `CompiledStateGraph.stream`), under its own run scope."""
+        The run's `max_concurrency` (the smallest of its settings', its config's and
+        the graph's own) goes to the top of its config, where LangGraph reads it.
+
+        Raises:
+            SettingsError: invalid settings, or a `max_concurrency` that is not an
+                integer >= 1 in the config.
+        """
+        check_config(self.config)
         check_config(config)
-        return super().stream(input, config, control=run_control(control), **kwargs)
+        settings = settings_of(context)
+        merged = merge_configs(self.config, config)
+        limit, _ = concurrency(settings, merged)
+        run_config: RunnableConfig = {**(config or {}), "max_concurrency": limit}
+        if "recursion_limit" not in merged:
+            run_config["recursion_limit"] = steps_needed(settings)
+        control = run_control(control, part_of_run=self.part_of_run)
+        return super().astream(input, run_config, control=control, context=context, **kwargs)
+
+    def stream(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """Refuse: Fanfold's nodes are async (LangGraph would fail at the first node).
+
+        Raises:
+            TypeError: always, saying what to call instead.
+        """
+        msg = (
+            "Fanfold graphs run async: use `await graph.ainvoke(...)` or `graph.astream(...)`, "
+            "or `fanfold.run(...)` from synchronous code"
+        )
+        raise TypeError(msg)
+
+
+class PartOfRun(ScopedGraph[StateT, ContextT, InputT, OutputT]):
+    """A graph Fanfold runs as a part of a run: the subagent subgraph, a delegated fan-out.
+
+    It keeps the enclosing Fanfold run's control, so it shares that run's scope: one
+    model-call limit, rate limit, set of budgets and stop signal for every level.
+    """
+
+    part_of_run = True
+
+
+def part_of_run(
+    graph: ScopedGraph[StateT, ContextT, InputT, OutputT],
+) -> PartOfRun[StateT, ContextT, InputT, OutputT]:
+    """Return `graph` as a part of the run that runs it (see `PartOfRun`)."""
+    return PartOfRun(**_attrs(graph))
+
+
+def _attrs(graph: CompiledStateGraph[Any, Any, Any, Any]) -> dict[str, Any]:
+    return {k: v for k, v in graph.__dict__.items() if k != "__orig_class__"}
 
 
 class ScopedStateGraph(
@@ -78,6 +140,4 @@ class ScopedStateGraph(
 
     def compile(self, *args: Any, **kwargs: Any) -> ScopedGraph[StateT, ContextT, InputT, OutputT]:
         """Compile as `StateGraph.compile` does, into a `ScopedGraph`."""
-        compiled = super().compile(*args, **kwargs)
-        attrs = {k: v for k, v in compiled.__dict__.items() if k != "__orig_class__"}
-        return ScopedGraph(**attrs)
+        return ScopedGraph(**_attrs(super().compile(*args, **kwargs)))

@@ -59,8 +59,8 @@ def parse_decision(value: Any) -> Decision:
 async def approve(state: OrchestratorState, runtime: Runtime[RunSettings]) -> OrchestratorUpdate:
     """Ask for the plan's approval when the run wants it; apply an edit or a rejection."""
     settings = settings_of(runtime.context)
-    if not settings.approve_plan:
-        return {}
+    if not settings.approve_plan or state.get("plan") is None:
+        return {}  # nothing to ask (or the planner ran out of budget: no plan)
     registry = scope_of(runtime).registry
     plan = state["plan"]
     problems: list[str] = []

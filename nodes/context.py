@@ -14,7 +14,9 @@ caches are in its `RunScope` (`fanfold.nodes.scope`).
 from __future__ import annotations
 
 import importlib
+import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
@@ -82,7 +84,9 @@ Count = Annotated[int, Field(ge=1, strict=True)]
 Count0 = Annotated[int, Field(ge=0, strict=True)]
 Seconds = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
 Seconds0 = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]
-Rate = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
+Rate = Annotated[float, Field(ge=0.001, strict=True, allow_inf_nan=False)]
+"""Requests per second: at least one per 1000 s (a smaller rate only hangs the run)."""
+Jitter = Annotated[float, Field(ge=0, le=60, strict=True, allow_inf_nan=False)]
 
 # Objects a Python caller may pass; over HTTP (Studio) only their JSON-able form exists.
 ModelRef = Annotated[
@@ -96,7 +100,7 @@ OptionalModelRef = Annotated[
     WithJsonSchema({"type": ["string", "null"], "description": "model spec; null: `model`"}),
 ]
 ToolList = Annotated[
-    list[BaseTool | str],
+    tuple[BaseTool | str, ...],
     WithJsonSchema(
         {
             "type": "array",
@@ -148,9 +152,10 @@ class RunSettings(BaseModel):
     tool_timeout_s: Annotated[Seconds | None, Flag("--tool-timeout", "S")] = 30.0
     """Timeout of one tool call in seconds; a timed-out call is an error the model sees."""
     perspectives: Annotated[
-        list[str], Field(min_length=1), Flag("--perspectives", "KIND,...", form="list")
-    ] = list(DEFAULT_PERSPECTIVES)
-    """Agent kinds the `perspectives` graph asks, each given the whole request."""
+        tuple[str, ...], Field(min_length=1), Flag("--perspectives", "KIND,...", form="list")
+    ] = tuple(DEFAULT_PERSPECTIVES)
+    """Agent kinds the `perspectives` graph asks, each given the whole request (known
+    kinds: the built-ins and `kinds`)."""
     max_rounds: Annotated[Count, Flag("--max-rounds", "N")] = 1
     """Planning rounds: after a plan's tasks are done the planner may add tasks, until
     this many rounds; 1 means no re-planning."""
@@ -168,7 +173,7 @@ class RunSettings(BaseModel):
     """Timeout of one model request in seconds; a timed-out request is a transient fault."""
     requests_per_second: Annotated[Rate | None, Flag("--rps", "R")] = None
     """One shared limit on model requests per second for the whole run; null: none."""
-    start_jitter_s: Annotated[Seconds0, Flag("--start-jitter", "S")] = 0.02
+    start_jitter_s: Annotated[Jitter, Flag("--start-jitter", "S")] = 0.02
     """Each subagent of the first window waits a random 0..this many seconds before its
     first model call."""
     max_total_tokens: Annotated[Count | None, Flag("--max-tokens", "N")] = None
@@ -178,16 +183,14 @@ class RunSettings(BaseModel):
     `budget_exceeded`."""
     max_task_tokens: Annotated[Count | None, Flag("--max-task-tokens", "N")] = None
     """Token budget of each task; a task past it fails with `BudgetExceeded`."""
-    workspace: Annotated[str | None, Flag("--workspace", "DIR")] = None
+    workspace: Annotated[str | None, Field(min_length=1), Flag("--workspace", "DIR")] = None
     """A folder the workspace file tools (list, read, grep, write) are confined to;
     null: no file tools."""
-    tools: Annotated[ToolList, Flag("--tools", "MODULE:NAME,...", form="list")] = Field(
-        default_factory=list
-    )
+    tools: Annotated[ToolList, Flag("--tools", "MODULE:NAME,...", form="list")] = ()
     """Extra tools, added to the built-ins (same name: yours wins): tool objects, or import
     paths `package.module:name` naming a tool or a list of tools, imported where the run
     executes (so they survive JSON: a saved, resumed or remote run finds them again)."""
-    kinds: list[AgentKind] = Field(default_factory=list)
+    kinds: tuple[AgentKind, ...] = ()
     """Extra agent kinds, added to the built-ins (same name: yours wins)."""
     tool_registry: RegistryRef = None
     """A registry to use instead of the built-ins plus `tools` (share one across runs to
@@ -198,6 +201,34 @@ class RunSettings(BaseModel):
             super().__init__(**data)
         except ValidationError as exc:
             raise settings_error(exc) from None
+        known = self.agent_kinds()
+        unknown = [p for p in self.perspectives if p not in known]
+        if unknown:
+            what = f"{requirement('perspectives')} (unknown: {unknown}; known: {sorted(known)})"
+            flag = flag_of("perspectives")
+            raise SettingsError([SettingProblem("perspectives", flag, what, self.perspectives)])
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> RunSettings:
+        """Validate `obj` (settings, or a dict of them); invalid values raise `SettingsError`."""
+        if isinstance(obj, Mapping) and not kwargs:
+            return cls(**obj)
+        return super().model_validate(obj, **kwargs)
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes, **kwargs: Any) -> RunSettings:  # type: ignore[override]
+        """Validate settings from JSON; invalid values raise `SettingsError`."""
+        data = json.loads(json_data)
+        if not isinstance(data, dict) or kwargs:
+            return super().model_validate_json(json_data, **kwargs)
+        return cls(**data)
+
+    def model_copy(
+        self, *, update: Mapping[str, Any] | None = None, deep: bool = False
+    ) -> RunSettings:
+        """Return a copy; changed values are validated as in `replace`."""
+        copy = super().model_copy(deep=deep)
+        return copy.replace(**update) if update else copy
 
     @field_validator("model", "planner_model")
     @classmethod
@@ -269,6 +300,47 @@ class RunSettings(BaseModel):
         return config
 
 
+def concurrency(settings: RunSettings, config: RunnableConfig) -> tuple[int, int | None]:
+    """Return the run's subagent limit and LangGraph's own (None: LangGraph has none).
+
+    The limit is the smallest `max_concurrency` set anywhere: the run's settings
+    (its context, as Studio sets it), the top level of the run config (where
+    LangGraph reads it), or `configurable` (where LangGraph ignores it).
+
+    Raises:
+        SettingsError: a config value that is not an integer >= 1.
+    """
+    graph_limit = _config_limit(config.get("max_concurrency"), "config")
+    nested = _config_limit(
+        (config.get("configurable") or {}).get("max_concurrency"), "configurable"
+    )
+    limit = min(v for v in (settings.max_concurrency, graph_limit, nested) if v is not None)
+    return limit, graph_limit
+
+
+def check_config(config: RunnableConfig | None) -> None:
+    """Refuse a run config whose `max_concurrency` LangGraph could not use.
+
+    Raises:
+        SettingsError: a `max_concurrency` (top level or configurable) that is not an
+            integer >= 1 (LangGraph would hang on 0).
+    """
+    if config:
+        _config_limit(config.get("max_concurrency"), "config")
+        _config_limit((config.get("configurable") or {}).get("max_concurrency"), "configurable")
+
+
+def _config_limit(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        problem = SettingProblem(
+            "max_concurrency", None, f"an integer >= 1 (in the run's {where})", value
+        )
+        raise SettingsError([problem])
+    return value
+
+
 def build_registry(settings: RunSettings) -> ToolRegistry:
     """Return the tools a run may hand out: the registry, file tools, extra tools.
 
@@ -294,7 +366,7 @@ def _tools_of(item: BaseTool | str) -> list[BaseTool]:
         found: Any = importlib.import_module(module_name)
         for part in attr.split("."):
             found = getattr(found, part)
-    except (ImportError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - importing runs the module's code: anything goes
         raise _tool_problem(item, f"an importable tool ({type(exc).__name__}: {exc})") from None
     tools = list(found) if isinstance(found, list | tuple) else [found]
     if not tools or not all(isinstance(t, BaseTool) for t in tools):
@@ -362,7 +434,7 @@ _WORDS_BY_NAME = {
     "policy": "one of settle, fail_fast or quorum:K (K >= 1)",
     "tools": "a list of LangChain tools or import paths `package.module:name`",
     "kinds": "a list of agent kinds (AgentKind, or dicts with name and system_prompt)",
-    "perspectives": "a non-empty list of agent kind names",
+    "perspectives": "a non-empty list of known agent kind names",
     "tool_registry": "a ToolRegistry or none",
     "workspace": "an existing folder or none",
 }

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
-from fanfold.nodes.context import RunSettings, settings_of
+from fanfold.nodes.context import RunSettings, concurrency, quorum_of, settings_of
 from fanfold.nodes.domain import SubagentResult, Task
-from fanfold.nodes.errors import SettingProblem, SettingsError
+from fanfold.nodes.errors import QuorumUnreachable
 from fanfold.nodes.ledger import Ledger, ledger_for
 from fanfold.nodes.lg import saves_writes
+from fanfold.nodes.policy import quorum_met
 from fanfold.nodes.resolve import resolve_task
 from fanfold.nodes.scope import RunScope, scope_of
 from fanfold.nodes.state import OrchestratorState, SubagentInput
@@ -30,6 +30,8 @@ REPLAN = "replan"
 """What dispatch returns when every task is done and another planning round may run."""
 REJECTED = "rejected"
 """What the first dispatch returns when the plan was rejected at approval."""
+STOPPED = "stopped"
+"""What the first dispatch returns when the run stopped before it had a plan (a budget)."""
 WIDE_WINDOW = (16, 256)
 """Without a checkpointer a window holds up to 16 x `max_concurrency` Sends, at most 256
 (never fewer than `max_concurrency`): LangGraph's cost per finished task grows with the
@@ -69,47 +71,6 @@ def make_send(
     return Send(SUBAGENT, payload, timeout=spec["timeout_s"])
 
 
-def concurrency(settings: RunSettings, config: RunnableConfig) -> tuple[int, int | None]:
-    """Return the run's subagent limit and LangGraph's own (None: LangGraph has none).
-
-    The limit is the smallest `max_concurrency` set anywhere: the run's settings
-    (its context, as Studio sets it), the top level of the run config (where
-    LangGraph reads it), or `configurable` (where LangGraph ignores it).
-
-    Raises:
-        SettingsError: a config value that is not an integer >= 1.
-    """
-    graph_limit = _config_limit(config.get("max_concurrency"), "config")
-    nested = _config_limit(
-        (config.get("configurable") or {}).get("max_concurrency"), "configurable"
-    )
-    limit = min(v for v in (settings.max_concurrency, graph_limit, nested) if v is not None)
-    return limit, graph_limit
-
-
-def check_config(config: RunnableConfig | None) -> None:
-    """Refuse a run config whose `max_concurrency` LangGraph could not use.
-
-    Raises:
-        SettingsError: a `max_concurrency` (top level or configurable) that is not an
-            integer >= 1 (LangGraph would hang on 0).
-    """
-    if config:
-        _config_limit(config.get("max_concurrency"), "config")
-        _config_limit((config.get("configurable") or {}).get("max_concurrency"), "configurable")
-
-
-def _config_limit(value: Any, where: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        problem = SettingProblem(
-            "max_concurrency", None, f"an integer >= 1 (in the run's {where})", value
-        )
-        raise SettingsError([problem])
-    return value
-
-
 class Dispatch:
     """The routing function that fans ready tasks out; its mode is fixed when the graph is built.
 
@@ -140,6 +101,8 @@ class Dispatch:
         """
         if state.get("status") == REJECTED:
             return REJECTED
+        if state.get("plan") is None:
+            return STOPPED  # the planner ran out of budget: there is nothing to run
         settings = settings_of(runtime.context)
         scope = scope_of(runtime)
         depth = state.get("depth") or 1
@@ -164,7 +127,11 @@ class Dispatch:
         else:
             ready = ledger.take_ready(window)
         if not ready:
-            return REPLAN if may_replan(state, settings, ledger, scope) else DONE
+            if may_replan(state, settings, ledger, scope):
+                return REPLAN
+            if depth == 1:
+                check_quorum(settings, ledger, scope, state)
+            return DONE
         round_ = state.get("rounds", 0) + 1
         return [
             make_send(t, ledger.by_id, settings, round_=round_, depth=depth, window=key)
@@ -179,6 +146,29 @@ class Dispatch:
             # and after a resume this is how a new process catches up.
             scope.sync(state["plan"], ledger.status)
         return ledger
+
+
+def check_quorum(
+    settings: RunSettings, ledger: Ledger, scope: RunScope, state: OrchestratorState
+) -> None:
+    """At the end of a top-level run, fail it when its quorum was never met.
+
+    A failure reports an unreachable quorum at once; this catches the rest: fewer
+    tasks than K in the end, or tasks cancelled without the quorum met.
+
+    Raises:
+        QuorumUnreachable: `quorum:K`, every task done, fewer than K ended ok, and the
+            run was not stopped by a budget.
+    """
+    k = quorum_of(settings.policy)
+    if k is None or not ledger.done() or quorum_met(ledger.status, k):
+        return
+    stopped = scope.stop_error() or state.get("stopped")
+    if stopped is not None and stopped.type == "BudgetExceeded":
+        return  # the run ends budget_exceeded, with what it has
+    ok = sum(1 for s in ledger.status.values() if s == "ok")
+    msg = f"quorum of {k} is out of reach: {ok} of {len(ledger.plan.tasks)} tasks ended ok"
+    raise QuorumUnreachable(msg)
 
 
 def may_replan(

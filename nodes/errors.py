@@ -100,8 +100,9 @@ class TaskFailedError(FanfoldError, RuntimeError):
 
     Attributes:
         result: the failing task's result.
-        results: every result finished before the run stopped, in task order
-            (filled in by the run API, which sees every task's finish).
+        results: one result per task, in plan order (filled in by the run API): the
+            ones that ended before the stop, this failure, and `cancelled`
+            (`RunStopped`) for every task the stop ended or never started.
     """
 
     def __init__(self, result: SubagentResult, results: list[SubagentResult] | None = None) -> None:
@@ -127,8 +128,8 @@ class QuorumUnreachable(FanfoldError, RuntimeError):
     """Under `quorum:K`, too few tasks can still succeed to reach K.
 
     Attributes:
-        results: every result finished before the run stopped, in task order
-            (filled in by the run API).
+        results: one result per task, in plan order (filled in by the run API), as
+            for `TaskFailedError`.
     """
 
     def __init__(self, message: str, results: list[SubagentResult] | None = None) -> None:

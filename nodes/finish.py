@@ -65,9 +65,14 @@ def apply_policy(result: SubagentResult, settings: RunSettings, scope: RunScope)
     if result.status in ("cancelled", "skipped"):
         return  # the run stopped, or a failure that was counted when it happened
     if settings.policy == "fail_fast":
-        raise TaskFailedError(result)
+        failure = TaskFailedError(result)
+        # Stop at once: running siblings are cancelled, queued ones end before they start
+        # (the handler that stops the run may wait for a slot behind them).
+        scope.stop("failed", str(failure))
+        raise failure
     if k is not None and scope.plan is not None:
         possible = can_still_succeed(scope.plan, scope.status)
         if possible < k:
             msg = f"quorum of {k} is out of reach: at most {possible} tasks can still end ok"
+            scope.stop("failed", msg)
             raise QuorumUnreachable(msg)

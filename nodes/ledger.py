@@ -140,7 +140,7 @@ class Ledger:
 
 
 MAX_LEDGERS = 32
-"""Ledgers a run scope keeps (nested fan-outs and re-plans each add one)."""
+"""Ledgers a run's scope keeps (nested fan-outs and re-plans each add one)."""
 
 
 def ledger_for(
@@ -158,8 +158,8 @@ def ledger_for(
         except ValueError:
             pass
     while len(ledgers) >= MAX_LEDGERS:
-        # A scope can outlive many runs (runs without a context share one): forget the
-        # oldest plan's ledger; were it still in use, it would only be rebuilt.
+        # A run sees a new plan object at each re-plan and each delegated fan-out:
+        # forget the oldest plan's ledger; were it still in use, it would only be rebuilt.
         ledgers.pop(next(iter(ledgers)))
     ledger = ledgers[id(plan)] = Ledger(plan, results)
     return ledger, list(results), True

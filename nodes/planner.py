@@ -16,10 +16,10 @@ from langgraph.types import Overwrite
 from pydantic import BaseModel, ValidationError
 
 from fanfold.nodes.calls import call_model
-from fanfold.nodes.context import RunSettings, settings_of
+from fanfold.nodes.context import RunSettings, quorum_of, settings_of
 from fanfold.nodes.delegation import DELEGATE
-from fanfold.nodes.domain import Plan, Usage, validate_plan
-from fanfold.nodes.errors import PlanError
+from fanfold.nodes.domain import ErrorInfo, Plan, RunMetrics, Usage, validate_plan
+from fanfold.nodes.errors import BudgetExceeded, PlanError, QuorumUnreachable
 from fanfold.nodes.events import now, plan_ready
 from fanfold.nodes.prompts import PLAN_REPAIR, PLANNER_SYSTEM
 from fanfold.nodes.resolve import planner_model
@@ -48,9 +48,39 @@ async def planner(state: OrchestratorState, runtime: Runtime[RunSettings]) -> Or
         plan = check_plan(_coerce_plan(given), settings, scope.registry)
         usage = Usage()
     else:
-        plan, usage = await make_plan(planner_model(settings), state["request"], settings, scope)
+        try:
+            plan, usage = await make_plan(
+                planner_model(settings), state["request"], settings, scope
+            )
+        except BudgetExceeded:
+            return stopped_before_planning(started=started, settings=settings, scope=scope)
     plan_ready(runtime.stream_writer, len(plan.tasks), len(plan.generations()))
     return planned(plan, started=started, usage=usage, settings=settings)
+
+
+def stopped_before_planning(
+    *, started: datetime, settings: RunSettings, scope: RunScope
+) -> OrchestratorUpdate:
+    """Return the state of a run whose budget ran out while it planned: no plan, no task."""
+    why = scope.stop_error() or ErrorInfo(type="BudgetExceeded", message="run budget spent")
+    spent = Usage(total_tokens=scope.tokens)  # the planner's calls, as the scope counted them
+    return {
+        "given_plan": None,
+        "plan": None,
+        "results": Overwrite([]),
+        "started_at": started,
+        "usage": Overwrite(spent),
+        "settings": settings.to_json(),
+        "status": "budget_exceeded",
+        "answer": "",
+        "stopped": why,
+        "metrics": RunMetrics(
+            tokens=spent,
+            wall_time_s=round((now() - started).total_seconds(), 6),
+            stop_reason=why.message,
+            **{k: v for k, v in scope.snapshot().items() if k != "stop_reason"},
+        ),
+    }
 
 
 def planned(
@@ -59,7 +89,15 @@ def planned(
     """Return the state update that starts a run on `plan`.
 
     A thread may hold an earlier run: everything of that run is reset here.
+
+    Raises:
+        QuorumUnreachable: `quorum:K` with fewer than K tasks and no planning round left
+            to add more.
     """
+    k = quorum_of(settings.policy)
+    if k is not None and len(plan.tasks) < k and settings.max_rounds == 1:
+        msg = f"quorum of {k} is out of reach: the plan has {len(plan.tasks)} tasks"
+        raise QuorumUnreachable(msg)
     return {
         "given_plan": None,
         "plan": plan,

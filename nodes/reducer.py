@@ -16,13 +16,18 @@ from fanfold.nodes.policy import quorum_met
 from fanfold.nodes.scope import RunScope, scope_of
 from fanfold.nodes.state import OrchestratorState, OrchestratorUpdate
 
+FAILED = frozenset({"failed", "timed_out", "skipped"})
+"""Statuses that make a task's dependents `skipped`."""
+
 
 def skipped_results(
     plan: Plan, results: list[SubagentResult] | Mapping[str, str]
 ) -> list[SubagentResult]:
     """Return a `skipped` result for every task a failed dependency blocks, transitively.
 
-    `results` may be the results or each finished task's status.
+    `results` may be the results or each finished task's status. A `cancelled`
+    dependency blocks nothing here: only a stopped run cancels tasks, and its other
+    tasks are cancelled too, for the same reason (`cancelled_results`).
     """
     status = (
         dict(results) if isinstance(results, Mapping) else {r.task_id: r.status for r in results}
@@ -34,7 +39,7 @@ def skipped_results(
         for t in plan.tasks:
             if t.id in status:
                 continue
-            bad = [d for d in t.depends_on if d in status and status[d] != "ok"]
+            bad = [d for d in t.depends_on if status.get(d) in FAILED]
             if bad:
                 status[t.id] = "skipped"
                 skipped.append(

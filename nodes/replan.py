@@ -7,8 +7,8 @@ from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, ValidationError
 
 from fanfold.nodes.context import RunSettings, settings_of
-from fanfold.nodes.domain import Plan, Task
-from fanfold.nodes.errors import PlanError
+from fanfold.nodes.domain import ErrorInfo, Plan, Task
+from fanfold.nodes.errors import BudgetExceeded, PlanError
 from fanfold.nodes.events import plan_ready
 from fanfold.nodes.planner import ask_structured, check_plan, kinds_and_tools
 from fanfold.nodes.prompts import REPLAN_REQUEST, REPLAN_SYSTEM, synthesis_prompt
@@ -60,14 +60,19 @@ async def replan(state: OrchestratorState, runtime: Runtime[RunSettings]) -> Orc
         SystemMessage(REPLAN_SYSTEM.format(**fmt)),
         HumanMessage(request),
     ]
-    extended, usage = await ask_structured(
-        planner_model(settings),
-        PlanExtension,
-        messages,
-        settings,
-        scope,
-        lambda ext: extend_plan(plan, ext, round_, settings, scope.registry),
-    )
+    try:
+        extended, usage = await ask_structured(
+            planner_model(settings),
+            PlanExtension,
+            messages,
+            settings,
+            scope,
+            lambda ext: extend_plan(plan, ext, round_, settings, scope.registry),
+        )
+    except BudgetExceeded:
+        # Out of budget while re-planning: no more rounds; every result so far stays.
+        why = scope.stop_error() or ErrorInfo(type="BudgetExceeded", message="run budget spent")
+        return {"plan_round": round_, "replan_done": True, "stopped": why}
     added = len(extended.tasks) - len(plan.tasks)
     if added:
         plan_ready(runtime.stream_writer, len(extended.tasks), len(extended.generations()))

@@ -28,9 +28,10 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from langchain_core.rate_limiters import InMemoryRateLimiter
+from langgraph.config import get_config
 from langgraph.runtime import RunControl, Runtime
 
-from fanfold.nodes.context import RunSettings, build_registry, settings_of
+from fanfold.nodes.context import RunSettings, build_registry, concurrency, settings_of
 from fanfold.nodes.domain import ErrorInfo
 from fanfold.nodes.errors import BudgetExceeded, FanfoldError, RunStopped
 from fanfold.nodes.faults import FaultKind
@@ -40,8 +41,9 @@ if TYPE_CHECKING:
     from fanfold.nodes.domain import Plan, SubagentResult
     from fanfold.nodes.ledger import Ledger
 
-StopKind = Literal["budget", "quorum", "stopped"]
-"""Why a run stopped early: a spent budget, a quorum met, or a stop from outside."""
+StopKind = Literal["budget", "quorum", "failed", "stopped"]
+"""Why a run stopped early: a spent budget, a quorum met, a policy failure (fail_fast, a
+quorum out of reach), or a stop from outside."""
 
 T = TypeVar("T")
 
@@ -125,9 +127,11 @@ class AdaptiveLimit:
 class RunScope:
     """Run-wide limits, budgets, caches, fault counts and the stop signal of one run."""
 
-    def __init__(self, settings: RunSettings) -> None:
+    def __init__(self, settings: RunSettings, *, limit: int | None = None) -> None:
         self.settings = settings
         """The top-level run's settings (a delegated fan-out shares the scope)."""
+        self.max_concurrency = min(settings.max_concurrency, limit or settings.max_concurrency)
+        """The run's limit: the smallest `max_concurrency` of its settings and config."""
         self.t0 = time.monotonic()
         rps = settings.requests_per_second
         self.rate: InMemoryRateLimiter | None = (
@@ -139,7 +143,7 @@ class RunScope:
             if rps
             else None
         )
-        self.limit = AdaptiveLimit(settings.max_concurrency)
+        self.limit = AdaptiveLimit(self.max_concurrency)
         self.registry = build_registry(settings)
         """The tools this run may hand out (built once per run)."""
         self.tool_stats = RegistryStats()
@@ -207,7 +211,12 @@ class RunScope:
     def needs_race(self) -> bool:
         """Tell whether calls must race the stop signal (some budget or policy can stop)."""
         s = self.settings
-        return bool(s.max_total_tokens or s.max_wall_time_s or s.policy.startswith("quorum"))
+        return bool(
+            s.max_total_tokens
+            or s.max_wall_time_s
+            or s.policy == "fail_fast"
+            or s.policy.startswith("quorum")
+        )
 
     async def race(self, aw: Awaitable[T], *, include_stop: bool = True) -> T:
         """Await `aw` unless the run stops first; then cancel it and raise.
@@ -349,6 +358,7 @@ class RunScope:
 _STOP_TYPES: dict[StopKind, Literal["BudgetExceeded", "QuorumReached", "RunStopped"]] = {
     "budget": "BudgetExceeded",
     "quorum": "QuorumReached",
+    "failed": "RunStopped",
     "stopped": "RunStopped",
 }
 
@@ -405,5 +415,10 @@ def scope_of(runtime: Runtime[Any]) -> RunScope:
         )
         raise RuntimeError(msg)
     if control.scope is None:
-        control.scope = RunScope(settings_of(runtime.context))
+        settings = settings_of(runtime.context)
+        try:
+            config = get_config()  # the run config, as the first node to ask sees it
+        except RuntimeError:  # a node called on its own
+            config = {}
+        control.scope = RunScope(settings, limit=concurrency(settings, config)[0])
     return control.scope

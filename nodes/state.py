@@ -69,7 +69,7 @@ class OrchestratorState(TypedDict):
     given_plan: Plan | None
     """A ready plan from the input; the planner consumes it (sets it back to None)."""
     plan: Plan
-    """The validated plan."""
+    """The validated plan (None only when the run's budget ran out while it planned)."""
     results: Annotated[list[SubagentResult], merge_results]
     """One result per finished task; subagents write here in parallel."""
     usage: Annotated[Usage, add_usage]
@@ -106,7 +106,7 @@ class OrchestratorUpdate(TypedDict, total=False):
 
     request: str
     given_plan: Plan | None
-    plan: Plan
+    plan: Plan | None
     results: list[SubagentResult] | Overwrite
     usage: Usage | Overwrite
     started_at: datetime

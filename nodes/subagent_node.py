@@ -62,6 +62,10 @@ async def _inputs(window: str, awaits: list[str], scope: RunScope) -> dict[str, 
     except (RunStopped, BudgetExceeded) as exc:
         return stopped_error(scope, exc)
     bad = [r for r in results if r.status != "ok"]
+    if any(r.status == "cancelled" for r in bad):
+        # Only a stopped run cancels tasks: this one is cancelled for the same reason.
+        stopped = ErrorInfo(type="RunStopped", message="the run stopped")
+        return scope.stop_error() or next((r.error for r in bad if r.error), stopped)
     if bad:
         return ErrorInfo(
             type="DependencyFailed", message=", ".join(f"`{r.task_id}` {r.status}" for r in bad)

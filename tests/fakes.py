@@ -6,8 +6,10 @@ import random
 from typing import Any
 
 from fanfold.testing import (
+    REPLY_USAGE,
     TASK_RE,
     AsyncFakeModel,
+    ModelCall,
     Recorder,
     ScriptError,
     TaskScript,
@@ -17,8 +19,10 @@ from fanfold.testing import (
 )
 
 __all__ = [
+    "REPLY_USAGE",
     "TASK_RE",
     "AsyncFakeModel",
+    "ModelCall",
     "Recorder",
     "ScriptError",
     "TaskScript",

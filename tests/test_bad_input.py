@@ -1,12 +1,12 @@
 """Bad input from the model: broken plans, misused tools, endless tool calls.
 
-Fakes sit only at the model boundary. The planner fake answers the planner's
-`with_structured_output(Plan, include_raw=True)` call the way a provider does: a
-`Plan` tool call whose arguments are the fuzzed value (arguments that are not a
-JSON object, or not JSON at all, arrive as an invalid tool call, as LangChain's
-parsers report them). A real ChatOpenAI does not get that far with arguments that
-are JSON but not an object: it raises while building the message, which the HTTP
-test below covers.
+Fakes sit only at the model boundary: the task-keyed fake of `tests.fakes`. Its
+`planner_replies` answer the planner's `with_structured_output(Plan, include_raw=True)`
+call the way a provider does: a `Plan` tool call whose arguments are the fuzzed value
+(arguments that are not a JSON object, or not JSON at all, arrive as an invalid tool
+call, as LangChain's parsers report them). A real ChatOpenAI does not get that far
+with arguments that are JSON but not an object: it raises while building the
+message, which the HTTP test below covers.
 """
 
 from __future__ import annotations
@@ -19,11 +19,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import AIMessage, BaseMessage
 from langgraph.runtime import Runtime
-from pydantic import Field
 
 from fanfold import RunSettings, Task, execute_tasks_parallel
 from fanfold.nodes.domain import Plan
@@ -32,39 +29,15 @@ from fanfold.nodes.kinds import BUILTIN_KINDS
 from fanfold.nodes.models import aclose_models
 from fanfold.nodes.planner import planner
 from fanfold.tools import default_registry
-from tests.fakes import TASK_RE, AsyncFakeModel, ScriptError, node_runtime
+from tests.fakes import TaskScript, TaskScriptedModel, node_runtime
 from tests.openai_server import ScriptedOpenAI
 
-USAGE = {"input_tokens": 5, "output_tokens": 5, "total_tokens": 10}
 KINDS = sorted(BUILTIN_KINDS)
 TOOLS = sorted(default_registry().names())
 MAX_TASKS = 50
 
 
-# --- the planner fake ----------------------------------------------------------------------
-
-
-class PlannerFake(AsyncFakeModel):
-    """Answers the planner from a list of replies, in order; fails loudly off-script."""
-
-    replies: list[AIMessage]
-    calls: list[list[BaseMessage]] = Field(default_factory=list)
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        tools = [t["function"]["name"] for t in kwargs.get("tools") or []]
-        if tools != ["Plan"]:
-            raise ScriptError(f"expected the structured-output call with the Plan tool: {tools}")
-        self.calls.append(list(messages))
-        if len(self.calls) > len(self.replies):
-            raise ScriptError(f"no reply scripted for planner call {len(self.calls)}")
-        reply = self.replies[len(self.calls) - 1].model_copy(update={"usage_metadata": USAGE})
-        return ChatResult(generations=[ChatGeneration(message=reply)])
+# --- the planner's replies -----------------------------------------------------------------
 
 
 def plan_reply(args: Any, *, name: str = "Plan") -> AIMessage:
@@ -84,14 +57,18 @@ def _runtime(**kw: Any) -> Runtime[RunSettings]:
     return node_runtime(RunSettings(**kw))
 
 
-async def _plan(replies: list[AIMessage]) -> tuple[Plan | PlanError, PlannerFake]:
-    """Run the planner node on the scripted replies: a plan, or the PlanError it raised."""
-    model = PlannerFake(replies=replies)
+async def _plan(replies: list[AIMessage]) -> tuple[Plan | PlanError, list[list[BaseMessage]]]:
+    """Run the planner node on the scripted replies: a plan, or the PlanError it raised.
+
+    Also returns the messages of each planner call. A call past the replies fails loudly.
+    """
+    model = TaskScriptedModel(scripts={}, planner_replies=list(replies))
+    calls = model.recorder.planner_calls
     try:
         out = await planner({"request": "split this"}, _runtime(model=model, max_tasks=MAX_TASKS))
     except PlanError as exc:
-        return exc, model
-    return out["plan"], model
+        return exc, [c.messages for c in calls]
+    return out["plan"], [c.messages for c in calls]
 
 
 def assert_runnable(plan: Plan) -> None:
@@ -228,29 +205,29 @@ replies = st.one_of(
 def test_fuzzed_planner_output_gives_a_valid_plan_or_plan_error(
     first: AIMessage, second: AIMessage
 ) -> None:
-    outcome, model = asyncio.run(_plan([first, second]))
-    assert 1 <= len(model.calls) <= 2
-    event(f"{type(outcome).__name__} after {len(model.calls)} call(s)")
+    outcome, calls = asyncio.run(_plan([first, second]))
+    assert 1 <= len(calls) <= 2
+    event(f"{type(outcome).__name__} after {len(calls)} call(s)")
     if isinstance(outcome, PlanError):
-        assert len(model.calls) == 2, "gave up without the repair round"
+        assert len(calls) == 2, "gave up without the repair round"
         assert outcome.problems and all(isinstance(p, str) and p for p in outcome.problems)
     else:
         assert_runnable(outcome)
-        answered = (first, second)[len(model.calls) - 1]
+        answered = (first, second)[len(calls) - 1]
         assert outcome == Plan.model_validate(answered.tool_calls[0]["args"])
-    if len(model.calls) == 2:
+    if len(calls) == 2:
         # The repair keeps the request and adds one message naming the problems.
-        assert model.calls[1][:2] == model.calls[0]
-        assert "Your plan was rejected" in model.calls[1][2].text
+        assert calls[1][:2] == calls[0]
+        assert "Your plan was rejected" in calls[1][2].text
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(bad=plan_like() | json_values, good=valid_plans())
 def test_a_valid_plan_after_an_invalid_one_is_accepted(bad: Any, good: dict[str, Any]) -> None:
-    outcome, model = asyncio.run(_plan([plan_reply(bad), plan_reply(good)]))
+    outcome, calls = asyncio.run(_plan([plan_reply(bad), plan_reply(good)]))
     assert not isinstance(outcome, PlanError), outcome
     assert_runnable(outcome)
-    if len(model.calls) == 1:  # the random one happened to be valid
+    if len(calls) == 1:  # the random one happened to be valid
         assert outcome == Plan.model_validate(bad)
     else:
         assert outcome == Plan.model_validate(good)
@@ -277,19 +254,19 @@ def test_a_valid_plan_after_an_invalid_one_is_accepted(bad: Any, good: dict[str,
     ],
 )
 async def test_each_kind_of_broken_plan_is_named_then_repaired(bad: Any, needle: str) -> None:
-    outcome, model = await _plan([plan_reply(bad), plan_reply(bad)])
+    outcome, calls = await _plan([plan_reply(bad), plan_reply(bad)])
     assert isinstance(outcome, PlanError)
     assert needle in str(outcome)
-    assert len(model.calls) == 2 and needle in model.calls[1][2].text
-    repaired, model = await _plan([plan_reply(bad), plan_reply(GOOD)])
-    assert repaired == Plan.model_validate(GOOD) and len(model.calls) == 2
+    assert len(calls) == 2 and needle in calls[1][2].text
+    repaired, calls = await _plan([plan_reply(bad), plan_reply(GOOD)])
+    assert repaired == Plan.model_validate(GOOD) and len(calls) == 2
 
 
 async def test_odd_unicode_ids_that_fit_the_rules_are_kept_as_written() -> None:
     odd = ["t 1", "\u200b", "t\u0301", "\u202eevil", "ﬁ", "fi", "𝔱1", "🙂", "Ω" * 64]
     tasks = [_t(i) for i in odd] + [_t("end", *odd)]
-    outcome, model = await _plan([plan_reply({"tasks": tasks})])
-    assert isinstance(outcome, Plan) and len(model.calls) == 1
+    outcome, calls = await _plan([plan_reply({"tasks": tasks})])
+    assert isinstance(outcome, Plan) and len(calls) == 1
     assert [t.id for t in outcome.tasks] == [*odd, "end"]
     assert outcome.generations() == [odd, ["end"]]
 
@@ -316,17 +293,17 @@ async def test_prose_instead_of_a_plan_then_nothing_is_a_plan_error() -> None:
     ids=["fenced-json", "fenced-list", "in-prose", "list-after-a-bracket"],
 )
 async def test_a_json_plan_in_the_text_of_a_reply_is_accepted(text: str) -> None:
-    outcome, model = await _plan([AIMessage(text)])
+    outcome, calls = await _plan([AIMessage(text)])
     assert isinstance(outcome, Plan), outcome
-    assert [t.id for t in outcome.tasks] == ["a"] and len(model.calls) == 1
+    assert [t.id for t in outcome.tasks] == ["a"] and len(calls) == 1
 
 
 async def test_a_json_plan_in_text_that_breaks_the_rules_gets_the_repair_round() -> None:
     cyclic = '{"tasks": [{"id": "a", "description": "x", "depends_on": ["a"]}]}'
-    outcome, model = await _plan([AIMessage(cyclic), AIMessage(f"fixed: {json.dumps(GOOD)}")])
-    assert isinstance(outcome, Plan) and len(model.calls) == 2
+    outcome, calls = await _plan([AIMessage(cyclic), AIMessage(f"fixed: {json.dumps(GOOD)}")])
+    assert isinstance(outcome, Plan) and len(calls) == 2
     # The text plan did not validate: the repair round says why.
-    assert "depends on itself" in model.calls[1][2].text
+    assert "depends on itself" in calls[1][2].text
 
 
 @pytest.mark.http
@@ -356,86 +333,42 @@ async def test_plan_arguments_that_are_not_an_object_over_http_get_the_repair_ro
 # --- tools misused, through a whole run ------------------------------------------------------
 
 
-class ToolScript(AsyncFakeModel):
-    """Per task id: the tool calls to make at each step, then an answer with what came back.
-
-    The step is the number of tool replies already in the conversation, so parallel
-    subagents never depend on call order. Calls past the script fail loudly.
-    """
-
-    steps: dict[str, list[list[dict[str, Any]]]]
-    loop_forever: set[str] = Field(default_factory=set)
-    seen: dict[str, list[list[ToolMessage]]] = Field(default_factory=dict)
-    calls: dict[str, int] = Field(default_factory=dict)
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        first = next((m.text for m in messages if isinstance(m, HumanMessage)), "")
-        match = TASK_RE.search(first)
-        if not match:
-            raise ScriptError(f"not a subagent conversation: {first[:80]!r}")
-        task_id = match.group(1)
-        self.calls[task_id] = self.calls.get(task_id, 0) + 1
-        replies = [m for m in messages if isinstance(m, ToolMessage)]
-        self.seen.setdefault(task_id, []).append(replies)
-        if task_id in self.loop_forever:
-            call = {"name": "calculator", "args": {"expression": "1 + 1"}, "id": f"c{len(replies)}"}
-            return self._reply(AIMessage("", tool_calls=[call]))
-        script = self.steps.get(task_id)
-        if script is None:
-            raise ScriptError(f"no script for task `{task_id}`")
-        turns = sum(1 for m in messages if isinstance(m, AIMessage) and m.tool_calls)
-        if turns < len(script):
-            calls = [{**c, "id": f"{task_id}-{turns}-{i}"} for i, c in enumerate(script[turns])]
-            return self._reply(AIMessage("", tool_calls=calls))
-        if turns > len(script):
-            raise ScriptError(f"task `{task_id}` went past its script")
-        return self._reply(AIMessage(f"{task_id} done: " + " | ".join(m.text for m in replies)))
-
-    def _reply(self, message: AIMessage) -> ChatResult:
-        message.usage_metadata = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
-        return ChatResult(generations=[ChatGeneration(message=message)])
-
-
-def _calc(**args: Any) -> dict[str, Any]:
-    return {"name": "calculator", "args": args}
+def _calc(**args: Any) -> tuple[str, dict[str, Any]]:
+    return ("calculator", args)
 
 
 async def test_bad_tool_arguments_and_unknown_tools_go_back_to_the_model() -> None:
     good = _calc(expression="6 * 7")
-    model = ToolScript(
-        steps={
-            "missing": [[_calc(expr="6 * 7")], [good]],
-            "wrong_type": [[_calc(expression=["6", "*", "7"])], [good]],
-            "unknown": [[{"name": "shell", "args": {"cmd": "rm -rf /"}}], [good]],
-            "not_allowed": [[{"name": "text_stats", "args": {"text": "hi"}}], [good]],
-            "all_at_once": [[{"name": "web_search", "args": {}}, _calc(), good]],
-        }
-    )
+    turns = {
+        "missing": [[_calc(expr="6 * 7")], [good]],
+        "wrong_type": [[_calc(expression=["6", "*", "7"])], [good]],
+        "unknown": [[("shell", {"cmd": "rm -rf /"})], [good]],
+        "not_allowed": [[("text_stats", {"text": "hi"})], [good]],
+        "all_at_once": [[("web_search", {}), _calc(), good]],
+    }
+    model = TaskScriptedModel(scripts={t: TaskScript(latency=0, turns=v) for t, v in turns.items()})
     tasks = [
         Task(id=tid, description="compute 6 * 7", kind="analyst", tools=["calculator"])
-        for tid in model.steps
+        for tid in turns
     ]
     results = await execute_tasks_parallel(tasks, model=model, max_concurrency=5)
-    assert [r.task_id for r in results] == list(model.steps)
+    assert [r.task_id for r in results] == list(turns)
     assert all(r.status == "ok" for r in results), [(r.task_id, r.error) for r in results]
     by_id = {r.task_id: r for r in results}
 
+    rec = model.recorder
+
     def errors(task_id: str) -> list[str]:
         # The tool replies in the conversation of the task's last model call.
-        return [m.text for m in model.seen[task_id][-1] if m.status == "error"]
+        return [m.text for m in rec.tool_results[task_id] if m.status == "error"]
 
     for tid in ("missing", "wrong_type", "unknown", "not_allowed"):
         # One bad call, its error shown to the model, then a good call and an answer.
-        assert model.calls[tid] == 3
+        assert rec.calls[tid] == 3
         assert len(errors(tid)) == 1
         assert by_id[tid].tool_calls == 2
-        assert by_id[tid].output.endswith("| 42"), by_id[tid].output
+        assert rec.tool_results[tid][-1].text == "42"
+        assert by_id[tid].output.endswith(" 42"), by_id[tid].output
     assert "bad arguments for `calculator`" in errors("missing")[0]
     assert "expression" in errors("missing")[0]
     assert "bad arguments for `calculator`" in errors("wrong_type")[0]
@@ -443,8 +376,8 @@ async def test_bad_tool_arguments_and_unknown_tools_go_back_to_the_model() -> No
         assert f"unknown tool `{name}`" in errors(tid)[0]
         assert "['calculator']" in errors(tid)[0]  # the tools it may use
     # Three calls in one turn: two fail, one works, all three answered in call order.
-    assert model.calls["all_at_once"] == 2
-    [turn] = [t for t in model.seen["all_at_once"] if t]
+    assert rec.calls["all_at_once"] == 2
+    turn = rec.tool_results["all_at_once"]  # the first call had none
     assert [m.status for m in turn] == ["error", "error", "success"]
     assert "unknown tool `web_search`" in turn[0].text
     assert "bad arguments for `calculator`" in turn[1].text and turn[2].text == "42"
@@ -452,7 +385,12 @@ async def test_bad_tool_arguments_and_unknown_tools_go_back_to_the_model() -> No
 
 
 async def test_a_model_that_never_stops_calling_tools_is_stopped_at_max_steps() -> None:
-    model = ToolScript(steps={"fine": [[_calc(expression="2 + 2")]]}, loop_forever={"forever"})
+    model = TaskScriptedModel(
+        scripts={
+            "fine": TaskScript(latency=0, expression="2 + 2"),
+            "forever": TaskScript(latency=0, behaviour="loop", expression="1 + 1"),
+        }
+    )
     tasks = [
         Task(id=tid, description="add", kind="analyst", tools=["calculator"])
         for tid in ("forever", "fine")
@@ -465,7 +403,7 @@ async def test_a_model_that_never_stops_calling_tools_is_stopped_at_max_steps() 
     assert forever.error.type == "MaxStepsExceeded"
     assert "max_steps=5" in forever.error.message
     assert "still asked for tools" in forever.error.message
-    assert model.calls["forever"] == 5 and forever.tool_calls == 5
+    assert model.recorder.calls["forever"] == 5 and forever.tool_calls == 5
     assert forever.usage.total_tokens == 5 * 15
     # Its sibling is unaffected (settle).
-    assert fine.status == "ok" and fine.output == "fine done: 4"
+    assert fine.status == "ok" and fine.output == "output of fine: 4"

@@ -223,3 +223,11 @@ async def test_a_handler_that_takes_problems_is_told_why_an_edit_was_refused() -
 
     assert (await arun("tea", settings=settings, on_approval=old_style)).status == "ok"
     assert len(plain) == 1
+
+
+def test_a_plan_file_nested_too_deeply_is_bad_input(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    proc = fanfold("run", "--plan", str(deep), "--json")
+    line, doc = check_failure(proc, 2, "BadInput")
+    assert "nests too deeply" in line and "Traceback" not in proc.stderr

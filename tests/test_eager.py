@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
-from pydantic import Field
 
 from fanfold import Plan, RunSettings, TaskFailedError, arun
 from fanfold.graphs.orchestrator import compile_orchestrator
@@ -125,28 +124,24 @@ async def test_fail_fast_cancels_tasks_waiting_for_inputs() -> None:
     settings = RunSettings(model=model, start_jitter_s=0, policy="fail_fast", max_retries=0)
     with pytest.raises(TaskFailedError) as caught:
         await arun("", settings=settings, plan=_plan(*CHAIN))
-    finished = {r.task_id: r.status for r in caught.value.results}
-    assert finished == {"a": "failed"}  # b and c never wrote a result: cancelled
+    ended = {r.task_id: r.status for r in caught.value.results}
+    # One result per task: the failure; the rest ended with the run, saying why.
+    assert ended == {"a": "failed", "slow": "cancelled", "b": "cancelled", "c": "cancelled"}
+    for r in caught.value.results[1:]:
+        assert r.error is not None and r.error.type == "RunStopped"
+        assert "`a` failed under fail_fast" in r.error.message
     assert set(model.recorder.calls) == {"a", "slow"}
     assert model.recorder.cancelled == {"slow"}
-
-
-class FailsFirstTime(TaskScriptedModel):
-    """Task `a`'s first call raises; every later call follows the script."""
-
-    failed: list[str] = Field(default_factory=list)
-
-    async def _agenerate(self, messages: Any, *args: Any, **kwargs: Any) -> Any:
-        if "Task a (" in str(messages[1].content) and not self.failed:
-            self.failed.append("a")
-            raise RuntimeError("first call of a fails")
-        return await super()._agenerate(messages, *args, **kwargs)
 
 
 async def test_runs_sharing_a_settings_object_never_see_each_others_results() -> None:
     # graph.ainvoke with one settings object shares one run scope between runs: the
     # results a waiting task reads are keyed by its window, not by task id alone.
-    model = FailsFirstTime(scripts={t: TaskScript(latency=0.01) for t, _ in CHAIN})
+    # Task `a`'s first call raises; every later call follows the script.
+    fails_once = TaskScript(latency=0.01, errors=[RuntimeError("first call of a fails")])
+    model = TaskScriptedModel(
+        scripts={t: TaskScript(latency=0.01) for t, _ in CHAIN} | {"a": fails_once}
+    )
     settings = RunSettings(model=model, start_jitter_s=0, max_retries=0)
     graph = compile_orchestrator(synthesize_answer=False)
     plan = _plan(*CHAIN)

@@ -38,16 +38,10 @@ async def test_the_planner_assigns_a_custom_kind_with_its_own_model_and_timeout(
 
 
 async def test_the_planner_is_told_about_custom_kinds() -> None:
-    seen: list[str] = []
     plan = {"tasks": [{"id": "a", "description": "x", "kind": "poet"}]}
-
-    class Spy(TaskScriptedModel):
-        async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs):  # type: ignore[no-untyped-def]
-            seen.append(str(messages[0].content))
-            return await super()._agenerate(messages, stop, run_manager, **kwargs)
-
-    model = Spy(scripts={"a": TaskScript()}, plan=plan)
+    model = TaskScriptedModel(scripts={"a": TaskScript()}, plan=plan)
     poet = AgentKind(name="poet", system_prompt="Verse.", description="Writes verse.")
     out = await arun("x", settings=RunSettings(model=model, kinds=[poet]))
     assert out.results[0].status == "ok"
-    assert "- poet: Writes verse." in seen[0]
+    [(messages, _)] = model.recorder.planner_calls
+    assert "- poet: Writes verse." in str(messages[0].content)

@@ -7,14 +7,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.tools import tool
 from langgraph.errors import NodeError, NodeTimeoutError
 from langgraph.runtime import Runtime
 from langgraph.types import Command, Overwrite, Send
-from pydantic import Field
 
 from fanfold.nodes.act import act, after_act, bind_tools, task_tools
 from fanfold.nodes.brief import brief
@@ -40,38 +37,15 @@ from fanfold.nodes.scope import scope_of
 from fanfold.nodes.subagent_error import on_subagent_error
 from fanfold.nodes.synthesize import synthesize
 from fanfold.tools import calculator
-from tests.fakes import AsyncFakeModel, ScriptError, TaskScript, TaskScriptedModel, node_runtime
+from tests.fakes import REPLY_USAGE, TaskScript, TaskScriptedModel, node_runtime
 
 Event = dict[str, Any]
-USAGE = {"input_tokens": 7, "output_tokens": 3, "total_tokens": 10}
+USAGE = REPLY_USAGE
 
 
-class ScriptedModel(AsyncFakeModel):
-    """Replies from a list, in order; records what it saw; fails loudly when the list runs out.
-
-    Only for nodes that call a model one call at a time (planner, synthesizer).
-    """
-
-    replies: list[AIMessage]
-    calls: list[tuple[list[BaseMessage], list[str]]] = Field(default_factory=list)
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        tools = [t["function"]["name"] for t in kwargs.get("tools") or []]
-        self.calls.append((list(messages), tools))
-        if not self.replies:
-            raise ScriptError(f"no reply scripted for call {len(self.calls)}")
-        reply = self.replies.pop(0).model_copy(update={"usage_metadata": USAGE})
-        return ChatResult(generations=[ChatGeneration(message=reply)])
-
-
-def _plan_call(plan: dict[str, Any]) -> AIMessage:
-    return AIMessage("", tool_calls=[{"name": "Plan", "args": plan, "id": "p1"}])
+def _planner(*replies: dict[str, Any] | AIMessage) -> TaskScriptedModel:
+    """A model whose planner calls get these replies, in order, and nothing more."""
+    return TaskScriptedModel(scripts={}, planner_replies=list(replies))
 
 
 def _rt(events: list[Event] | None = None, **settings: Any) -> Runtime[RunSettings]:
@@ -82,9 +56,9 @@ def _rt(events: list[Event] | None = None, **settings: Any) -> Runtime[RunSettin
 dispatch = Dispatch(eager=False).route
 
 
-def _never() -> ScriptedModel:
-    """A model that fails the test if any node calls it."""
-    return ScriptedModel(replies=[])
+def _never() -> TaskScriptedModel:
+    """A model with no script: a planner or subagent call fails the test (ScriptError)."""
+    return TaskScriptedModel(scripts={})
 
 
 def _t(tid: str, *deps: str, **kw: Any) -> dict[str, Any]:
@@ -126,7 +100,7 @@ async def test_planner_validates_a_given_plan_without_a_model() -> None:
     assert out["plan"] is given
     assert out["usage"].value == Usage() and out["rounds"] == 0
     assert isinstance(out["started_at"], datetime)
-    assert model.calls == []
+    assert model.recorder.planner_calls == []
     assert events == [{"fanfold": "plan_ready", "tasks": 3, "generations": 2}]
 
 
@@ -147,11 +121,11 @@ async def test_planner_rejects_an_invalid_given_plan() -> None:
 
 async def test_planner_asks_the_model_once_when_the_plan_is_valid() -> None:
     events: list[Event] = []
-    model = ScriptedModel(replies=[_plan_call(VALID)])
+    model = _planner(VALID)
     out = await planner({"request": "split this"}, _rt(events, model=model, max_tasks=7))
     assert out["plan"] == Plan.model_validate(VALID)
     assert out["usage"].value == Usage(**USAGE)
-    [(messages, tools)] = model.calls
+    [(messages, tools)] = model.recorder.planner_calls
     assert tools == ["Plan"]
     system, user = messages
     assert isinstance(system, SystemMessage) and isinstance(user, HumanMessage)
@@ -162,19 +136,19 @@ async def test_planner_asks_the_model_once_when_the_plan_is_valid() -> None:
 
 
 async def test_planner_prefers_the_planner_model() -> None:
-    planner_model = ScriptedModel(replies=[_plan_call(VALID)])
+    planner_model = _planner(VALID)
     out = await planner({"request": "x"}, _rt(model=_never(), planner_model=planner_model))
     assert len(out["plan"].tasks) == 3
-    assert len(planner_model.calls) == 1
+    assert len(planner_model.recorder.planner_calls) == 1
 
 
 async def test_planner_repairs_a_plan_that_breaks_a_run_rule() -> None:
     wizard = {"tasks": [_t("a", kind="wizard")]}
-    model = ScriptedModel(replies=[_plan_call(wizard), _plan_call(VALID)])
+    model = _planner(wizard, VALID)
     out = await planner({"request": "x"}, _rt(model=model))
     assert out["plan"] == Plan.model_validate(VALID)
     assert out["usage"].value.total_tokens == 2 * USAGE["total_tokens"]
-    (first, _), (second, tools) = model.calls
+    (first, _), (second, tools) = model.recorder.planner_calls
     assert tools == ["Plan"]
     # The repair keeps the system and user messages and adds one that names the problem.
     assert second[:2] == first
@@ -186,31 +160,31 @@ async def test_planner_repairs_a_plan_that_breaks_a_run_rule() -> None:
 
 async def test_planner_repairs_a_plan_that_is_not_a_dag() -> None:
     cyclic = {"tasks": [_t("a", "b"), _t("b", "a")]}
-    model = ScriptedModel(replies=[_plan_call(cyclic), _plan_call(VALID)])
+    model = _planner(cyclic, VALID)
     out = await planner({"request": "x"}, _rt(model=model))
     assert len(out["plan"].tasks) == 3
-    repair = model.calls[1][0][2]
+    repair = model.recorder.planner_calls[1].messages[2]
     assert "dependency cycle" in repair.text
     assert "a -> b" in repair.text or "b -> a" in repair.text
 
 
 async def test_planner_gives_up_after_one_repair() -> None:
     bad = {"tasks": [_t("a"), _t("b", tools=["shell"])]}
-    model = ScriptedModel(replies=[_plan_call(bad), _plan_call(bad)])
+    model = _planner(bad, bad)
     with pytest.raises(PlanError) as info:
         await planner({"request": "x"}, _rt(model=model))
-    assert len(model.calls) == 2
+    assert len(model.recorder.planner_calls) == 2
     [problem] = info.value.problems
     assert "`b`" in problem and "shell" in problem
     assert info.value.raw is not None and json.loads(info.value.raw) == bad
 
 
 async def test_planner_fails_when_the_model_writes_no_plan() -> None:
-    model = ScriptedModel(replies=[AIMessage("I'd rather chat."), AIMessage("Still no.")])
+    model = _planner(AIMessage("I'd rather chat."), AIMessage("Still no."))
     with pytest.raises(PlanError, match="no plan") as info:
         await planner({"request": "x"}, _rt(model=model))
     assert info.value.raw == "Still no."
-    assert "no plan" in model.calls[1][0][2].text
+    assert "no plan" in model.recorder.planner_calls[1].messages[2].text
 
 
 # --- dispatch --------------------------------------------------------------------------
@@ -352,7 +326,7 @@ async def test_reducer_appends_skipped_results_between_windows() -> None:
 
 
 async def test_synthesize_calls_the_model_once_with_every_result() -> None:
-    model = ScriptedModel(replies=[AIMessage("the final answer")])
+    model, never = TaskScriptedModel(scripts={}), _never()
     results = [_ok("a", "alpha out"), _failed("b"), _ok("c", "gamma out")]
     state = {
         "request": "the request",
@@ -362,18 +336,20 @@ async def test_synthesize_calls_the_model_once_with_every_result() -> None:
         "rounds": 2,
         "started_at": T0,
     }
-    out = await synthesize(state, _rt(model=_never(), planner_model=model))
-    [(messages, tools)] = model.calls
+    out = await synthesize(state, _rt(model=never, planner_model=model))
+    [(messages, tools)] = model.recorder.synthesizer_calls
+    assert never.recorder.synthesizer_calls == []
     assert tools == []
     prompt = messages[-1].text
     assert "the request" in prompt
     for line in ("[a ok] alpha out", "[b failed] TaskError: boom", "[c ok] gamma out"):
         assert line in prompt
-    assert out["answer"] == "the final answer"
+    assert out["answer"] == "answer: a=ok, b=failed, c=ok"
     assert out["usage"] == Usage(**USAGE)
     metrics = out["metrics"]
     assert metrics.rounds == 2 and metrics.tasks == 3
-    assert metrics.tokens.total_tokens == 2 + 2 + 2 + 10  # results + planner + this call
+    # results + planner + this call
+    assert metrics.tokens.total_tokens == 2 + 2 + 2 + USAGE["total_tokens"]
     assert metrics.counts["failed"] == 1
 
 

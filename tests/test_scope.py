@@ -9,8 +9,10 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
+from langchain_core.tools import tool
 from langgraph.graph import START, StateGraph
 from langgraph.runtime import RunControl, get_runtime
 from typing_extensions import TypedDict
@@ -18,7 +20,7 @@ from typing_extensions import TypedDict
 from fanfold import Plan, RunSettings, Task, ToolRegistry, arun
 from fanfold.graphs import api
 from fanfold.graphs.orchestrator import compile_orchestrator
-from fanfold.graphs.scoped import ScopedStateGraph, run_control
+from fanfold.graphs.scoped import ScopedGraph, ScopedStateGraph, part_of_run, run_control
 from fanfold.nodes.scope import RunScope, ScopedControl
 from fanfold.tools import calculator
 from tests.fakes import TaskScript, TaskScriptedModel
@@ -106,7 +108,7 @@ class _S(TypedDict, total=False):
     x: int
 
 
-async def test_a_graph_run_by_a_node_shares_its_runs_scope_and_gets_one_otherwise() -> None:
+async def test_a_graph_run_inside_a_node_is_a_run_of_its_own_unless_part_of_the_run() -> None:
     seen: list[RunControl | None] = []
 
     async def inner_node(state: _S) -> _S:
@@ -116,25 +118,66 @@ async def test_a_graph_run_by_a_node_shares_its_runs_scope_and_gets_one_otherwis
     inner = ScopedStateGraph(_S)
     inner.add_node("n", inner_node)
     inner.add_edge(START, "n")
-    compiled_inner = inner.compile()
+    separate = inner.compile()
+    a_part = part_of_run(inner.compile())  # as Fanfold runs the subagent, a delegation
+    which: list[ScopedGraph[_S, None, _S, _S]] = []
 
     async def outer_node(state: _S) -> _S:
-        await compiled_inner.ainvoke({"x": 1})
+        await which[-1].ainvoke({"x": 1})
         return {}
 
-    outer = StateGraph(_S)  # a user's own graph, running a Fanfold graph in a node
+    outer = StateGraph(_S)  # someone's graph calling a Fanfold graph in a node or tool
     outer.add_node("o", outer_node)
     outer.add_edge(START, "o")
     compiled_outer = outer.compile()
 
-    fanfold_run = ScopedControl()
-    await compiled_outer.ainvoke({"x": 0}, control=fanfold_run)
-    assert seen[-1] is fanfold_run  # inside a Fanfold run: that run's control and scope
+    for graph in (separate, a_part):
+        which.append(graph)
+        for enclosing in (ScopedControl(), RunControl()):
+            await compiled_outer.ainvoke({"x": 0}, control=enclosing)
+            got = seen[-1]
+            assert isinstance(got, ScopedControl)
+            if graph is a_part and isinstance(enclosing, ScopedControl):
+                assert got is enclosing  # a part of a Fanfold run shares its scope
+            else:
+                # A run of its own (an `arun` inside a tool of another run, say), whose
+                # drains still reach it through the enclosing run's control.
+                assert got is not enclosing and got.inner is enclosing
 
-    users_run = RunControl()
-    await compiled_outer.ainvoke({"x": 0}, control=users_run)
-    own = seen[-1]
-    assert isinstance(own, ScopedControl) and own.inner is users_run  # a run of its own
+
+async def test_an_arun_inside_a_tool_of_another_run_is_a_run_of_its_own() -> None:
+    inner_out: list[str] = []
+
+    @tool
+    async def ask_a_team(question: str) -> str:
+        """Run a small team on a question."""
+        model = TaskScriptedModel(scripts={"q": TaskScript(latency=0)})
+        out = await arun(
+            "",
+            settings=RunSettings(model=model, policy="quorum:1", start_jitter_s=0),
+            plan=Plan(tasks=[Task(id="q", description=question, tools=[])]),
+        )
+        inner_out.append(out.status)
+        return out.results[0].output
+
+    outer_model = TaskScriptedModel(
+        scripts={
+            "a": TaskScript(latency=0, call=("ask_a_team", {"question": "why"})),
+            "b": TaskScript(latency=0.2),
+        }
+    )
+    settings = RunSettings(model=outer_model, tools=[ask_a_team], start_jitter_s=0)
+    plan = Plan(
+        tasks=[
+            Task(id="a", description="x", tools=["ask_a_team"]),
+            Task(id="b", description="y", tools=[]),
+        ]
+    )
+    out = await arun("", settings=settings, plan=plan)
+    # The inner run met its own quorum: it did not stop the outer (settle) run.
+    assert inner_out == ["ok"]
+    assert [(r.task_id, r.status) for r in out.results] == [("a", "ok"), ("b", "ok")]
+    assert out.metrics.stop_reason is None
 
 
 def test_a_run_gets_a_control_of_its_own_wrapping_one_it_was_given() -> None:
@@ -194,8 +237,8 @@ async def test_a_scope_dies_with_its_run() -> None:
     scopes: list[weakref.ref[RunScope]] = []
     original = RunScope.__init__
 
-    def tracking(self: RunScope, settings: RunSettings) -> None:
-        original(self, settings)
+    def tracking(self: RunScope, settings: RunSettings, **kwargs: Any) -> None:
+        original(self, settings, **kwargs)
         scopes.append(weakref.ref(self))
 
     RunScope.__init__ = tracking  # type: ignore[method-assign]

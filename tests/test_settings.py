@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from typing import Any
@@ -12,8 +13,7 @@ from pydantic import ValidationError
 
 from fanfold import AgentKind, Plan, RunSettings, Task, arun, execute_tasks_parallel
 from fanfold.graphs.orchestrator import compile_orchestrator, graph
-from fanfold.nodes.context import requirement, setting_flags, settings_of
-from fanfold.nodes.dispatch import concurrency
+from fanfold.nodes.context import concurrency, requirement, setting_flags, settings_of
 from fanfold.nodes.errors import SettingsError
 from tests.fakes import TaskScript, TaskScriptedModel
 
@@ -87,7 +87,7 @@ def test_dicts_from_http_are_coerced() -> None:
     s = settings_of(
         {"kinds": [{"name": "poet", "system_prompt": "verse"}], "perspectives": ["poet"]}
     )
-    assert s.kinds == [AgentKind(name="poet", system_prompt="verse")]
+    assert s.kinds == (AgentKind(name="poet", system_prompt="verse"),)
     with pytest.raises(SettingsError, match="unknown setting `nope`"):
         settings_of({"nope": 1})
 
@@ -216,7 +216,7 @@ async def test_tools_named_by_import_path_survive_json_and_are_imported_at_run_t
     out = await arun("", settings=s, plan=plan)
     assert out.results[0].status == "ok" and "42" in out.results[0].output
     listed = RunSettings(tools=["fanfold.tools.builtins:BUILTIN_TOOLS"])
-    assert listed.tools == ["fanfold.tools.builtins:BUILTIN_TOOLS"]
+    assert listed.tools == ("fanfold.tools.builtins:BUILTIN_TOOLS",)
 
 
 async def test_a_bad_tool_path_is_named() -> None:
@@ -230,3 +230,51 @@ async def test_a_bad_tool_path_is_named() -> None:
     s = RunSettings(tools=["fanfold.tools.builtins:evaluate"])  # a function, not a tool
     with pytest.raises(SettingsError, match="a LangChain tool or a list of tools"):
         await arun("x", settings=s)
+
+
+def test_every_way_to_build_settings_validates() -> None:
+    s = RunSettings()
+    for build in (
+        lambda: s.model_copy(update={"max_concurrency": 0}),
+        lambda: s.replace(max_concurrency=0),
+        lambda: RunSettings.model_validate({"max_concurrency": 0}),
+        lambda: RunSettings.model_validate_json('{"max_concurrency": 0}'),
+    ):
+        with pytest.raises(SettingsError, match="`max_concurrency` must be an integer >= 1"):
+            build()
+    assert RunSettings.model_validate({"max_concurrency": 3}).max_concurrency == 3
+
+
+def test_lists_inside_settings_cannot_change_behind_validation() -> None:
+    s = RunSettings(perspectives=["skeptic"], tools=["fanfold.tools.builtins:calculator"])
+    assert s.perspectives == ("skeptic",) and isinstance(s.tools, tuple)
+    with pytest.raises(AttributeError):
+        s.tools.append("no colon")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("start_jitter_s", 1e308, "<= 60"),  # would stall every task for its whole timeout
+        ("requests_per_second", 5e-324, ">= 0.001"),  # would hang the planner
+        ("workspace", "", "an existing folder"),  # would mean the current folder
+        ("perspectives", ["nope"], "unknown: ['nope']"),
+    ],
+)
+def test_absurd_values_that_would_only_hang_a_run_are_refused(
+    field: str, value: Any, needle: str
+) -> None:
+    with pytest.raises(SettingsError, match=re.escape(needle)):
+        RunSettings(**{field: value})
+
+
+async def test_a_tool_module_that_fails_to_import_is_named(tmp_path: Any, monkeypatch: Any) -> None:
+    (tmp_path / "broken_tools.py").write_text("raise RuntimeError('no config file')\n")
+    (tmp_path / "syntax_tools.py").write_text("def (:\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for spec, why in (
+        ("broken_tools:x", "RuntimeError: no config file"),
+        ("syntax_tools:x", "SyntaxError"),
+    ):
+        with pytest.raises(SettingsError, match=re.escape(why)):
+            await arun("x", settings=RunSettings(tools=[spec]))

@@ -66,7 +66,8 @@ class _Provider:
     ttl_s: float
     tools: dict[str, BaseTool] = field(default_factory=dict)
     expires_at: float = 0.0  # monotonic; 0: never loaded
-    inflight: asyncio.Future[None] | None = None
+    inflight: asyncio.Future[str] | None = None
+    """The refresh under way: its outcome, `loaded`, `failed` or `cancelled`."""
 
 
 class ToolRegistry:
@@ -206,12 +207,17 @@ class ToolRegistry:
 
     async def _refresh(self, provider: _Provider, counters: list[RegistryStats]) -> None:
         loop = asyncio.get_running_loop()
-        inflight = provider.inflight
-        if inflight is not None and not inflight.done() and inflight.get_loop() is loop:
-            await asyncio.shield(inflight)  # someone else is refreshing: wait for it
-            return
-        fut: asyncio.Future[None] = loop.create_future()
+        while True:
+            inflight = provider.inflight
+            if inflight is None or inflight.done() or inflight.get_loop() is not loop:
+                break
+            # Someone else is refreshing: wait for it. Were it cancelled (its run was),
+            # the tools are still not loaded: go round and refresh here instead.
+            if await asyncio.shield(inflight) != "cancelled":
+                return
+        fut: asyncio.Future[str] = loop.create_future()
         provider.inflight = fut
+        outcome = "cancelled"
         try:
             for c in counters:
                 c.refreshes += 1
@@ -226,11 +232,13 @@ class ToolRegistry:
                 tools[tool.name] = tool
             provider.tools = tools
             provider.expires_at = time.monotonic() + provider.ttl_s
+            outcome = "loaded"
         except Exception:  # noqa: BLE001 - keep the last good tools; try again next look-up
+            outcome = "failed"
             for c in counters:
                 c.errors += 1
         finally:
-            fut.set_result(None)
+            fut.set_result(outcome)
             provider.inflight = None
 
     def merged(self, extra: Iterable[BaseTool]) -> ToolRegistry:
