@@ -121,7 +121,7 @@ def compile_orchestrator(
         ValueError: an unknown `checkpoint_granularity`.
     """
     if max_concurrency is not None:
-        check_config({"max_concurrency": max_concurrency})
+        check_config({"max_concurrency": max_concurrency}, owner="graph")
     if checkpoint_granularity not in ("task", "step"):
         msg = f"`checkpoint_granularity` must be `task` or `step`, got `{checkpoint_granularity}`"
         raise ValueError(msg)

@@ -88,7 +88,7 @@ class ScopedGraph(CompiledStateGraph[StateT, ContextT, InputT, OutputT]):
             SettingsError: invalid settings, or a `max_concurrency` that is not an
                 integer >= 1 in the config.
         """
-        check_config(self.config)
+        check_config(self.config, owner="graph")
         check_config(config)
         settings = settings_of(context)
         merged = merge_configs(self.config, config)

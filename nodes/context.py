@@ -318,16 +318,19 @@ def concurrency(settings: RunSettings, config: RunnableConfig) -> tuple[int, int
     return limit, graph_limit
 
 
-def check_config(config: RunnableConfig | None) -> None:
-    """Refuse a run config whose `max_concurrency` LangGraph could not use.
+def check_config(config: RunnableConfig | None, *, owner: str = "run") -> None:
+    """Refuse a config whose `max_concurrency` LangGraph could not use.
+
+    `owner`: whose config it is, for the message (`run`, `graph`).
 
     Raises:
         SettingsError: a `max_concurrency` (top level or configurable) that is not an
             integer >= 1 (LangGraph would hang on 0).
     """
     if config:
-        _config_limit(config.get("max_concurrency"), "config")
-        _config_limit((config.get("configurable") or {}).get("max_concurrency"), "configurable")
+        top, nested = f"{owner}'s config", f"{owner}'s configurable"
+        _config_limit(config.get("max_concurrency"), top)
+        _config_limit((config.get("configurable") or {}).get("max_concurrency"), nested)
 
 
 def _config_limit(value: Any, where: str) -> int | None:
@@ -335,7 +338,7 @@ def _config_limit(value: Any, where: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         problem = SettingProblem(
-            "max_concurrency", None, f"an integer >= 1 (in the run's {where})", value
+            "max_concurrency", None, f"an integer >= 1 (in the {where})", value
         )
         raise SettingsError([problem])
     return value
