@@ -155,7 +155,8 @@ class RunSettings(BaseModel):
         tuple[str, ...], Field(min_length=1), Flag("--perspectives", "KIND,...", form="list")
     ] = tuple(DEFAULT_PERSPECTIVES)
     """Agent kinds the `perspectives` graph asks, each given the whole request (known
-    kinds: the built-ins and `kinds`)."""
+    kinds: the built-ins and `kinds`). Used by that graph only (Python, Studio); the
+    orchestrator, which `fanfold run` runs, saves it with the run's settings."""
     max_rounds: Annotated[Count, Flag("--max-rounds", "N")] = 1
     """Planning rounds: after a plan's tasks are done the planner may add tasks, until
     this many rounds; 1 means no re-planning."""
