@@ -291,7 +291,7 @@ async def aresume(
         thread_id: the run's thread id.
         graph: the orchestrator compiled with the same checkpointer.
         settings: run settings; by default the ones the run saved (model specs,
-            limits, policy). Tools and model instances are not saved: pass them.
+            limits, policy). Tool objects and model instances are not saved: pass them.
         on_event: called with each progress event.
         decision: for a run paused at plan approval, the decision to resume with.
         on_approval: for a run paused at plan approval, asked for the decision (as
