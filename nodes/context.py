@@ -245,7 +245,7 @@ class RunSettings(BaseModel):
 
     @field_validator("tools")
     @classmethod
-    def _tool_specs(cls, value: list[BaseTool | str]) -> list[BaseTool | str]:
+    def _tool_specs(cls, value: tuple[BaseTool | str, ...]) -> tuple[BaseTool | str, ...]:
         for item in value:
             if isinstance(item, str) and not _TOOL_SPEC.match(item):
                 msg = f"`{item}` is not an import path `package.module:name`"
@@ -269,10 +269,10 @@ class RunSettings(BaseModel):
         return RunSettings(**{**dict(self), **changes})
 
     def to_json(self) -> dict[str, Any]:
-        """Return the settings that survive JSON: model specs (not instances), limits.
+        """Return the settings that survive JSON: model specs, tool import paths, limits.
 
-        Tools, registries and chat-model instances are Python objects and are left
-        out (as are kinds that carry one); a resumed run gets them from its caller.
+        Tool objects, registries and chat-model instances are Python objects and are
+        left out (as are kinds that carry one); a resumed run gets them from its caller.
         """
         out: dict[str, Any] = {}
         for name, value in self:
@@ -280,12 +280,14 @@ class RunSettings(BaseModel):
                 continue
             if name == "tools":
                 value = [t for t in value if isinstance(t, str)]  # objects stay in process
-            if name == "kinds":
+            elif name == "kinds":
                 value = [
                     k.model_dump(mode="json")
                     for k in value
                     if not isinstance(k.model, BaseChatModel)
                 ]
+            elif isinstance(value, tuple):
+                value = list(value)
             out[name] = value
         return out
 
