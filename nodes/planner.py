@@ -18,9 +18,10 @@ from pydantic import BaseModel, ValidationError
 from fanfold.nodes.calls import call_model
 from fanfold.nodes.context import RunSettings, quorum_of, settings_of
 from fanfold.nodes.delegation import DELEGATE
-from fanfold.nodes.domain import ErrorInfo, Plan, RunMetrics, Usage, validate_plan
+from fanfold.nodes.domain import ErrorInfo, Plan, Usage, validate_plan
 from fanfold.nodes.errors import BudgetExceeded, PlanError, QuorumUnreachable
 from fanfold.nodes.events import now, plan_ready
+from fanfold.nodes.metrics import compute_metrics
 from fanfold.nodes.prompts import PLAN_REPAIR, PLANNER_SYSTEM
 from fanfold.nodes.resolve import planner_model
 from fanfold.nodes.scope import RunScope, scope_of
@@ -74,11 +75,8 @@ def stopped_before_planning(
         "status": "budget_exceeded",
         "answer": "",
         "stopped": why,
-        "metrics": RunMetrics(
-            tokens=spent,
-            wall_time_s=round((now() - started).total_seconds(), 6),
-            stop_reason=why.message,
-            **{k: v for k, v in scope.snapshot().items() if k != "stop_reason"},
+        "metrics": compute_metrics(
+            [], tasks=0, started_at=started, overhead=spent, rounds=0, scope=scope, stopped=why
         ),
     }
 

@@ -135,12 +135,7 @@ class FaultInjection(ReplyWriter):
         self.close_connection = True
 
     def _send_broken_stream(self, call: Call, reply: Reply, *, malformed: bool) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
+        self._start_event_stream()
         usage = usage_block(call.body, reply) if call.include_usage else None
         chunks = list(stream_chunks(f"chatcmpl-{call.seq}", call.model, reply, usage))
         for chunk in chunks[:2]:

@@ -197,15 +197,19 @@ class ReplyWriter(BaseHTTPRequestHandler):
         error = {"message": message, "type": kind, "param": None, "code": "scripted"}
         self._send_json(status, {"error": error}, headers)
 
-    def _send_stream(
-        self, ident: str, model: str, reply: Reply, usage: dict[str, int] | None
-    ) -> None:
+    def _start_event_stream(self) -> None:
+        """Send the headers of a server-sent event stream that ends with the connection."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
+
+    def _send_stream(
+        self, ident: str, model: str, reply: Reply, usage: dict[str, int] | None
+    ) -> None:
+        self._start_event_stream()
         for chunk in stream_chunks(ident, model, reply, usage):
             self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
             self.wfile.flush()
