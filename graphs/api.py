@@ -16,7 +16,8 @@ from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.config import get_config
-from langgraph.types import Command
+from langgraph.constants import START
+from langgraph.types import Command, StateSnapshot
 from pydantic import BaseModel, Field, ValidationError
 
 from fanfold.graphs.orchestrator import Orchestrator, compile_orchestrator
@@ -119,7 +120,7 @@ async def arun(
     if graph.checkpointer and "thread_id" not in configurable:
         configurable["thread_id"] = uuid.uuid4().hex
         run_config["configurable"] = configurable
-    inputs: dict[str, Any] = {"request": request}
+    inputs: dict[str, Any] = {"request": request, "settings": settings.to_json()}
     if plan is not None:
         inputs["given_plan"] = plan
     try:
@@ -317,13 +318,41 @@ async def aresume(
         msg = f"no checkpointed run with thread id `{thread_id}`"
         raise KeyError(msg)
     if settings is None:
-        settings = RunSettings(**snapshot.values.get("settings", {}))
+        settings = RunSettings(**await _saved_settings(graph, config, snapshot.values))
     run_config: RunnableConfig = {**settings.as_config(), "configurable": {"thread_id": thread_id}}
-    if not snapshot.next:
+    if not has_work_left(snapshot):
         return _output(snapshot.values)
     command: Command[Any] | None = Command(resume=decision) if decision is not None else None
     out = await _stream(graph, command, settings, run_config, on_event)
     return await _approve(graph, out, settings, run_config, on_event, on_approval)
+
+
+async def _saved_settings(
+    graph: Orchestrator, config: RunnableConfig, values: dict[str, Any]
+) -> dict[str, Any]:
+    """Return the settings a run saved, in its state or else in its input.
+
+    A run stopped before its first step took the input in has them only in the
+    input, which its first checkpoint holds.
+    """
+    if "settings" in values:
+        return dict(values["settings"])
+    saver = graph.checkpointer
+    saved = await saver.aget_tuple(config) if isinstance(saver, BaseCheckpointSaver) else None
+    start = saved.checkpoint["channel_values"].get(START) if saved is not None else None
+    return dict(start.get("settings") or {}) if isinstance(start, dict) else {}
+
+
+def has_work_left(snapshot: StateSnapshot) -> bool:
+    """Tell whether a saved run has anything left to do.
+
+    `next` alone does not say: LangGraph leaves out of it the tasks of the saved
+    step that already wrote their results, so a run that crashed after every task
+    of a step had saved its write, before the step's checkpoint, has an empty
+    `next` and still a step to finish. Its `tasks` hold them (and an interrupt, a
+    failed task); a run that ended has neither.
+    """
+    return bool(snapshot.next or snapshot.tasks)
 
 
 def run(request: str, **kwargs: Any) -> RunOutput:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, NotRequired
 
 from langchain_core.messages import AnyMessage
+from langgraph.channels.delta import DeltaChannel
 from langgraph.graph.message import add_messages
 from langgraph.types import Overwrite
 from typing_extensions import TypedDict
 
 from fanfold.nodes.domain import ErrorInfo, Plan, RunMetrics, SubagentResult, Task, Usage
+from fanfold.nodes.lg import NEVER_SNAPSHOT, DeltaValue
 
 
 def merge_results(
@@ -28,6 +31,16 @@ def merge_results(
     return [*(left or []), *right]
 
 
+def append_batches(
+    left: list[SubagentResult], writes: Sequence[list[SubagentResult]]
+) -> list[SubagentResult]:
+    """Append a batch of writes in one call: the `results` channel's delta reducer."""
+    out = list(left)
+    for w in writes:
+        out.extend(w)
+    return out
+
+
 def add_usage(left: Usage | None, right: Usage | None) -> Usage:
     """Sum token usage written by several nodes."""
     return (left or Usage()) + (right or Usage())
@@ -42,6 +55,9 @@ class OrchestratorInput(TypedDict):
     """A ready plan: when given, the planner validates it and calls no model."""
     depth: NotRequired[int]
     """Nesting depth of this run's subagents (1, unless a subagent delegated it)."""
+    settings: NotRequired[dict[str, Any]]
+    """The run's settings as JSON (`arun` gives them), saved with the input so a run that
+    stops before its plan is saved resumes with them; the planner saves them otherwise."""
 
 
 class OrchestratorOutput(TypedDict):
@@ -64,13 +80,15 @@ class OrchestratorOutput(TypedDict):
 class OrchestratorState(TypedDict):
     """The orchestrator's whole state."""
 
-    request: str
+    request: Annotated[str, DeltaValue()]
     """The user's request."""
     given_plan: Plan | None
     """A ready plan from the input; the planner consumes it (sets it back to None)."""
-    plan: Plan
+    plan: Annotated[Plan, DeltaValue()]
     """The validated plan (None only when the run's budget ran out while it planned)."""
-    results: Annotated[list[SubagentResult], merge_results]
+    results: Annotated[
+        list[SubagentResult], DeltaChannel(append_batches, snapshot_frequency=NEVER_SNAPSHOT)
+    ]
     """One result per finished task; subagents write here in parallel."""
     usage: Annotated[Usage, add_usage]
     """Tokens spent by the planner and the synthesizer (subagents' are in results)."""

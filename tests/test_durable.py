@@ -13,23 +13,19 @@ import asyncio
 import contextlib
 import json
 import os
-import pwd
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fanfold import RunSettings, aresume, arun
+from fanfold.graphs.api import has_work_left
 from fanfold.graphs.checkpoint import open_checkpointer
 from fanfold.graphs.orchestrator import Orchestrator, compile_orchestrator
 
@@ -79,17 +75,17 @@ def _done_tasks(counts: Counter[str]) -> list[str]:
     return [t for t in PARALLEL_IDS if counts[t] >= CALLS[t]]
 
 
-async def _saved(graph: Orchestrator, thread_id: str) -> tuple[set[str], tuple[str, ...]]:
-    """Return the task ids whose result the checkpoint holds, and what runs next."""
+async def _saved(graph: Orchestrator, thread_id: str) -> tuple[set[str], bool]:
+    """Return the task ids whose result the checkpoint holds, and whether work is left."""
     snapshot = await graph.aget_state({"configurable": {"thread_id": thread_id}})
     finished = {r.task_id for r in snapshot.values.get("results", [])}
     for task in snapshot.tasks:  # pending writes of the interrupted step
         if task.name == "subagent" and isinstance(task.result, dict):
             finished |= {r.task_id for r in task.result.get("results", [])}
-    return finished, snapshot.next
+    return finished, has_work_left(snapshot)
 
 
-async def _saved_at(location: str, thread_id: str) -> tuple[set[str], tuple[str, ...]]:
+async def _saved_at(location: str, thread_id: str) -> tuple[set[str], bool]:
     async with open_checkpointer(location) as saver:
         return await _saved(compile_orchestrator(checkpointer=saver), thread_id)
 
@@ -156,9 +152,9 @@ def _crash_and_resume(location: str, tmp: Path) -> dict[str, int]:
         # Killed mid-run: the comparison (which needs all 30) never started.
         assert at_kill["compare"] == 0 and at_kill["planner"] == 1
 
-        finished, upcoming = asyncio.run(_saved_at(location, thread_id))
+        finished, work_left = asyncio.run(_saved_at(location, thread_id))
         unfinished = set(ALL_IDS) - finished
-        assert "subagent" in upcoming
+        assert work_left
         # The first window of 8 was saved before the kill; the run was not done.
         assert len(finished) >= CONCURRENCY and finished < set(PARALLEL_IDS)
 
@@ -274,8 +270,8 @@ async def test_cancelled_run_resumes_in_python_with_task_granularity(tmp_path: P
             return len(finished) >= CONCURRENCY and bool(running)
 
         await _cancel_when(run, some_saved_some_running)
-        finished, upcoming = await _saved(graph, "py-task")
-        assert CONCURRENCY <= len(finished) < PY_PARTS and "subagent" in upcoming
+        finished, work_left = await _saved(graph, "py-task")
+        assert CONCURRENCY <= len(finished) < PY_PARTS and work_left
         before = len(_calls(log))
 
         out = await aresume("py-task", graph=graph)
@@ -352,133 +348,7 @@ async def test_step_granularity_resumes_a_subagent_mid_conversation(tmp_path: Pa
         assert out.answer == reference.answer
 
 
-# --- PostgreSQL ----------------------------------------------------------------------------
-
-
-class PostgresUnavailable(Exception):
-    """No PostgreSQL server could be started here."""
-
-
-def _pg_bin_dir() -> Path:
-    candidates = []
-    initdb = shutil.which("initdb")
-    if initdb:
-        candidates.append(Path(initdb).parent)
-    candidates += sorted(
-        Path("/usr/lib/postgresql").glob("*/bin"),
-        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
-        reverse=True,
-    )
-    for d in candidates:
-        if all((d / name).exists() for name in ("initdb", "pg_ctl", "postgres")):
-            return d
-    msg = "no initdb, pg_ctl and postgres on PATH or in /usr/lib/postgresql/*/bin"
-    raise PostgresUnavailable(msg)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class TempPostgres:
-    """A throwaway PostgreSQL server on 127.0.0.1, from a temporary data directory."""
-
-    def __init__(self) -> None:
-        self.bin = _pg_bin_dir()
-        self.user: str | None = None
-        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-            for name in ("postgres", "nobody"):
-                with contextlib.suppress(KeyError):
-                    pwd.getpwnam(name)
-                    self.user = name
-                    break
-            if self.user is None or not shutil.which("runuser"):
-                msg = "running as root with no `postgres`/`nobody` user or no `runuser`"
-                raise PostgresUnavailable(msg)
-        self.dir = Path(tempfile.mkdtemp(prefix="fanfold-pg-"))
-        if self.user is not None:
-            entry = pwd.getpwnam(self.user)
-            os.chown(self.dir, entry.pw_uid, entry.pw_gid)
-        self.data = self.dir / "data"
-        self.port = 0
-
-    def _run(self, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        argv = [str(self.bin / cmd[0]), *cmd[1:]]
-        if self.user is not None:
-            argv = ["runuser", "-u", self.user, "--", *argv]
-        return subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, check=False, cwd=self.dir
-        )
-
-    def start(self) -> str:
-        init = self._run(
-            "initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "-N"
-        )
-        if init.returncode != 0:
-            raise PostgresUnavailable(f"initdb failed: {init.stderr.strip()[-500:]}")
-        errors = ""
-        for _ in range(3):  # another process may take the free port first
-            self.port = _free_port()
-            options = (
-                f"-c listen_addresses=127.0.0.1 -p {self.port} "
-                f"-c unix_socket_directories={self.dir} -c fsync=off"
-            )
-            started = self._run(
-                "pg_ctl", "-D", str(self.data), "-l", str(self.dir / "server.log"),
-                "-o", options, "-w", "-t", "30", "start",
-            )  # fmt: skip
-            if started.returncode == 0:
-                break
-            log = self.dir / "server.log"
-            errors = started.stderr + (log.read_text()[-500:] if log.exists() else "")
-        else:
-            raise PostgresUnavailable(f"pg_ctl could not start a server: {errors.strip()}")
-        import psycopg
-
-        try:
-            with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-                conn.execute("CREATE DATABASE fanfold")
-        except psycopg.Error as exc:
-            raise PostgresUnavailable(f"the server started but took no database: {exc}") from exc
-        return self.url("fanfold")
-
-    def url(self, database: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
-
-    def stop(self) -> None:
-        if self.port and (self.data / "postmaster.pid").exists():
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A PostgreSQL URL: `FANFOLD_TEST_POSTGRES_URL`, else a server started here.
-
-    Skips only when no server can be started at all, and never under CI (`CI` set).
-    """
-    url = os.environ.get("FANFOLD_TEST_POSTGRES_URL")
-    if url:
-        yield url
-        return
-    server: TempPostgres | None = None
-    try:
-        server = TempPostgres()
-        started = server.start()
-    except BaseException as exc:
-        if server is not None:
-            server.stop()
-        if not isinstance(exc, PostgresUnavailable):
-            raise
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but no PostgreSQL could be started: {exc}")
-        pytest.skip(f"no PostgreSQL could be started: {exc}")
-    try:
-        yield started
-    finally:
-        server.stop()
+# --- PostgreSQL (the server: tests/postgres.py) ----------------------------------------
 
 
 async def test_postgres_checkpointer_round_trips_a_run(postgres_url: str) -> None:
@@ -489,8 +359,8 @@ async def test_postgres_checkpointer_round_trips_a_run(postgres_url: str) -> Non
         settings = RunSettings(model="demo:latency=0", start_jitter_s=0)
         out = await arun("alpha, beta", settings=settings, graph=graph, config=config)
         assert out.status == "ok"
-        finished, upcoming = await _saved(graph, thread_id)
-        assert finished == {"t1", "t2", "compare", "report"} and upcoming == ()
+        finished, work_left = await _saved(graph, thread_id)
+        assert finished == {"t1", "t2", "compare", "report"} and not work_left
         again = await aresume(thread_id, graph=graph)
         assert again.answer == out.answer and again.results == out.results
 

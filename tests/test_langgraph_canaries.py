@@ -31,6 +31,7 @@ from typing import Annotated, Any, TypedDict
 import pytest
 from langchain_core.runnables import RunnableConfig
 from langgraph._internal._constants import CONFIG_KEY_CHECKPOINTER
+from langgraph.channels.delta import DeltaChannel
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.errors import NodeError, NodeTimeoutError
@@ -39,7 +40,7 @@ from langgraph.runtime import RunControl, Runtime
 from langgraph.types import Command, Overwrite, Send
 from pydantic import BaseModel
 
-from fanfold.nodes.lg import allows_every_type, saves_writes
+from fanfold.nodes.lg import NEVER_SNAPSHOT, DeltaValue, allows_every_type, saves_writes
 
 RUN_BOUND_S = 10.0
 """Upper bound on any one run: a canary whose behaviour changed fails, never hangs."""
@@ -850,3 +851,61 @@ async def test_overwrite_replaces_a_reduced_list(replacement: list[str]) -> None
     async with asyncio.timeout(RUN_BOUND_S):
         out = await graph.compile().ainvoke({"items": ["init"]})
     assert out["items"] == [*replacement, "c"]
+
+
+# --- 12. Delta channels -----------------------------------------------------------------
+
+
+def append_batches(left: list[str], writes: Sequence[list[str]]) -> list[str]:
+    """The batch reducer shape of Fanfold's `results` channel (nodes/state.py)."""
+    return [*left, *(x for w in writes for x in w)]
+
+
+class Ledgered(TypedDict):
+    plan: Annotated[list[str], DeltaValue()]
+    items: Annotated[list[str], DeltaChannel(append_batches, snapshot_frequency=NEVER_SNAPSHOT)]
+    step: int
+
+
+async def test_delta_channels_are_saved_once_and_rebuilt_from_writes() -> None:
+    """A delta channel's value is not in the checkpoints between snapshots; a load
+    rebuilds it from the writes of the checkpoint's ancestors; a route reads a copy
+    that shares the value.
+
+    Fanfold relies on this for linear checkpoints (nodes/state.py: `results` is a
+    `DeltaChannel`, `plan` and `request` are `DeltaValue`s, nodes/lg.py) and on the
+    shared copy for its ledgers, which key on the plan object's identity
+    (nodes/ledger.py, read by the router in nodes/dispatch.py).
+    """
+    seen: list[bool] = []
+    plan = ["a", "b", "c"]
+
+    def start(state: Ledgered) -> dict[str, Any]:
+        return {"plan": plan, "items": [], "step": 0}
+
+    def work(state: Ledgered) -> dict[str, Any]:
+        return {"items": [state["plan"][state["step"]]], "step": state["step"] + 1}
+
+    def route(state: Ledgered) -> str:
+        seen.append(state["plan"] is plan)
+        return "work" if state["step"] < len(state["plan"]) else END
+
+    builder = StateGraph(Ledgered)
+    builder.add_node("start", start)
+    builder.add_node("work", work)
+    builder.add_edge(START, "start")
+    builder.add_conditional_edges("start", route, ["work", END])
+    builder.add_conditional_edges("work", route, ["work", END])
+    saver = InMemorySaver()
+    graph = builder.compile(checkpointer=saver)
+    config: Any = {"configurable": {"thread_id": "delta"}}
+    async with asyncio.timeout(RUN_BOUND_S):
+        out = await graph.ainvoke({"step": 0}, config)
+    assert out["items"] == ["a", "b", "c"] and seen == [True] * 4
+    stored = [t.checkpoint["channel_values"] async for t in saver.alist(config)]
+    assert len(stored) >= 5
+    assert not any("items" in values or "plan" in values for values in stored)
+    # A new graph object (a new process) rebuilds both from the saved writes.
+    again = builder.compile(checkpointer=saver)
+    state = await again.aget_state(config)
+    assert state.values["items"] == ["a", "b", "c"] and state.values["plan"] == plan
