@@ -20,6 +20,7 @@ from langgraph.constants import START
 from langgraph.types import Command, StateSnapshot
 from pydantic import BaseModel, Field, ValidationError
 
+from fanfold.graphs.lease import thread_lease
 from fanfold.graphs.orchestrator import Orchestrator, compile_orchestrator
 from fanfold.nodes.context import DEFAULT_MAX_CONCURRENCY, Policy, RunSettings
 from fanfold.nodes.domain import ErrorInfo, Plan, RunMetrics, SubagentResult, Task
@@ -93,6 +94,8 @@ async def arun(
         PlanError: no valid plan (or an edited plan still invalid after 3 tries).
         TaskFailedError: a task failed under `fail_fast`; `results` holds every
             result that had finished, in plan order.
+        ThreadBusy: with a checkpointer, another run holds the thread's lease (in
+            this process or another one): one run per thread at a time.
     """
     if _inside_a_run():
         # A run of its own (an `arun` inside another run's tool, say): LangGraph would
@@ -123,9 +126,12 @@ async def arun(
     inputs: dict[str, Any] = {"request": request, "settings": settings.to_json()}
     if plan is not None:
         inputs["given_plan"] = plan
+    # The default graph's thread is this run's own: no other run can take it.
+    saver = None if own_graph else graph.checkpointer
     try:
-        out = await _stream(graph, inputs, settings, run_config, on_event)
-        out = await _approve(graph, out, settings, run_config, on_event, on_approval)
+        async with thread_lease(saver, str(configurable.get("thread_id", ""))):
+            out = await _stream(graph, inputs, settings, run_config, on_event)
+            out = await _approve(graph, out, settings, run_config, on_event, on_approval)
     finally:
         if own_graph and graph.checkpointer:
             # The default graph's in-memory checkpoints are this run's alone: drop them.
@@ -300,6 +306,7 @@ async def aresume(
 
     Raises:
         KeyError: no run is saved under `thread_id`.
+        ThreadBusy: another run, resume or rerun holds the thread (see `arun`).
     """
     if _inside_a_run():
         return await _detached(
@@ -312,19 +319,23 @@ async def aresume(
                 on_approval=on_approval,
             )
         )
-    config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
-    snapshot = await graph.aget_state(config)
-    if not snapshot.values:
-        msg = f"no checkpointed run with thread id `{thread_id}`"
-        raise KeyError(msg)
-    if settings is None:
-        settings = RunSettings(**await _saved_settings(graph, config, snapshot.values))
-    run_config: RunnableConfig = {**settings.as_config(), "configurable": {"thread_id": thread_id}}
-    if not has_work_left(snapshot):
-        return _output(snapshot.values)
-    command: Command[Any] | None = Command(resume=decision) if decision is not None else None
-    out = await _stream(graph, command, settings, run_config, on_event)
-    return await _approve(graph, out, settings, run_config, on_event, on_approval)
+    async with thread_lease(graph.checkpointer, thread_id):
+        config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
+        snapshot = await graph.aget_state(config)
+        if not snapshot.values:
+            msg = f"no checkpointed run with thread id `{thread_id}`"
+            raise KeyError(msg)
+        if settings is None:
+            settings = RunSettings(**await _saved_settings(graph, config, snapshot.values))
+        run_config: RunnableConfig = {
+            **settings.as_config(),
+            "configurable": {"thread_id": thread_id},
+        }
+        if not has_work_left(snapshot):
+            return _output(snapshot.values)
+        command: Command[Any] | None = Command(resume=decision) if decision is not None else None
+        out = await _stream(graph, command, settings, run_config, on_event)
+        return await _approve(graph, out, settings, run_config, on_event, on_approval)
 
 
 async def _saved_settings(

@@ -42,6 +42,7 @@ from fanfold.nodes.errors import (
     SettingProblem,
     SettingsError,
     TaskFailedError,
+    ThreadBusy,
 )
 from fanfold.nodes.events import ProgressEvent
 from fanfold.nodes.faults import classify
@@ -57,6 +58,7 @@ EXIT_OK = 0
 EXIT_RUN_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_UNREACHABLE = 3
+EXIT_BUSY = 4
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
@@ -65,6 +67,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_RUN_FAILED, "the run failed by policy: fail_fast, or a quorum out of reach"),
     (EXIT_BAD_INPUT, "bad input: a setting, the plan file, an invalid plan, an unknown thread"),
     (EXIT_UNREACHABLE, "the model server or the checkpoint database is unreachable"),
+    (EXIT_BUSY, "another process is running the thread (it holds the thread's lease)"),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
     (EXIT_BROKEN_PIPE, "stdout was closed early (e.g. piped into `head`)"),
 )
@@ -946,6 +949,8 @@ def failure_of(exc: Exception, session: Session) -> CliFailure:
         return bad_input(exc.for_cli(), exc)
     if isinstance(exc, PlanError):
         return _plan_failure(exc, session)
+    if isinstance(exc, ThreadBusy):
+        return CliFailure("ThreadBusy", EXIT_BUSY, str(exc), cause=exc)
     if isinstance(exc, TaskFailedError):
         return CliFailure(
             "TaskFailed",

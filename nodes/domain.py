@@ -199,6 +199,7 @@ ErrorType = Literal[
     "QuorumUnreachable",
     "BadInput",
     "Unreachable",
+    "ThreadBusy",
 ]
 """Why a task (or a run) did not end ok: a closed set of causes.
 
@@ -207,7 +208,7 @@ Tasks: `TaskTimeout` (timed_out), `DependencyFailed` (skipped), `QuorumReached`,
 past its own token budget), `MaxStepsExceeded`, `ModelError` (a model call failed for
 good) and `TaskError` (the subagent raised anywhere else) (failed). Runs: `PlanRejected`,
 `PlanError`, `TaskFailed` (fail_fast), `QuorumUnreachable`, `BadInput`, `Unreachable`
-(a model server or database)."""
+(a model server or database), `ThreadBusy` (another process runs the thread)."""
 
 
 class ErrorInfo(BaseModel):

@@ -138,3 +138,23 @@ class QuorumUnreachable(FanfoldError, RuntimeError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (str(self), self.results))
+
+
+class ThreadBusy(FanfoldError, RuntimeError):
+    """Another run holds the lease on this checkpointed thread (a run, resume or rerun).
+
+    Attributes:
+        thread_id: the thread.
+        holder: who holds it, in words (a process and host, a PostgreSQL session).
+    """
+
+    def __init__(self, thread_id: str, holder: str) -> None:
+        self.thread_id = thread_id
+        self.holder = holder
+        super().__init__(
+            f"thread `{thread_id}` is being run by {holder}; wait for that run to end "
+            "(or stop it), then resume"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.thread_id, self.holder))

@@ -22,6 +22,7 @@ from fanfold.nodes.errors import (
     PlanError,
     QuorumUnreachable,
     TaskFailedError,
+    ThreadBusy,
 )
 from fanfold.nodes.kinds import AgentKind
 from fanfold.tools.registry import ToolRegistry
@@ -38,6 +39,7 @@ __all__ = [
     "SubagentResult",
     "Task",
     "TaskFailedError",
+    "ThreadBusy",
     "ToolRegistry",
     "aresume",
     "arun",

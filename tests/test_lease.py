@@ -1,0 +1,189 @@
+"""One run per thread: a run, resume or rerun holds its thread's lease; a second fails at once.
+
+Real processes on SQLite (an `flock` beside the database) and PostgreSQL (an advisory
+lock): a live run keeps a resume out; after the run is SIGKILLed its lease is gone;
+two resumes started together run the remaining tasks once, in one process. The
+demo model logs every call with its pid, so who ran what is counted, not guessed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fanfold import RunSettings, ThreadBusy, aresume, arun
+from fanfold.graphs.checkpoint import open_checkpointer
+from fanfold.graphs.cli import EXIT_BUSY
+from fanfold.graphs.lease import lease_file, thread_lease
+from fanfold.graphs.orchestrator import compile_orchestrator
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUEST = ", ".join(f"item {i}" for i in range(1, 13))
+"""12 parallel tasks, then `compare` and `report`."""
+TASKS = {*(f"t{i}" for i in range(1, 13)), "compare", "report"}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fanfold", *args]
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+
+
+def _calls(log: Path) -> list[dict[str, Any]]:
+    out = []
+    if log.exists():
+        for line in log.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                out.append(json.loads(line))
+    return out
+
+
+def _popen(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        _cli(*args),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        **kwargs,
+    )
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=10)
+
+
+def _one_process_runs_the_thread(location: str, tmp: Path) -> None:
+    log = tmp / "calls.jsonl"
+    thread = f"lease-{uuid.uuid4().hex[:8]}"
+    where = ["--checkpoint", location]
+    first = _popen(
+        "run", REQUEST, "--model", f"demo:latency=0.8,log={log}", "--max-concurrency", "2",
+        *where, "--thread-id", thread, "--json",
+    )  # fmt: skip
+    procs = [first]
+    try:
+        deadline = time.monotonic() + 60
+        while sum(1 for c in _calls(log) if c["who"] in TASKS) < 6:
+            assert first.poll() is None, first.communicate()[1]
+            assert time.monotonic() < deadline, "the run never got going"
+            time.sleep(0.02)
+
+        # While it runs, a resume of its thread fails at once, calling no model.
+        busy = subprocess.run(
+            _cli("resume", thread, *where, "--json"),
+            cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert busy.returncode == EXIT_BUSY, busy.stderr
+        doc = json.loads(busy.stdout)
+        assert doc["error"]["type"] == "ThreadBusy"
+        assert f"thread `{thread}` is being run by" in doc["error"]["message"]
+        if not location.startswith("postgres"):
+            assert f"process {first.pid} " in doc["error"]["message"]
+        assert "wait for that run to end" in busy.stderr
+
+        # Killed, the run lets go of its lease; two resumes started together: one runs
+        # (the remaining tasks take the winner ~10 s, far longer than a start-up skew).
+        os.killpg(first.pid, signal.SIGKILL)
+        assert first.wait(timeout=10) == -signal.SIGKILL
+        done_before = Counter(c["who"] for c in _calls(log))
+        resumes = [_popen("resume", thread, *where, "--json") for _ in range(2)]
+        procs += resumes
+        outs = [p.communicate(timeout=120) for p in resumes]
+        codes = sorted(p.returncode for p in resumes)
+        assert codes == [0, EXIT_BUSY], outs
+        winner = next(p for p in resumes if p.returncode == 0)
+        loser = next(p for p in resumes if p.returncode == EXIT_BUSY)
+        result = json.loads(outs[resumes.index(winner)][0])
+        assert result["status"] == "ok"
+        assert {r["task_id"] for r in result["results"]} == TASKS
+        assert all(r["status"] == "ok" for r in result["results"])
+        by_pid = Counter(c["pid"] for c in _calls(log))
+        assert by_pid[loser.pid] == 0, "the refused resume called a model"
+        assert by_pid[winner.pid] > 0
+        # No task ran twice after the kill: each left task ran once, in the winner.
+        after = Counter(c["who"] for c in _calls(log) if c["pid"] == winner.pid)
+        assert after["planner"] == 0 and after["synthesizer"] == 1
+        assert all(after[t] <= 2 for t in TASKS), after
+        assert not [t for t in TASKS if done_before[t] >= 2 and after[t]], (done_before, after)
+    finally:
+        for proc in procs:
+            _kill(proc)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_one_process_runs_a_sqlite_thread(tmp_path: Path) -> None:
+    location = str(tmp_path / "run.sqlite")
+    _one_process_runs_the_thread(location, tmp_path)
+    # The lease file is removed as its holder lets go; the folder stays, empty.
+    assert not list(lease_file(location, "x").parent.glob("*.lock"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_one_process_runs_a_postgres_thread(postgres_url: str, tmp_path: Path) -> None:
+    _one_process_runs_the_thread(postgres_url, tmp_path)
+
+
+# --- in one process ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_second_run_or_resume_of_a_thread_in_one_process_is_refused(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    location = (
+        str(tmp_path / "run.sqlite")
+        if backend == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    thread = f"one-{uuid.uuid4().hex[:8]}"
+    config: Any = {"configurable": {"thread_id": thread}}
+    settings = RunSettings(model="demo:latency=0.3", max_concurrency=2)
+    async with open_checkpointer(location) as saver:
+        graph = compile_orchestrator(checkpointer=saver)
+        running = asyncio.create_task(arun(REQUEST, settings=settings, graph=graph, config=config))
+        try:
+            async with asyncio.timeout(30):
+                while not (await graph.aget_state(config)).values.get("plan"):
+                    assert not running.done(), running
+                    await asyncio.sleep(0.02)
+            with pytest.raises(ThreadBusy, match=f"thread `{thread}` is being run by"):
+                await aresume(thread, graph=graph)
+            with pytest.raises(ThreadBusy):
+                await arun(REQUEST, settings=settings, graph=graph, config=config)
+            # Another saver on the same store (another connection) is refused as well.
+            async with open_checkpointer(location) as other:
+                with pytest.raises(ThreadBusy):
+                    async with thread_lease(other, thread):
+                        pass
+            # Another thread of the same store is free.
+            async with thread_lease(saver, thread + "-other"):
+                pass
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+        # Cancelled, the run let go: the resume takes the thread and finishes it.
+        out = await aresume(thread, graph=graph)
+        assert out.status == "ok" and {r.task_id for r in out.results} == TASKS
