@@ -17,17 +17,19 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.config import get_config
 from langgraph.constants import START
-from langgraph.types import Command, StateSnapshot
+from langgraph.types import Command, Overwrite, StateSnapshot
 from pydantic import BaseModel, Field, ValidationError
 
 from fanfold.graphs.lease import thread_lease
 from fanfold.graphs.orchestrator import Orchestrator, compile_orchestrator
 from fanfold.nodes.context import DEFAULT_MAX_CONCURRENCY, Policy, RunSettings
+from fanfold.nodes.dispatch import SUBAGENT
 from fanfold.nodes.domain import ErrorInfo, Plan, RunMetrics, SubagentResult, Task
 from fanfold.nodes.errors import PlanError, QuorumUnreachable, TaskFailedError
-from fanfold.nodes.events import ProgressEvent, is_event
+from fanfold.nodes.events import ProgressEvent, is_event, now
 from fanfold.nodes.models import aclose_models
-from fanfold.nodes.state import OrchestratorInput
+from fanfold.nodes.rerun import RERUNNABLE, check_only, rerun_selection
+from fanfold.nodes.state import OrchestratorInput, OrchestratorUpdate
 
 T = TypeVar("T")
 
@@ -320,11 +322,7 @@ async def aresume(
             )
         )
     async with thread_lease(graph.checkpointer, thread_id):
-        config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
-        snapshot = await graph.aget_state(config)
-        if not snapshot.values:
-            msg = f"no checkpointed run with thread id `{thread_id}`"
-            raise KeyError(msg)
+        config, snapshot = await _saved_run(graph, thread_id)
         if settings is None:
             settings = RunSettings(**await _saved_settings(graph, config, snapshot.values))
         run_config: RunnableConfig = {
@@ -336,6 +334,125 @@ async def aresume(
         command: Command[Any] | None = Command(resume=decision) if decision is not None else None
         out = await _stream(graph, command, settings, run_config, on_event)
         return await _approve(graph, out, settings, run_config, on_event, on_approval)
+
+
+async def arerun(
+    thread_id: str,
+    *,
+    graph: Orchestrator,
+    only: Sequence[str] = RERUNNABLE,
+    settings: RunSettings | None = None,
+    on_event: EventHandler | None = None,
+) -> RunOutput:
+    """Run again only the tasks of a finished or stopped run that did not end ok.
+
+    Every ok result is kept; the tasks whose status is in `only`, and the tasks
+    that depend on them and did not end ok (skipped, cancelled), run again; then
+    the answer is written anew from all the results. A task that has no saved
+    result (the run stopped before it ended) counts as `cancelled`; after a
+    `fail_fast` stop, the task that failed counts as `failed`. The thread's history
+    keeps the first attempt (`graph.aget_state_history`): a rerun adds checkpoints,
+    it rewrites none.
+
+    Args:
+        thread_id: the run's thread id.
+        graph: the orchestrator compiled with the run's checkpointer.
+        only: the statuses to run again, among `failed`, `timed_out`, `cancelled`
+            and `skipped` (all of them by default).
+        settings: run settings; by default the ones the run saved. Pass them to
+            rerun with a fixed model, a longer timeout, the tools again (tool objects
+            and model instances are not saved).
+        on_event: called with each progress event.
+
+    Raises:
+        KeyError: no run is saved under `thread_id`.
+        ValueError: `only` names a status that is not one of those four, or the run
+            has no plan to rerun (it is paused at plan approval, or was rejected).
+        ThreadBusy: another run, resume or rerun holds the thread.
+    """
+    chosen = check_only(only)
+    if _inside_a_run():
+        return await _detached(
+            arerun(thread_id, graph=graph, only=chosen, settings=settings, on_event=on_event)
+        )
+    async with thread_lease(graph.checkpointer, thread_id):
+        config, snapshot = await _saved_run(graph, thread_id)
+        plan = snapshot.values.get("plan")
+        if snapshot.interrupts or plan is None or snapshot.values.get("status") == "rejected":
+            why = "it waits on plan approval: resume it" if snapshot.interrupts else "no plan ran"
+            msg = f"run `{thread_id}` has nothing to rerun: {why}"
+            raise ValueError(msg)
+        if settings is None:
+            settings = RunSettings(**await _saved_settings(graph, config, snapshot.values))
+        kept, again = rerun_selection(plan, saved_results(snapshot), chosen)
+        if not again and not has_work_left(snapshot):
+            return _output(snapshot.values)
+        # A checkpoint as if the subagents had just written the kept results: the
+        # reducer goes on from there, dispatching every task without one. Pending
+        # tasks of a stopped step are left behind with the checkpoint they belong to.
+        restart: OrchestratorUpdate = {
+            "results": Overwrite(kept),
+            "status": "",
+            "answer": "",
+            "stopped": None,
+            "started_at": now(),
+        }
+        await graph.aupdate_state(config, restart, as_node=SUBAGENT)
+        run_config: RunnableConfig = {**settings.as_config(), **config}
+        return await _stream(graph, None, settings, run_config, on_event)
+
+
+def saved_results(snapshot: StateSnapshot) -> dict[str, SubagentResult]:
+    """Return every result a saved run holds, by task id.
+
+    Those in its state, those of the tasks of its last step that ended before it
+    stopped (pending writes), and, after a `fail_fast` stop, the failure the stop
+    was raised for (a checkpoint keeps only its error's text).
+    """
+    results = {r.task_id: r for r in snapshot.values.get("results", [])}
+    for task in snapshot.tasks:
+        if task.name != SUBAGENT:
+            continue
+        if isinstance(task.result, dict):
+            for r in task.result.get("results") or []:
+                result = r if isinstance(r, SubagentResult) else SubagentResult.model_validate(r)
+                results[result.task_id] = result
+        elif task.error is not None:
+            failed = TaskFailedError.failed_task(str(task.error))
+            if failed is not None and failed[0] not in results:
+                task_id, status = failed
+                error = ErrorInfo(type="TaskFailed", message=str(task.error))
+                results[task_id] = SubagentResult(
+                    task_id=task_id,
+                    status="timed_out" if status == "timed_out" else "failed",
+                    attempts=1,
+                    error=error,
+                )
+    return results
+
+
+async def saved_settings(graph: Orchestrator, thread_id: str) -> dict[str, Any]:
+    """Return the settings a checkpointed run saved, as JSON (see `RunSettings.to_json`).
+
+    Raises:
+        KeyError: no run is saved under `thread_id`.
+    """
+    config, snapshot = await _saved_run(graph, thread_id)
+    return await _saved_settings(graph, config, snapshot.values)
+
+
+async def _saved_run(graph: Orchestrator, thread_id: str) -> tuple[RunnableConfig, StateSnapshot]:
+    """Return a saved run's config and state.
+
+    Raises:
+        KeyError: no run is saved under `thread_id`.
+    """
+    config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
+    snapshot = await graph.aget_state(config)
+    if not snapshot.values:
+        msg = f"no checkpointed run with thread id `{thread_id}`"
+        raise KeyError(msg)
+    return config, snapshot
 
 
 async def _saved_settings(

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from langchain_core.runnables import RunnableConfig
 from pydantic import ValidationError
 
-from fanfold.graphs.api import RunOutput, aresume, arun
+from fanfold.graphs.api import RunOutput, arerun, aresume, arun, saved_settings
 from fanfold.graphs.checkpoint import is_postgres, open_checkpointer
 from fanfold.graphs.orchestrator import Orchestrator, compile_orchestrator
 from fanfold.nodes.context import Flag, RunSettings, plain_types, requirement, setting_flags
@@ -47,6 +47,7 @@ from fanfold.nodes.errors import (
 from fanfold.nodes.events import ProgressEvent
 from fanfold.nodes.faults import classify
 from fanfold.nodes.models import aclose_models, load_chat_model
+from fanfold.nodes.rerun import RERUNNABLE, check_only
 
 DEMO_REQUEST = (
     "Compare asyncio, threads and processes for I/O-bound Python work; "
@@ -228,6 +229,8 @@ def _quiet_stdout() -> None:
 
 # --- the parser, from the RunSettings declaration ----------------------------------------
 
+COMMANDS = ("run", "resume", "rerun", "demo")
+
 
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors are one line (a `CliFailure`, exit 2)."""
@@ -237,7 +240,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """Report a usage error in one line."""
         if "required: command" in message.lower():
-            message = "name a command: run, resume or demo"
+            message = "name a command: run, resume, rerun or demo"
         elif message.startswith("unrecognized arguments:"):
             message = _with_suggestions(self, message)
         raise bad_input(f"{message}; see `{self._help_command()} --help`")
@@ -245,7 +248,7 @@ class _Parser(argparse.ArgumentParser):
     def _help_command(self) -> str:
         # Unknown arguments are found by the top-level parser: point at the command's help.
         if self.prog == "fanfold":
-            command = next((a for a in self.argv if a in ("run", "resume", "demo")), None)
+            command = next((a for a in self.argv if a in COMMANDS), None)
             if command is not None:
                 return f"fanfold {command}"
         return self.prog
@@ -356,6 +359,19 @@ def _add_output_flags(parser: argparse.ArgumentParser, *, resume: bool) -> None:
         )
 
 
+def _saved_run_parser(sub: Any, name: str, summary: str, description: str) -> Any:
+    """Add a command that works on a saved run (`resume`, `rerun`): THREAD_ID first."""
+    parser = sub.add_parser(
+        name,
+        help=summary,
+        description=textwrap.fill(description),
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("thread_id", metavar="THREAD_ID", help="the run's thread id")
+    return parser
+
+
 def build_parser() -> _Parser:
     """Return the `fanfold` parser: its setting flags come from `RunSettings`."""
     formatter = argparse.RawDescriptionHelpFormatter
@@ -395,24 +411,38 @@ def build_parser() -> _Parser:
         epilog=_epilog(),
         formatter_class=formatter,
     )
-    resume_p = sub.add_parser(
+    resume_p = _saved_run_parser(
+        sub,
         "resume",
-        help="continue a checkpointed run",
-        description=textwrap.fill(
-            "Continue a checkpointed run: the plan and every saved result are kept, only "
-            "tasks without a saved result run again. The run's saved settings are used; "
-            "flags given here override them."
-        ),
-        epilog=_epilog(),
-        formatter_class=formatter,
+        "continue a checkpointed run",
+        "Continue a checkpointed run: the plan and every saved result are kept, only "
+        "tasks without a saved result run again. The run's saved settings are used; "
+        "flags given here override them.",
     )
-    resume_p.add_argument("thread_id", metavar="THREAD_ID", help="the run's thread id")
+    rerun_p = _saved_run_parser(
+        sub,
+        "rerun",
+        "run again only the tasks of a saved run that did not end ok",
+        "Run again only the tasks of a finished or stopped run that did not end ok "
+        "(and the tasks that depend on them), keep every ok result, and write the "
+        "answer anew. The run's saved settings are used; flags given here override "
+        "them (a fixed --model, a longer --task-timeout). The thread's history keeps "
+        "both attempts.",
+    )
+    rerun_p.add_argument(
+        "--only",
+        metavar="STATUS[,STATUS]",
+        default=",".join(RERUNNABLE),
+        help=f"the statuses to run again, among {', '.join(RERUNNABLE)} (default: all)",
+    )
     _add_setting_flags(run_p, {})
     _add_output_flags(run_p, resume=False)
     _add_setting_flags(demo_p, {"model": DEMO_MODEL})
     _add_output_flags(demo_p, resume=False)
     _add_setting_flags(resume_p, None)
     _add_output_flags(resume_p, resume=True)
+    _add_setting_flags(rerun_p, None)
+    _add_output_flags(rerun_p, resume=True)
     return parser
 
 
@@ -810,30 +840,51 @@ async def _run_command(session: Session) -> RunOutput:
         )
 
 
-async def _resume_command(session: Session) -> RunOutput:
-    """Run `resume`: the saved settings, with the flags given on top."""
+async def _saved_run_command(session: Session) -> RunOutput:
+    """Run `resume` or `rerun`: the saved settings, with the flags given on top."""
     args = session.args
     overrides = setting_overrides(args)
+    only = _only(args) if args.command == "rerun" else RERUNNABLE
     async with _orchestrator(args.checkpoint, resume=True) as graph:
         assert graph is not None
-        saved = await graph.aget_state({"configurable": {"thread_id": args.thread_id}})
-        if not saved.values:
+        try:
+            saved = await saved_settings(graph, args.thread_id)
+        except KeyError:
             shown = _shown_location(args.checkpoint)
             raise bad_input(
                 f"no run with thread id `{args.thread_id}` in `{shown}`; the thread id is "
                 "the `thread:` line a checkpointed run prints"
-            )
-        settings = session.settings = _settings(overrides, saved.values.get("settings"))
+            ) from None
+        settings = session.settings = _settings(overrides, saved)
         _check_models(settings)
         session.thread_id, session.checkpoint = args.thread_id, args.checkpoint
         _announce(settings, args.thread_id)
+        if args.command == "rerun":
+            try:
+                return await arerun(
+                    args.thread_id,
+                    graph=graph,
+                    only=only,
+                    settings=settings,
+                    on_event=Progress(sys.stderr),
+                )
+            except ValueError as exc:
+                raise bad_input(str(exc), exc) from exc
         return await aresume(
             args.thread_id,
             graph=graph,
             settings=settings,
             on_event=Progress(sys.stderr),
-            on_approval=session.approve if settings.approve_plan else None,
+            on_approval=session.approve,  # asked only if the run waits on an approval
         )
+
+
+def _only(args: argparse.Namespace) -> tuple[str, ...]:
+    try:
+        return check_only(str(args.only).split(","))
+    except ValueError as exc:
+        message = str(exc).replace("`only`", "--only", 1)
+        raise bad_input(f"{message}; e.g. --only failed,timed_out", exc) from exc
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -987,8 +1038,8 @@ async def _command(session: Session) -> int:
     as_json: bool = session.args.json
     try:
         try:
-            if session.args.command == "resume":
-                out = await _resume_command(session)
+            if session.args.command in ("resume", "rerun"):
+                out = await _saved_run_command(session)
             else:
                 out = await _run_command(session)
         except BrokenPipeError:

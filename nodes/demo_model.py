@@ -25,6 +25,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import Field
 
 from fanfold.nodes.prompts import INPUTS_HEADER, REQUEST_HEADER, RESULTS_HEADER
 
@@ -118,6 +119,10 @@ def demo_extension(prompt: str) -> dict[str, Any]:
     return {"tasks": [task], "rationale": "one check of the findings"}
 
 
+class DemoFault(RuntimeError):
+    """A call the demo model was told to fail (`demo:fail=t2`)."""
+
+
 class DemoChatModel(BaseChatModel):
     """A deterministic offline model that plans, calls tools and answers."""
 
@@ -125,6 +130,8 @@ class DemoChatModel(BaseChatModel):
     """Seconds each call takes, so the parallelism is visible."""
     log: str | None = None
     """A file to append one JSON line to per call (`{"who": ..., "pid": ...}`), to count calls."""
+    fail: list[str] = Field(default_factory=list)
+    """Task ids whose every call fails (`DemoFault`): a failure to watch a policy or a rerun."""
 
     @property
     def _llm_type(self) -> str:
@@ -164,9 +171,15 @@ class DemoChatModel(BaseChatModel):
     def _result(
         self, messages: list[BaseMessage], tools: Sequence[dict[str, Any]] | None
     ) -> ChatResult:
-        message = self._respond(messages, _tool_names(tools))
         if self.log:
             self._log(messages, tools)
+        if self.fail:
+            first_user = next((_text(m) for m in messages if isinstance(m, HumanMessage)), "")
+            task = _TASK.search(first_user)
+            if task and task.group(1) in self.fail:
+                msg = f"the demo model fails every call of task `{task.group(1)}` (fail=...)"
+                raise DemoFault(msg)
+        message = self._respond(messages, _tool_names(tools))
         prompt = sum(_tokens(_text(m)) for m in messages)
         out = _tokens(_text(message) + json.dumps(message.tool_calls))
         message.usage_metadata = UsageMetadata(

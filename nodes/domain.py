@@ -260,9 +260,14 @@ class RunMetrics(BaseModel):
     counts: dict[str, int] = Field(default_factory=dict)
     peak_concurrency: int = 0
     wall_time_s: float = 0.0
+    """From the run's start (a rerun's: when the rerun began) to its end."""
     task_time_s: float = 0.0
+    """The summed durations of the tasks that ran within the wall time (a rerun: the
+    tasks it ran, not the results it kept)."""
     speedup: float = 0.0
+    """`task_time_s / wall_time_s`."""
     tokens: Usage = Field(default_factory=Usage)
+    """Every result's tokens plus the planner's and the synthesizer's."""
     rounds: int = 0
     retries: int = 0
     """Model calls retried after a transient fault, run-wide."""

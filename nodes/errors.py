@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +105,20 @@ class TaskFailedError(FanfoldError, RuntimeError):
             ones that ended before the stop, this failure, and `cancelled`
             (`RunStopped`) for every task the stop ended or never started.
     """
+
+    MESSAGE = re.compile(r"task `(?P<task>[^`]+)` (?P<status>\w+) under fail_fast")
+    """What the message starts with; `failed_task` reads it back from a saved error."""
+
+    @classmethod
+    def failed_task(cls, text: str) -> tuple[str, str] | None:
+        """Return the task id and status a saved `TaskFailedError` names, if `text` is one.
+
+        A checkpoint keeps a failed task's error as the exception's repr.
+        """
+        if "TaskFailedError" not in text:
+            return None
+        found = cls.MESSAGE.search(text)
+        return (found["task"], found["status"]) if found else None
 
     def __init__(self, result: SubagentResult, results: list[SubagentResult] | None = None) -> None:
         self.result = result

@@ -35,7 +35,13 @@ def compute_metrics(
     """Return metrics: counts, measured peak concurrency, wall and task time, tokens, faults."""
     counts = Counter(r.status for r in results)
     wall = (now() - started_at).total_seconds() if started_at else 0.0
-    task_time = sum(r.duration_s for r in results)
+    # Task time is that of the tasks that ran in this wall time: a rerun keeps the ok
+    # results of an earlier attempt, which ran before it started.
+    task_time = sum(
+        r.duration_s
+        for r in results
+        if started_at is None or r.started_at is None or r.started_at >= started_at
+    )
     extra = scope.snapshot() if scope is not None else {}
     extra["stop_reason"] = stopped.message if stopped is not None else None
     return RunMetrics(

@@ -26,7 +26,8 @@ def load_chat_model(spec: str | BaseChatModel) -> BaseChatModel:
 
     Specs:
         `demo` or `demo:latency=0.5`: the offline demo model (each call takes
-        `latency` seconds).
+        `latency` seconds); `log=FILE` appends a line per call; `fail=t2+t5` makes
+        those tasks' calls fail (to see a failure, a policy or `fanfold rerun` at work).
         `openai:<model>`: ChatOpenAI; `OPENAI_API_KEY` and `OPENAI_BASE_URL` are
         honoured, so any OpenAI-compatible server works.
         `openai:<model>@<base_url>`: the same against that base URL.
@@ -85,7 +86,10 @@ _LOOP_MODELS: weakref.WeakKeyDictionary[
 ] = weakref.WeakKeyDictionary()
 
 
-SPEC_FORMS = "demo, demo:latency=S, openai:<model> or openai:<model>@<base_url>"
+SPEC_FORMS = (
+    "demo, demo:latency=S (options: latency, log, fail), openai:<model> or "
+    "openai:<model>@<base_url>"
+)
 
 
 def check_model_spec(spec: str) -> str:
@@ -170,8 +174,14 @@ def _demo_options(rest: str) -> dict[str, Any]:
                 raise ValueError("demo option `log` needs a file path")
             options["log"] = value
             continue
+        if key == "fail":
+            ids = [t for t in value.split("+") if t]
+            if not ids:
+                raise ValueError("demo option `fail` needs task ids, joined by `+`: fail=t2+t5")
+            options["fail"] = ids
+            continue
         if key != "latency":
-            msg = f"unknown demo option `{key}` (known: latency, log)"
+            msg = f"unknown demo option `{key}` (known: latency, log, fail)"
             raise ValueError(msg)
         try:
             latency = float(value)

@@ -76,7 +76,9 @@ async def on_subagent_error(
     try:
         update = finish(failure_result(task_id, exc), state, runtime, scope_of(runtime))
     except (TaskFailedError, QuorumUnreachable) as stop:
-        raise stop from exc  # a new exception: it stops the run (and says what failed)
+        # A new exception: it stops the run and says what failed. (A resumed run hands
+        # the saved error back as text, which cannot be a cause.)
+        raise stop from exc if isinstance(exc, BaseException) else None
     # The handler is a node of its own: without `goto`, a superstep in which every
     # subagent failed would never reach the reducer.
     return Command(update=update, goto=REDUCER)

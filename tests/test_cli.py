@@ -193,6 +193,7 @@ def test_the_setting_flags_are_exactly_the_declared_ones() -> None:
     assert _option_strings(subs.choices["run"]) == declared | own | {"--thread-id", "--plan"}
     assert _option_strings(subs.choices["demo"]) == declared | own | {"--thread-id"}
     assert _option_strings(subs.choices["resume"]) == declared | own
+    assert _option_strings(subs.choices["rerun"]) == declared | own | {"--only"}
     # Every field a command-line user could set has a flag: only Python objects may lack one.
     assert set(RunSettings.model_fields) - set(setting_flags()) <= {
         "tools",
@@ -201,7 +202,7 @@ def test_the_setting_flags_are_exactly_the_declared_ones() -> None:
     }
 
 
-@pytest.mark.parametrize("command", ["run", "demo", "resume"])
+@pytest.mark.parametrize("command", ["run", "demo", "resume", "rerun"])
 def test_help_shows_every_declared_flag_with_its_description_and_default(command: str) -> None:
     proc = fanfold(command, "--help")
     assert proc.returncode == 0, proc.stderr
@@ -214,9 +215,9 @@ def test_help_shows_every_declared_flag_with_its_description_and_default(command
         description = " ".join((info.description or "").split()).replace("null", "none")
         assert description[:40] in text, (name, description)
     for old in OLD_FLAGS:
-        if command != "resume" or old != "--thread-id":
+        if command not in ("resume", "rerun") or old != "--thread-id":
             assert old in text
-    if command == "resume":
+    if command in ("resume", "rerun"):
         assert "(default: the saved run's)" in text
     else:
         model = cli.DEMO_MODEL if command == "demo" else "demo"

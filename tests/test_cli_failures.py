@@ -29,7 +29,7 @@ def test_the_exit_codes_are_documented_in_help() -> None:
     assert proc.returncode == 0
     for code, what in cli.EXIT_CODES:
         assert f"{code:<4} {what}" in proc.stdout
-    assert [c for c, _ in cli.EXIT_CODES] == [0, 1, 2, 3, 130, 141]
+    assert [c for c, _ in cli.EXIT_CODES] == [0, 1, 2, 3, 4, 130, 141]
 
 
 def test_version_prints_the_installed_version() -> None:
@@ -111,7 +111,7 @@ def test_exit_1_without_json_prints_the_finished_results() -> None:
         (["run", "x", "--max-concurrency"], "argument --max-concurrency: expected one argument"),
         (["run", "x", "--policy"], "see `fanfold run --help`"),
         (["resume", "t1"], "required: --checkpoint"),
-        ([], "name a command: run, resume or demo"),
+        ([], "name a command: run, resume, rerun or demo"),
         (["fly"], "invalid choice: 'fly'"),
     ],
 )

@@ -1,13 +1,15 @@
 """Fanfold: plan a task DAG, fan it out to parallel LLM subagents, fold it back.
 
 This is the whole public surface: `arun`/`run` run a request, `aresume` continues
-a checkpointed run, `execute_task` and `execute_tasks_parallel` run given tasks
-without a planner; the types they take and return; the errors they raise. The
-graphs themselves are in `fanfold.graphs` (`fanfold.graphs.orchestrator.graph`).
+a checkpointed run, `arerun` runs again what did not end ok, `execute_task` and
+`execute_tasks_parallel` run given tasks without a planner; the types they take
+and return; the errors they raise. The graphs themselves are in `fanfold.graphs`
+(`fanfold.graphs.orchestrator.graph`).
 """
 
 from fanfold.graphs.api import (
     RunOutput,
+    arerun,
     aresume,
     arun,
     execute_task,
@@ -41,6 +43,7 @@ __all__ = [
     "TaskFailedError",
     "ThreadBusy",
     "ToolRegistry",
+    "arerun",
     "aresume",
     "arun",
     "execute_task",
