@@ -21,6 +21,7 @@ from langgraph.types import Command, Overwrite, StateSnapshot
 from pydantic import BaseModel, Field, ValidationError
 
 from fanfold.graphs.lease import thread_lease
+from fanfold.graphs.loop import run_until_done
 from fanfold.graphs.orchestrator import Orchestrator, compile_orchestrator
 from fanfold.nodes.context import DEFAULT_MAX_CONCURRENCY, Policy, RunSettings
 from fanfold.nodes.dispatch import SUBAGENT
@@ -487,7 +488,8 @@ def run(request: str, **kwargs: Any) -> RunOutput:
     """Run the orchestrator from synchronous code; see `arun` for the arguments.
 
     Each call has its own event loop; the model clients opened on it are closed
-    before it ends.
+    before it ends, and work the run abandoned (a tool that ignored a stop) gets a
+    second to end, then is left behind: the call never waits on it.
     """
 
     async def _run() -> RunOutput:
@@ -496,7 +498,7 @@ def run(request: str, **kwargs: Any) -> RunOutput:
         finally:
             await aclose_models()
 
-    return asyncio.run(_run())
+    return run_until_done(_run())
 
 
 def as_tasks(tasks: Sequence[Task | str]) -> list[Task]:

@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from fanfold.graphs.api import RunOutput, arerun, aresume, arun, saved_settings
 from fanfold.graphs.checkpoint import is_postgres, open_checkpointer
+from fanfold.graphs.loop import exit_now_if_stuck, run_until_done
 from fanfold.graphs.orchestrator import Orchestrator, compile_orchestrator
 from fanfold.nodes.context import Flag, RunSettings, plain_types, requirement, setting_flags
 from fanfold.nodes.domain import ErrorInfo, ErrorType, Plan, RunMetrics, SubagentResult
@@ -1076,7 +1077,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return exit_.code if isinstance(exit_.code, int) else EXIT_OK
         session = Session(args)
         try:
-            return asyncio.run(_command(session))
+            return run_until_done(_command(session))
         except KeyboardInterrupt:
             return _report_failure(_interrupted(session), as_json=args.json)
     except BrokenPipeError:
@@ -1084,5 +1085,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
 
 
+def console() -> int:
+    """The `fanfold` command: `main`, then an exit that abandoned work cannot hold up.
+
+    A tool that ignored the run's stop (it swallows cancellation, or sleeps in a
+    thread) may still be running when the command is done: the process ends anyway.
+    """
+    code = main()
+    exit_now_if_stuck(code)
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

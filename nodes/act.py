@@ -13,11 +13,11 @@ from langgraph.runtime import Runtime
 from fanfold.nodes.calls import CallStats, call_model
 from fanfold.nodes.context import RunSettings, settings_of
 from fanfold.nodes.delegation import DELEGATE, make_delegate_tool
-from fanfold.nodes.domain import ErrorInfo, Usage
+from fanfold.nodes.domain import ErrorInfo, Task, Usage
 from fanfold.nodes.errors import BudgetExceeded, RunStopped
 from fanfold.nodes.resolve import model_of
 from fanfold.nodes.scope import RunScope, scope_of
-from fanfold.nodes.state import SubagentState, SubagentUpdate
+from fanfold.nodes.state import SubagentInput, SubagentState, SubagentUpdate
 from fanfold.nodes.tracing import subagent_config
 from fanfold.nodes.usage import usage_of
 
@@ -126,13 +126,30 @@ async def act(state: SubagentState, runtime: Runtime[RunSettings]) -> SubagentUp
         }
     if not isinstance(reply, AIMessage):  # pragma: no cover - chat models return AIMessage
         reply = AIMessage(content=str(reply))
-    return {
+    spent = usage + usage_of(reply)
+    scope.task_usage[task_id(state)] = spent
+    update: SubagentUpdate = {
         "messages": [reply],
         "steps": steps + 1,
-        "usage": usage + usage_of(reply),
+        "usage": spent,
         "tool_calls": state.get("tool_calls", 0) + len(reply.tool_calls),
         "retries": state.get("retries", 0) + stats.retries,
     }
+    limit = settings.max_task_tokens
+    if reply.tool_calls and limit is not None and spent.total_tokens >= limit:
+        # Over its budget with this reply: the tools it asks for are not run.
+        update["error"] = ErrorInfo(
+            type="BudgetExceeded",
+            message=f"task token budget of {limit} spent ({spent.total_tokens} used); "
+            f"the {len(reply.tool_calls)} tool call(s) of the last reply were not run",
+        )
+    return update
+
+
+def task_id(state: SubagentInput) -> str:
+    """Return the id of the task a subagent runs."""
+    task = state["task"]
+    return task.id if isinstance(task, Task) else str(task["id"])
 
 
 def after_act(state: SubagentState) -> Literal["run_tools", "report"]:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
+import contextlib
+import contextvars
+import threading
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 from langchain_core.messages import AIMessage, ToolCall, ToolMessage
 from langchain_core.runnables import RunnableConfig
-from langchain_core.tools import BaseTool
+from langchain_core.tools import BaseTool, StructuredTool, Tool
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, ValidationError
 
@@ -19,6 +23,48 @@ from fanfold.nodes.errors import BudgetExceeded, RunStopped
 from fanfold.nodes.scope import scope_of
 from fanfold.nodes.state import SubagentState, SubagentUpdate
 from fanfold.nodes.tracing import subagent_config
+
+T = TypeVar("T")
+
+
+def runs_in_a_thread(tool: BaseTool) -> bool:
+    """Tell whether a tool is synchronous only (its `ainvoke` would use an executor thread)."""
+    if isinstance(tool, StructuredTool | Tool):
+        return tool.coroutine is None
+    return type(tool)._arun is BaseTool._arun
+
+
+async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking call in a daemon thread of its own and await its result.
+
+    LangChain runs a synchronous tool in the event loop's default executor, whose
+    threads are joined when the loop closes and when Python exits: a tool blocked in
+    `time.sleep(30)` would hold up both long after the run stopped waiting for it. A
+    daemon thread holds up neither; if the run stops first, the call is abandoned and
+    its result, when it comes, dropped.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+    context = contextvars.copy_context()  # the caller's run config and callbacks
+
+    def settle(value: Any, error: BaseException | None) -> None:
+        if done.done():
+            return  # abandoned: the run stopped waiting
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(value)
+
+    def work() -> None:
+        try:
+            value, error = context.run(fn, *args), None
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            value, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(settle, value, error)
+
+    threading.Thread(target=work, name="fanfold-sync-tool", daemon=True).start()
+    return await done
 
 
 async def call_tool(
@@ -48,7 +94,11 @@ async def call_tool(
     try:
         async with asyncio.timeout(timeout_s):  # no extra task per call, unlike wait_for
             # Given the whole call, a tool answers with a ToolMessage (and its artifact).
-            reply = await tool.ainvoke({**call, "args": args, "type": "tool_call"}, config)
+            payload = {**call, "args": args, "type": "tool_call"}
+            if runs_in_a_thread(tool):
+                reply = await in_daemon_thread(tool.invoke, payload, config)
+            else:
+                reply = await tool.ainvoke(payload, config)
     except TimeoutError:
         content = f"Error: `{name}` timed out after {timeout_s:g}s. Try a smaller request."
         return ToolMessage(content, tool_call_id=call_id, name=name, status="error")

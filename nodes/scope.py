@@ -32,7 +32,7 @@ from langgraph.config import get_config
 from langgraph.runtime import RunControl, Runtime
 
 from fanfold.nodes.context import RunSettings, build_registry, concurrency, settings_of
-from fanfold.nodes.domain import ErrorInfo
+from fanfold.nodes.domain import ErrorInfo, Usage
 from fanfold.nodes.errors import BudgetExceeded, FanfoldError, RunStopped
 from fanfold.nodes.faults import FaultKind
 from fanfold.tools.registry import RegistryStats
@@ -152,6 +152,9 @@ class RunScope:
         self.bound: dict[tuple[int, ...], Any] = {}
         """Models bound to tool sets, by the ids of the model and the tools."""
         self.tokens = 0
+        self.task_usage: dict[str, Usage] = {}
+        """Each task's tokens so far, from its finished model calls: what a task that times
+        out or is cancelled (its own state lost with it) still reports it spent."""
         self.faults: Counter[str] = Counter()
         self.retries = 0
         self.deadline = self.t0 + settings.max_wall_time_s if settings.max_wall_time_s else None
@@ -253,9 +256,9 @@ class RunScope:
         if work in done:
             return work.result()
         if not done or include_stop or self.stop_kind == "budget":
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await work
+            # Never wait on the cancelled work: a tool that swallows CancelledError (or a
+            # thread that cannot be interrupted) would hold the stop for as long as it likes.
+            abandon(work)
             self.check()
             raise RunStopped(self.stop_reason or "stopped")  # pragma: no cover - check raised
         return await work  # stopped by a quorum, and this call does not stop for it
@@ -353,6 +356,21 @@ class RunScope:
                 "errors": s.errors,
             },
         }
+
+
+def abandon(work: asyncio.Future[Any]) -> None:
+    """Cancel `work` and let it end on its own, whenever it does; its outcome is dropped.
+
+    What ignores cancellation keeps running until it returns by itself: the run no
+    longer waits on it, and its result, if it ever comes, is not used.
+    """
+    work.cancel()
+    work.add_done_callback(_drop_outcome)
+
+
+def _drop_outcome(work: asyncio.Future[Any]) -> None:
+    if not work.cancelled():
+        work.exception()  # retrieved: no "exception was never retrieved" warning
 
 
 _STOP_TYPES: dict[StopKind, Literal["BudgetExceeded", "QuorumReached", "RunStopped"]] = {

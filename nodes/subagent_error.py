@@ -8,9 +8,10 @@ from langgraph.errors import NodeError, NodeTimeoutError
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
+from fanfold.nodes.act import task_id
 from fanfold.nodes.context import RunSettings
 from fanfold.nodes.dispatch import REDUCER
-from fanfold.nodes.domain import ErrorInfo, SubagentResult, Task
+from fanfold.nodes.domain import ErrorInfo, SubagentResult, Usage
 from fanfold.nodes.errors import QuorumUnreachable, TaskFailedError
 from fanfold.nodes.events import now
 from fanfold.nodes.finish import finish
@@ -18,25 +19,34 @@ from fanfold.nodes.scope import scope_of
 from fanfold.nodes.state import SubagentInput
 
 
-def failure_result(task_id: str, exc: BaseException | str) -> SubagentResult:
-    """Return the result of a subagent that raised or timed out."""
+def failure_result(
+    task_id: str, exc: BaseException | str, usage: Usage | None = None
+) -> SubagentResult:
+    """Return the result of a subagent that raised or timed out.
+
+    `usage`: the tokens its finished model calls spent (its state is lost with it).
+    """
     ended = now()
     if isinstance(exc, NodeTimeoutError):
-        return timed_out_result(task_id, exc.timeout, exc.elapsed)
+        return timed_out_result(task_id, exc.timeout, exc.elapsed, usage)
     return SubagentResult(
         task_id=task_id,
         status="failed",
         error=_describe(exc),
         started_at=ended,
         ended_at=ended,
+        usage=usage or Usage(),
     )
 
 
-def timed_out_result(task_id: str, timeout: float, elapsed: float) -> SubagentResult:
-    """Return the result of a subagent that ran out of time."""
+def timed_out_result(
+    task_id: str, timeout: float, elapsed: float, usage: Usage | None = None
+) -> SubagentResult:
+    """Return the result of a subagent that ran out of time (`usage`: what it spent)."""
     ended = now()
     return SubagentResult(
         task_id=task_id,
+        usage=usage or Usage(),
         status="timed_out",
         error=ErrorInfo(
             type="TaskTimeout", message=f"no result after {timeout:g}s (elapsed {elapsed:.3f}s)"
@@ -71,10 +81,11 @@ async def on_subagent_error(
         raise TaskFailedError(exc.result, exc.results) from exc
     if isinstance(exc, QuorumUnreachable):
         raise QuorumUnreachable(str(exc), exc.results) from exc
-    task = state["task"]
-    task_id = task.id if isinstance(task, Task) else str(task["id"])
+    tid = task_id(state)
+    scope = scope_of(runtime)
     try:
-        update = finish(failure_result(task_id, exc), state, runtime, scope_of(runtime))
+        result = failure_result(tid, exc, scope.task_usage.get(tid))
+        update = finish(result, state, runtime, scope)
     except (TaskFailedError, QuorumUnreachable) as stop:
         # A new exception: it stops the run and says what failed. (A resumed run hands
         # the saved error back as text, which cannot be a cause.)

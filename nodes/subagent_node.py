@@ -96,5 +96,6 @@ async def subagent(state: SubagentInput, runtime: Runtime[RunSettings]) -> Subag
     except TimeoutError:
         if not deadline.expired():
             raise
-    result = timed_out_result(task.id, timeout or 0.0, time.monotonic() - start)
+    elapsed = time.monotonic() - start
+    result = timed_out_result(task.id, timeout or 0.0, elapsed, scope.task_usage.get(task.id))
     return finish(result, state, runtime, scope)

@@ -215,19 +215,32 @@ async def test_budgets_in_a_wide_window_end_every_task_once_spent() -> None:
 
 
 async def test_task_token_budget_fails_only_that_task() -> None:
+    ran: list[str] = []
+
+    @tool
+    async def lookup(q: str) -> str:
+        """Look something up."""
+        ran.append(q)
+        return q
+
     plan = plan_of(
-        task("tooly"), task("plain"), task("after_tooly", "tooly"), task("after_plain", "plain")
+        task("tooly", tools=["lookup"]),
+        task("plain", tools=[]),
+        task("after_tooly", "tooly", tools=[]),
+        task("after_plain", "plain", tools=[]),
     )
     model = TaskScriptedModel(
         scripts={
-            "tooly": TaskScript(expression="6*7"),  # two model calls: 15 + 15 tokens
+            "tooly": TaskScript(call=("lookup", {"q": "x"})),  # a tool call, then an answer
             "plain": TaskScript(),  # one call, 15 tokens
             "after_tooly": TaskScript(),
             "after_plain": TaskScript(),
         }
     )
     out = await arun(
-        "x", settings=settings(model, max_concurrency=4, max_task_tokens=15), plan=plan
+        "x",
+        settings=settings(model, max_concurrency=4, max_task_tokens=15, tools=[lookup]),
+        plan=plan,
     )
 
     assert statuses(out.results) == {
@@ -238,9 +251,42 @@ async def test_task_token_budget_fails_only_that_task() -> None:
     }
     tooly = by_id(out.results)["tooly"]
     assert tooly.error is not None and tooly.error.type == "BudgetExceeded"
-    assert tooly.error.message == "task token budget of 15 spent (15 used)"
+    # Checked after the reply: its 15 tokens spent the budget, so its tool never ran.
+    assert tooly.error.message == (
+        "task token budget of 15 spent (15 used); the 1 tool call(s) of the last reply were not run"
+    )
+    assert ran == []
     assert tooly.attempts == 1 and tooly.tool_calls == 1 and tooly.usage.total_tokens == 15
     assert model.recorder.calls["tooly"] == 1  # stopped before a second call
     assert out.status == "partial"
     assert out.metrics.retries == 0
     assert out.answer.startswith("answer: tooly=failed, plain=ok")  # the run went on
+
+
+async def test_a_timed_out_or_cancelled_task_keeps_the_tokens_it_spent() -> None:
+    # Each task makes one model call (15 tokens), then waits in a slow tool: `late` runs
+    # out of time there, `stopped` is cancelled there when `quick` meets the quorum.
+    @tool
+    async def slow(q: str) -> str:
+        """Take a long time."""
+        await asyncio.sleep(30)
+        return q
+
+    plan = plan_of(
+        task("late", timeout_s=0.5, tools=["slow"]),
+        task("stopped", tools=["slow"]),
+        task("quick", tools=[]),
+    )
+    model = TaskScriptedModel(
+        scripts={
+            "late": TaskScript(latency=0, call=("slow", {"q": "x"})),
+            "stopped": TaskScript(latency=0, call=("slow", {"q": "y"})),
+            "quick": TaskScript(latency=0.8),
+        }
+    )
+    out = await arun("x", settings=settings(model, tools=[slow], policy="quorum:1"), plan=plan)
+    res = by_id(out.results)
+    assert statuses(out.results) == {"late": "timed_out", "stopped": "cancelled", "quick": "ok"}
+    assert res["late"].usage.total_tokens == 15
+    assert res["stopped"].usage.total_tokens == 15
+    assert out.metrics.tokens.total_tokens >= 45

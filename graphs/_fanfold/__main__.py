@@ -2,6 +2,6 @@
 
 import sys
 
-from fanfold.graphs.cli import main
+from fanfold.graphs.cli import console
 
-sys.exit(main())
+sys.exit(console())

@@ -1,0 +1,1 @@
+"""Hostile parts for tests: tools that ignore cancellation or block a thread."""
