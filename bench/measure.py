@@ -375,6 +375,153 @@ async def measure_checkpoint(
     ]
 
 
+POSTGRES_URL_ENV = "FANFOLD_BENCH_POSTGRES_URL"
+"""A PostgreSQL URL for `checkpoint_bytes` (the bench never starts a server)."""
+
+
+def _pg_stats(url: str, thread_id: str) -> dict[str, float]:
+    """Return what one run stored in PostgreSQL (langgraph-checkpoint-postgres 3.2's tables).
+
+    Bytes: `checkpoints.checkpoint` and `.metadata` (jsonb, counted as their text),
+    `checkpoint_blobs.blob` (NULL for an empty channel) and `checkpoint_writes.blob`.
+    """
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        checkpoints, cp_bytes = conn.execute(
+            "select count(*), coalesce(sum(octet_length(checkpoint::text)"
+            " + octet_length(metadata::text)), 0) from checkpoints where thread_id = %s",
+            (thread_id,),
+        ).fetchone()
+        blobs, b_bytes = conn.execute(
+            "select count(*), coalesce(sum(octet_length(blob)), 0)"
+            " from checkpoint_blobs where thread_id = %s",
+            (thread_id,),
+        ).fetchone()
+        writes, w_bytes = conn.execute(
+            "select count(*), coalesce(sum(octet_length(blob)), 0)"
+            " from checkpoint_writes where thread_id = %s",
+            (thread_id,),
+        ).fetchone()
+    return {
+        "checkpoints": checkpoints,
+        "blobs": blobs,
+        "writes": writes,
+        "bytes": int(cp_bytes + b_bytes + w_bytes),
+    }
+
+
+async def measure_checkpoint_bytes(
+    impl: str, sizes: Sequence[int], mc: int, backends: Sequence[str], best_of: int = 2
+) -> list[dict[str, Any]]:
+    """Return the bytes a checkpointed given-plan run stores per task, at each size.
+
+    For each backend (`sqlite`: a temp file; `postgres`: the server at
+    `$FANFOLD_BENCH_POSTGRES_URL`, through Fanfold's `open_checkpointer`) and each
+    N, one run of N independent tasks at `mc`, zero latency, on a fresh thread;
+    then the bytes that thread stored. At the largest N the SQLite run and the same
+    run on `InMemorySaver` take turns, `best_of` each, and keep their best wall
+    time (rows with backend `memory`), for SQLite's wall cost at that size. The
+    PostgreSQL threads are deleted once counted.
+    """
+    if impl != "fanfold":
+        msg = "checkpoint_bytes measures Fanfold only"
+        raise ValueError(msg)
+    from fanfold.graphs.checkpoint import open_checkpointer
+    from fanfold.graphs.orchestrator import compile_orchestrator
+    from fanfold.graphs.serde import allow_fanfold_types
+
+    bench = Bench(impl)
+    await bench.warm_up()
+    tools = [bench.tool]
+    largest = max(sizes)
+
+    def start(graph: Any, n: int, thread_id: str) -> Callable[[], Awaitable[dict[int, str]]]:
+        deps: dict[int, list[int]] = {i: [] for i in range(1, n + 1)}
+        return lambda: fanfold_impl.run_plan(
+            deps, model=bench.model, tools=tools, mc=mc, graph=graph, thread_id=thread_id
+        )
+
+    async def timed(graph: Any, n: int, thread_id: str) -> dict[str, float]:
+        bench.model.latency = 0.0
+        return await bench.run_checked(start(graph, n, thread_id), n, mc)
+
+    # The same serializer allowlist `open_checkpointer` gives the savers it opens.
+    memory = allow_fanfold_types(InMemorySaver())
+    memory_graph = compile_orchestrator(checkpointer=memory, synthesize_answer=False)
+    await timed(memory_graph, WARMUP_N, str(uuid.uuid4()))
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for backend in backends:
+            if backend == "sqlite":
+                location = os.path.join(tmp, "cp.sqlite")
+            elif backend == "postgres":
+                location = os.environ.get(POSTGRES_URL_ENV, "")
+                if not location:
+                    msg = f"backend `postgres` needs ${POSTGRES_URL_ENV}"
+                    raise ValueError(msg)
+            else:
+                msg = f"unknown backend `{backend}`; known: sqlite, postgres"
+                raise ValueError(msg)
+
+            async with open_checkpointer(location) as saver:
+
+                def stored(thread_id: str, backend: str = backend, loc: str = location) -> Any:
+                    if backend == "sqlite":
+                        return _db_stats(loc, thread_id)
+                    return _pg_stats(loc, thread_id)
+
+                async def forget(thread_id: str, backend: str = backend, saver: Any = saver):
+                    if backend == "postgres":
+                        await saver.adelete_thread(thread_id)
+
+                graph = compile_orchestrator(checkpointer=saver, synthesize_answer=False)
+                warm = str(uuid.uuid4())
+                await timed(graph, WARMUP_N, warm)
+                await forget(warm)
+                for n in sizes:
+                    compare = backend == "sqlite" and n == largest
+                    turns = best_of if compare else 1
+                    walls: list[float] = []
+                    memory_walls: list[float] = []
+                    counted: dict[str, float] = {}
+                    for _ in range(turns):
+                        if compare:
+                            stats = await timed(memory_graph, n, str(uuid.uuid4()))
+                            memory_walls.append(stats["wall_s"])
+                        thread_id = str(uuid.uuid4())
+                        stats = await timed(graph, n, thread_id)
+                        walls.append(stats["wall_s"])
+                        counted = counted or stored(thread_id)
+                        await forget(thread_id)
+                    rows.append(
+                        {
+                            "backend": backend,
+                            "n": n,
+                            "mc": mc,
+                            "runs": turns,
+                            "wall_s": min(walls),
+                            "all_wall_s": walls,
+                            **counted,
+                            "bytes_per_task": counted["bytes"] / n,
+                        }
+                    )
+                    if compare:
+                        rows.append(
+                            {
+                                "backend": "memory",
+                                "n": n,
+                                "mc": mc,
+                                "runs": turns,
+                                "wall_s": min(memory_walls),
+                                "all_wall_s": memory_walls,
+                                "bytes": None,
+                                "bytes_per_task": None,
+                            }
+                        )
+    return rows
+
+
 async def measure_dag(impl: str, n: int, median_call_s: float, mc: int) -> dict[str, Any]:
     """Return the makespan of the seeded DAG next to its critical path and wave bound."""
     deps, latency = dag.make_dag(n, median_call_s=median_call_s)
@@ -431,6 +578,7 @@ def run_child(spec: dict[str, Any]) -> Any:
         "cpu": measure_cpu,
         "memory": measure_memory,
         "checkpoint": measure_checkpoint,
+        "checkpoint_bytes": measure_checkpoint_bytes,
         "dag": measure_dag,
         "skew": measure_skew,
     }[kind]

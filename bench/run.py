@@ -10,6 +10,9 @@ heaps and caches never leak from one into another. Figures are ratios within
 one run; absolute times depend on the machine and on what else it is doing.
 Target 6 (real HTTP) is `http_bench.py`: a local OpenAI-compatible server in a
 process of its own, and raw httpx, ChatOpenAI and Fanfold as its clients.
+Target 4d (checkpoint bytes on PostgreSQL) runs only when
+FANFOLD_BENCH_POSTGRES_URL names a server (`postgresql://user@host:port/db`);
+the bench never starts one.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ PLANS: dict[str, dict[str, Any]] = {
         "mem_n": 200,
         "ckpt_n": 100,
         "ckpt_mc": 20,
+        "ckpt_bytes_sizes": [100, 800],
+        "ckpt_bytes_mc": 50,
         "dag_n": 200,
         "dag_median_call_s": 0.01,
         "skew_mc": 10,
@@ -63,6 +68,8 @@ PLANS: dict[str, dict[str, Any]] = {
         "mem_n": 1000,
         "ckpt_n": 500,
         "ckpt_mc": 50,
+        "ckpt_bytes_sizes": [250, 2000],
+        "ckpt_bytes_mc": 50,
         "dag_n": 200,
         "dag_median_call_s": 0.05,
         "skew_mc": 10,
@@ -83,6 +90,12 @@ CHECKPOINTERS = {
     "fanfold": ["none", "memory", "sqlite", "sqlite-step"],
     "bare": ["none", "sqlite-step", "sqlite-task"],
 }
+POSTGRES_URL_ENV = "FANFOLD_BENCH_POSTGRES_URL"
+
+
+def checkpoint_backends() -> list[str]:
+    """Return the backends for checkpoint bytes: SQLite, and PostgreSQL when a URL is set."""
+    return ["sqlite", "postgres"] if os.environ.get(POSTGRES_URL_ENV) else ["sqlite"]
 
 
 def start_child(specs: list[dict[str, Any]]) -> subprocess.Popen[str]:
@@ -108,6 +121,7 @@ def collect(plan: dict[str, Any], say: Any) -> dict[str, Any]:
         "cpu": {},
         "memory": [],
         "checkpoint": {},
+        "checkpoint_bytes": {},
         "dag": {},
         "skew": {},
     }
@@ -140,6 +154,17 @@ def collect(plan: dict[str, Any], say: Any) -> dict[str, Any]:
                     "mc": plan["ckpt_mc"],
                     "latency": 0.0,
                     "checkpointers": CHECKPOINTERS[impl],
+                    "best_of": 2,
+                }
+            )
+        if impl == "fanfold":
+            specs.append(
+                {
+                    "kind": "checkpoint_bytes",
+                    "impl": impl,
+                    "sizes": plan["ckpt_bytes_sizes"],
+                    "mc": plan["ckpt_bytes_mc"],
+                    "backends": checkpoint_backends(),
                     "best_of": 2,
                 }
             )
@@ -269,6 +294,34 @@ def targets(data: dict[str, Any], plan: dict[str, Any]) -> list[dict[str, Any]]:
             "<= 1.5x",
             sq["wall_s"] / ref["wall_s"] <= 1.5,
         )
+    cb = data["checkpoint_bytes"]["fanfold"]
+    lo, hi = min(plan["ckpt_bytes_sizes"]), max(plan["ckpt_bytes_sizes"])
+    cb_mc = plan["ckpt_bytes_mc"]
+    for tid, backend, label in (("4c", "sqlite", "SQLite"), ("4d", "postgres", "PostgreSQL")):
+        what = f"{label} checkpoint bytes per task flat in N: N={hi} / N={lo}, mc={cb_mc}"
+        if not any(r["backend"] == backend for r in cb):
+            add(tid, what, f"not run: no ${POSTGRES_URL_ENV}", None, "<= 1.3x", None)
+            continue
+        b_small = _row(cb, backend=backend, n=lo)["bytes_per_task"]
+        b_large = _row(cb, backend=backend, n=hi)["bytes_per_task"]
+        add(
+            tid,
+            what,
+            f"{b_large / 1024:.2f} KB / {b_small / 1024:.2f} KB",
+            b_large / b_small,
+            "<= 1.3x",
+            b_large / b_small <= 1.3,
+        )
+    sq_wall = _row(cb, backend="sqlite", n=hi)["wall_s"]
+    mem_wall = _row(cb, backend="memory", n=hi)["wall_s"]
+    add(
+        "4e",
+        f"SQLite-checkpointed run vs InMemorySaver (wall), N={hi}, mc={cb_mc}, zero latency",
+        f"{sq_wall:.2f} s / {mem_wall:.2f} s",
+        sq_wall / mem_wall,
+        "<= 1.3x",
+        sq_wall / mem_wall <= 1.3,
+    )
     d = data["dag"]["fanfold"]
     add(
         "5",
@@ -336,6 +389,8 @@ MEM_COLS = ["implementation", "checkpointer", "in flight", "KB/subagent", "RSS b
 MEM_COLS += ["RSS peak MB"]
 CK_COLS = ["implementation", "checkpointer", "granularity", "wall s", "CPU s", "wall vs none"]
 CK_COLS += ["checkpoints/agent", "writes/agent", "stored KB/agent"]
+CB_COLS = ["backend", "N", "wall s", "wall vs memory", "checkpoints", "writes", "stored KB"]
+CB_COLS += ["KB/task", "KB/task vs smallest N"]
 DAG_COLS = ["critical path s", "wave bound s", "raw", "bare LG (functional API)", "fanfold"]
 DAG_COLS += ["raw/CP", "bare/CP", "fanfold/CP", "fanfold/wave bound"]
 IMPL_ORDER = ("raw", "bare", "fanfold")
@@ -398,6 +453,47 @@ def checkpoint_rows(data: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
+def checkpoint_bytes_heading(data: dict[str, Any], plan: dict[str, Any]) -> str:
+    """Return the checkpoint-bytes section's heading: sizes, backends, how walls were taken."""
+    cb = data["checkpoint_bytes"]["fanfold"]
+    pg = any(r["backend"] == "postgres" for r in cb)
+    memory = [r for r in cb if r["backend"] == "memory"]
+    turns = (
+        f"; walls: one run, but at N={memory[0]['n']} SQLite and InMemorySaver (memory) take"
+        f" turns, best of {memory[0]['runs']} each"
+        if memory
+        else ""
+    )
+    return (
+        f"## Checkpoint bytes per task (Fanfold, N independent tasks, mc={plan['ckpt_bytes_mc']},"
+        f" zero latency; PostgreSQL: {'the server at $' if pg else 'n/a, no $'}"
+        f"{POSTGRES_URL_ENV}{turns})"
+    )
+
+
+def checkpoint_bytes_rows(data: dict[str, Any]) -> list[list[Any]]:
+    """Return the checkpoint-bytes table: per backend and N, wall time and what was stored."""
+    cb = data["checkpoint_bytes"]["fanfold"]
+    memory = {r["n"]: r["wall_s"] for r in cb if r["backend"] == "memory"}
+    smallest = {
+        r["backend"]: r["bytes_per_task"]
+        for r in sorted(cb, key=lambda r: -r["n"])
+        if r["bytes_per_task"] is not None
+    }
+    rows = []
+    for r in cb:
+        per = r["bytes_per_task"]
+        mem = memory.get(r["n"])
+        rows.append(
+            [r["backend"], r["n"], r["wall_s"], None if mem is None else r["wall_s"] / mem]
+            + [r.get("checkpoints"), r.get("writes")]
+            + [None if r["bytes"] is None else r["bytes"] / 1024]
+            + [None if per is None else per / 1024]
+            + [None if per is None else per / smallest[r["backend"]]]
+        )
+    return rows
+
+
 def dag_rows(data: dict[str, Any]) -> list[list[Any]]:
     """Return the DAG table: both bounds, the three makespans (s) and their ratios."""
     wall = {i: data["dag"][i]["wall_s"] for i in IMPL_ORDER}
@@ -455,6 +551,10 @@ def report(doc: dict[str, Any]) -> str:
             "",
             table(CK_COLS, checkpoint_rows(data)),
             "",
+            checkpoint_bytes_heading(data, plan),
+            "",
+            table(CB_COLS, checkpoint_bytes_rows(data)),
+            "",
             f"## DAG makespan ({d['n']} tasks, {d['depth']} generations, log-normal task"
             f" times, mc={d['mc']})",
             "",
@@ -499,6 +599,7 @@ def machine() -> dict[str, Any]:
         "langgraph": version("langgraph"),
         "langchain_core": version("langchain-core"),
         "langgraph_checkpoint_sqlite": version("langgraph-checkpoint-sqlite"),
+        "langgraph_checkpoint_postgres": version("langgraph-checkpoint-postgres"),
         "git": git("rev-parse", "--short", "HEAD") + ("+dirty library" if dirty else ""),
     }
 
