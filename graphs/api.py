@@ -26,7 +26,7 @@ from fanfold.graphs.orchestrator import Orchestrator, compile_orchestrator
 from fanfold.nodes.context import DEFAULT_MAX_CONCURRENCY, Policy, RunSettings
 from fanfold.nodes.dispatch import SUBAGENT
 from fanfold.nodes.domain import ErrorInfo, Plan, RunMetrics, SubagentResult, Task
-from fanfold.nodes.errors import PlanError, QuorumUnreachable, TaskFailedError
+from fanfold.nodes.errors import NothingToRerun, PlanError, QuorumUnreachable, TaskFailedError
 from fanfold.nodes.events import ProgressEvent, is_event, now
 from fanfold.nodes.models import aclose_models
 from fanfold.nodes.rerun import RERUNNABLE, check_only, rerun_selection
@@ -367,8 +367,9 @@ async def arerun(
 
     Raises:
         KeyError: no run is saved under `thread_id`.
-        ValueError: `only` names a status that is not one of those four, or the run
-            has no plan to rerun (it is paused at plan approval, or was rejected).
+        ValueError: `only` names a status that is not one of those four.
+        NothingToRerun: the run has no plan to rerun (it is paused at plan approval,
+            or was rejected); a `ValueError`.
         ThreadBusy: another run, resume or rerun holds the thread.
     """
     chosen = check_only(only)
@@ -382,7 +383,7 @@ async def arerun(
         if snapshot.interrupts or plan is None or snapshot.values.get("status") == "rejected":
             why = "it waits on plan approval: resume it" if snapshot.interrupts else "no plan ran"
             msg = f"run `{thread_id}` has nothing to rerun: {why}"
-            raise ValueError(msg)
+            raise NothingToRerun(msg)
         if settings is None:
             settings = RunSettings(**await _saved_settings(graph, config, snapshot.values))
         kept, again = rerun_selection(plan, saved_results(snapshot), chosen)

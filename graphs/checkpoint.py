@@ -99,7 +99,8 @@ class GroupCommitSqliteSaver(AsyncSqliteSaver):
         if self._queued is None:
             self._queued = []
         self._queued.append((query, rows, done))
-        if self._flusher is None or self._flusher.done():
+        flusher = self._flusher
+        if flusher is None or flusher.done() or flusher.get_loop() is not done.get_loop():
             self._flusher = asyncio.ensure_future(self._flush())
         await asyncio.shield(done)  # a cancelled caller's write is still saved
 

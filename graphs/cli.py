@@ -38,6 +38,7 @@ from fanfold.nodes.context import Flag, RunSettings, plain_types, requirement, s
 from fanfold.nodes.domain import ErrorInfo, ErrorType, Plan, RunMetrics, SubagentResult
 from fanfold.nodes.domain import exception_name as _exception_name
 from fanfold.nodes.errors import (
+    NothingToRerun,
     PlanError,
     QuorumUnreachable,
     SettingProblem,
@@ -869,7 +870,7 @@ async def _saved_run_command(session: Session) -> RunOutput:
                     settings=settings,
                     on_event=Progress(sys.stderr),
                 )
-            except ValueError as exc:
+            except NothingToRerun as exc:
                 raise bad_input(str(exc), exc) from exc
         return await aresume(
             args.thread_id,

@@ -6,7 +6,8 @@ its lease, and a second taker fails at once with `ThreadBusy`:
 
 - in one process, a table of the threads its runs hold (per checkpoint store);
 - PostgreSQL: a session-level advisory lock (`pg_try_advisory_lock`) on a key derived
-  from the thread id, held on the saver's connection (a pool lends one for the run);
+  from the thread id, held on the saver's connection (with a pool, on a connection of
+  its own to the pool's server, so leases never take the pool's connections);
   the server releases it when the session ends, so a killed process frees it;
 - SQLite: an exclusive `flock` on a small file per thread, in a folder beside the
   database (`run.sqlite.leases/`); the kernel releases it when the holder's process
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import inspect
 import json
 import os
 import socket
@@ -116,7 +118,15 @@ async def _advisory_lock(conn: Any, thread_id: str) -> AsyncIterator[None]:
     from psycopg_pool import AsyncConnectionPool
 
     if isinstance(conn, AsyncConnectionPool):
-        async with conn.connection() as own, _advisory_lock(own, thread_id):
+        # A session of its own, not one of the pool's: a run holds its lease for its whole
+        # length, and leases taken from the pool would starve the checkpoint writes.
+        import psycopg
+
+        info = conn.conninfo() if callable(conn.conninfo) else conn.conninfo
+        if inspect.isawaitable(info):
+            info = await info
+        own = await psycopg.AsyncConnection.connect(str(info), autocommit=True)
+        async with own, _advisory_lock(own, thread_id):
             yield
         return
     key = advisory_key(thread_id)

@@ -48,6 +48,8 @@ def _close(loop: asyncio.AbstractEventLoop, grace_s: float) -> None:
             loop.run_until_complete(asyncio.wait(left, timeout=grace_s))
             _abandoned.extend(t for t in left if not t.done())
         loop.run_until_complete(_bounded(loop.shutdown_asyncgens(), grace_s))
+        # Idle executor threads end here; a blocked one is left (and is all `stuck` sees).
+        loop.run_until_complete(_bounded(loop.shutdown_default_executor(), grace_s))
     finally:
         asyncio.set_event_loop(None)
         loop.close()

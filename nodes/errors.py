@@ -173,3 +173,7 @@ class ThreadBusy(FanfoldError, RuntimeError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.thread_id, self.holder))
+
+
+class NothingToRerun(FanfoldError, ValueError):
+    """A saved run has no tasks a rerun could run: it waits on plan approval, or no plan ran."""

@@ -187,3 +187,38 @@ async def test_a_second_run_or_resume_of_a_thread_in_one_process_is_refused(
         # Cancelled, the run let go: the resume takes the thread and finishes it.
         out = await aresume(thread, graph=graph)
         assert out.status == "ok" and {r.task_id for r in out.results} == TASKS
+
+
+async def test_a_pooled_postgres_saver_holds_leases_on_sessions_of_their_own(
+    postgres_url: str,
+) -> None:
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+    from psycopg.rows import dict_row
+    from psycopg_pool import AsyncConnectionPool
+
+    kwargs = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
+    thread = f"pool-{uuid.uuid4().hex[:8]}"
+    async with (
+        AsyncConnectionPool(
+            postgres_url, min_size=1, max_size=1, kwargs=kwargs, open=False
+        ) as pool,
+        open_checkpointer(postgres_url) as other,
+    ):
+        saver = AsyncPostgresSaver(pool)
+        await saver.setup()
+        async with thread_lease(saver, thread):
+            with pytest.raises(ThreadBusy, match="PostgreSQL session"):
+                async with thread_lease(other, thread):
+                    pass
+            # A pool of one connection: the run's own lease does not take it away from
+            # the checkpoint writes.
+            graph = compile_orchestrator(checkpointer=saver)
+            out = await arun(
+                "alpha",
+                settings=RunSettings(model="demo:latency=0", start_jitter_s=0),
+                graph=graph,
+                config={"configurable": {"thread_id": thread + "-run"}},
+            )
+            assert out.status == "ok"
+        async with thread_lease(other, thread):  # released with the pooled connection
+            pass

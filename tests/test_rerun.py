@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from fanfold import RunSettings, TaskFailedError, ThreadBusy, arerun, arun
+from fanfold import NothingToRerun, RunSettings, TaskFailedError, ThreadBusy, arerun, arun
 from fanfold.graphs.checkpoint import open_checkpointer
 from fanfold.graphs.cli import EXIT_BAD_INPUT
 from fanfold.graphs.lease import thread_lease
@@ -259,7 +259,7 @@ async def test_a_run_waiting_on_plan_approval_has_nothing_to_rerun(tmp_path: Pat
             context=approve,
         )
         assert "__interrupt__" in paused
-        with pytest.raises(ValueError, match="it waits on plan approval: resume it"):
+        with pytest.raises(NothingToRerun, match="it waits on plan approval: resume it"):
             await arerun("waiting", graph=graph)
     out = _cli("rerun", "waiting", "--checkpoint", location, "--json")
     assert out.returncode == EXIT_BAD_INPUT

@@ -21,6 +21,7 @@ from fanfold.nodes.domain import Plan, SubagentResult, Task
 from fanfold.nodes.errors import (
     BudgetExceeded,
     FanfoldError,
+    NothingToRerun,
     PlanError,
     QuorumUnreachable,
     TaskFailedError,
@@ -33,6 +34,7 @@ __all__ = [
     "AgentKind",
     "BudgetExceeded",
     "FanfoldError",
+    "NothingToRerun",
     "Plan",
     "PlanError",
     "QuorumUnreachable",
