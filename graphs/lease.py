@@ -6,8 +6,8 @@ its lease, and a second taker fails at once with `ThreadBusy`:
 
 - in one process, a table of the threads its runs hold (per checkpoint store);
 - PostgreSQL: a session-level advisory lock (`pg_try_advisory_lock`) on a key derived
-  from the thread id, held on the saver's connection (with a pool, on a connection of
-  its own to the pool's server, so leases never take the pool's connections);
+  from the thread id, held on a session of its own to the saver's server (never the
+  saver's connection, nor one of its pool's);
   the server releases it when the session ends, so a killed process frees it;
 - SQLite: an exclusive `flock` on a small file per thread, in a folder beside the
   database (`run.sqlite.leases/`); the kernel releases it when the holder's process
@@ -114,31 +114,37 @@ def _holder_of(fd: int) -> str:
 
 @contextlib.asynccontextmanager
 async def _advisory_lock(conn: Any, thread_id: str) -> AsyncIterator[None]:
-    """Hold a session-level advisory lock on the thread's key, or raise `ThreadBusy`."""
+    """Hold a session-level advisory lock on the thread's key, or raise `ThreadBusy`.
+
+    On a session of its own to the saver's server, never on the saver's connection: a
+    run cancelled mid-query can leave that connection busy, and a pool's connections
+    would be taken from the checkpoint writes for a run's whole length. Closing the
+    session lets go of the lock, whatever state the run ended in.
+    """
+    import psycopg
+
+    own = await psycopg.AsyncConnection.connect(await _conninfo(conn), autocommit=True)
+    async with own:
+        key = advisory_key(thread_id)
+        cursor = await own.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+        if not _first(await cursor.fetchone()):
+            raise ThreadBusy(thread_id, await _backend_holding(own, key))
+        yield
+
+
+async def _conninfo(conn: Any) -> str:
+    """Return the connection string of a psycopg connection or pool (password included)."""
+    from psycopg.conninfo import make_conninfo
     from psycopg_pool import AsyncConnectionPool
 
     if isinstance(conn, AsyncConnectionPool):
-        # A session of its own, not one of the pool's: a run holds its lease for its whole
-        # length, and leases taken from the pool would starve the checkpoint writes.
-        import psycopg
-
         info = conn.conninfo() if callable(conn.conninfo) else conn.conninfo
-        if inspect.isawaitable(info):
-            info = await info
-        own = await psycopg.AsyncConnection.connect(str(info), autocommit=True)
-        async with own, _advisory_lock(own, thread_id):
-            yield
-        return
-    key = advisory_key(thread_id)
-    cursor = await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))
-    row = await cursor.fetchone()
-    if not _first(row):
-        raise ThreadBusy(thread_id, await _backend_holding(conn, key))
-    try:
-        yield
-    finally:
-        with contextlib.suppress(Exception):  # a lost connection already let go
-            await conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        return str(await info if inspect.isawaitable(info) else info)
+    params = conn.info.get_parameters()  # host, port, dbname, user...: no password
+    password = conn.pgconn.password
+    if password:
+        params["password"] = password.decode()
+    return make_conninfo("", **params)
 
 
 def _first(row: Any) -> Any:
