@@ -118,8 +118,8 @@ async def _advisory_lock(conn: Any, thread_id: str) -> AsyncIterator[None]:
 
     On a session of its own to the saver's server, never on the saver's connection: a
     run cancelled mid-query can leave that connection busy, and a pool's connections
-    would be taken from the checkpoint writes for a run's whole length. Closing the
-    session lets go of the lock, whatever state the run ended in.
+    would be taken from the checkpoint writes for a run's whole length. It unlocks at
+    the end, and closing the session lets go of the lock whatever state the run ended in.
     """
     import psycopg
 
@@ -129,7 +129,14 @@ async def _advisory_lock(conn: Any, thread_id: str) -> AsyncIterator[None]:
         cursor = await own.execute("SELECT pg_try_advisory_lock(%s)", (key,))
         if not _first(await cursor.fetchone()):
             raise ThreadBusy(thread_id, await _backend_holding(own, key))
-        yield
+        try:
+            yield
+        finally:
+            # Let go before closing: a closed session's backend releases its locks only
+            # as it exits, after `close()` returned, and a resume right after would find
+            # the thread still held. If this fails (cancelled), closing lets go later.
+            with contextlib.suppress(Exception):
+                await own.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
 async def _conninfo(conn: Any) -> str:

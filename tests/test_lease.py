@@ -222,3 +222,21 @@ async def test_a_pooled_postgres_saver_holds_leases_on_sessions_of_their_own(
             assert out.status == "ok"
         async with thread_lease(other, thread):  # released with the pooled connection
             pass
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_lease_let_go_can_be_taken_again_at_once(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # A resume right after a run must find the thread free: a closed Postgres session
+    # releases its locks only as its backend exits, so the lease unlocks first.
+    location = (
+        str(tmp_path / "run.sqlite")
+        if backend == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    thread = f"again-{uuid.uuid4().hex[:8]}"
+    async with open_checkpointer(location) as saver, open_checkpointer(location) as other:
+        for i in range(40):
+            async with thread_lease(saver if i % 2 else other, thread):
+                pass
