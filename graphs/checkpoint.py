@@ -68,8 +68,10 @@ class GroupCommitSqliteSaver(AsyncSqliteSaver):
     saves a checkpoint only after the writes it follows. The rows are the stock saver's.
     """
 
-    _queued: list[tuple[str, list[tuple[Any, ...]], asyncio.Future[None]]] | None = None
-    _flusher: asyncio.Task[None] | None = None
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._queued: list[tuple[str, list[tuple[Any, ...]], asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def aput_writes(
         self,
@@ -96,8 +98,6 @@ class GroupCommitSqliteSaver(AsyncSqliteSaver):
         ]
         await self.setup()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self._queued is None:
-            self._queued = []
         self._queued.append((query, rows, done))
         flusher = self._flusher
         if flusher is None or flusher.done() or flusher.get_loop() is not done.get_loop():

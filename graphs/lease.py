@@ -155,9 +155,7 @@ async def _conninfo(conn: Any) -> str:
 
 
 def _first(row: Any) -> Any:
-    if isinstance(row, dict):
-        return next(iter(row.values()), None)
-    return row[0] if row else None
+    return row[0] if row else None  # the lease's own session returns plain tuples
 
 
 async def _backend_holding(conn: Any, key: int) -> str:

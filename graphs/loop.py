@@ -11,6 +11,7 @@ process at once when work it abandoned would otherwise keep the interpreter aliv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import threading
@@ -56,10 +57,8 @@ def _close(loop: asyncio.AbstractEventLoop, grace_s: float) -> None:
 
 
 async def _bounded(work: Coroutine[Any, Any, None], grace_s: float) -> None:
-    try:
+    with contextlib.suppress(Exception):  # a timeout included: closing anyway
         await asyncio.wait_for(work, grace_s)
-    except (TimeoutError, Exception):  # noqa: BLE001 - closing anyway
-        return
 
 
 def stuck() -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from fanfold.nodes.models import clear_model_cache
-from tests.postgres import postgres_url  # noqa: F401  (a session fixture for every module)
+from tests.postgres import checkpoint_location, postgres_url  # noqa: F401  (fixtures for all)
 
 
 def _is_loopback(address: Any) -> bool:

@@ -144,3 +144,11 @@ def postgres_url() -> Iterator[str]:
         yield started
     finally:
         server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def checkpoint_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A checkpoint location: a SQLite file, then the PostgreSQL URL (one test each)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "run.sqlite")
+    return str(request.getfixturevalue("postgres_url"))

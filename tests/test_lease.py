@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -28,29 +27,12 @@ from fanfold.graphs.checkpoint import open_checkpointer
 from fanfold.graphs.cli import EXIT_BUSY
 from fanfold.graphs.lease import lease_file, thread_lease
 from fanfold.graphs.orchestrator import compile_orchestrator
-from tests.test_durable import _saved_at
+from tests.test_durable import _calls, _cli, _env, _kill_group, _saved_at
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUEST = ", ".join(f"item {i}" for i in range(1, 13))
 """12 parallel tasks, then `compare` and `report`."""
 TASKS = {*(f"t{i}" for i in range(1, 13)), "compare", "report"}
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fanfold", *args]
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-
-
-def _calls(log: Path) -> list[dict[str, Any]]:
-    out = []
-    if log.exists():
-        for line in log.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                out.append(json.loads(line))
-    return out
 
 
 def _popen(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
@@ -64,13 +46,6 @@ def _popen(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
         start_new_session=True,
         **kwargs,
     )
-
-
-def _kill(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=10)
 
 
 def _one_process_runs_the_thread(location: str, tmp: Path) -> None:
@@ -131,7 +106,7 @@ def _one_process_runs_the_thread(location: str, tmp: Path) -> None:
         assert {t for t in TASKS if after[t]} == TASKS - saved
     finally:
         for proc in procs:
-            _kill(proc)
+            _kill_group(proc)
 
 
 @pytest.mark.slow
@@ -152,15 +127,10 @@ def test_one_process_runs_a_postgres_thread(postgres_url: str, tmp_path: Path) -
 # --- in one process ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 async def test_a_second_run_or_resume_of_a_thread_in_one_process_is_refused(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+    checkpoint_location: str,
 ) -> None:
-    location = (
-        str(tmp_path / "run.sqlite")
-        if backend == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
+    location = checkpoint_location
     thread = f"one-{uuid.uuid4().hex[:8]}"
     config: Any = {"configurable": {"thread_id": thread}}
     settings = RunSettings(model="demo:latency=0.3", max_concurrency=2)
@@ -228,17 +198,10 @@ async def test_a_pooled_postgres_saver_holds_leases_on_sessions_of_their_own(
             pass
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-async def test_a_lease_let_go_can_be_taken_again_at_once(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
+async def test_a_lease_let_go_can_be_taken_again_at_once(checkpoint_location: str) -> None:
     # A resume right after a run must find the thread free: a closed Postgres session
     # releases its locks only as its backend exits, so the lease unlocks first.
-    location = (
-        str(tmp_path / "run.sqlite")
-        if backend == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
+    location = checkpoint_location
     thread = f"again-{uuid.uuid4().hex[:8]}"
     async with open_checkpointer(location) as saver, open_checkpointer(location) as other:
         for i in range(40):

@@ -41,17 +41,12 @@ def _model(failing: set[str] = frozenset(), **scripts: TaskScript) -> TaskScript
     return TaskScriptedModel(scripts={**base, **scripts})
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "run.sqlite")
-    return str(request.getfixturevalue("postgres_url"))
-
-
-async def test_a_rerun_runs_only_the_failed_tasks_and_keeps_the_rest(location: str) -> None:
+async def test_a_rerun_runs_only_the_failed_tasks_and_keeps_the_rest(
+    checkpoint_location: str,
+) -> None:
     plan = plan_of(*(task(t) for t in IDS))
     thread = f"rerun-{uuid.uuid4().hex[:8]}"
-    async with open_checkpointer(location) as saver:
+    async with open_checkpointer(checkpoint_location) as saver:
         graph = compile_orchestrator(checkpointer=saver)
         first = await arun(
             "x",
@@ -210,11 +205,11 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_fanfold_rerun_runs_the_failed_tasks_again_with_a_fixed_model(
-    location: str, tmp_path: Path
+    checkpoint_location: str, tmp_path: Path
 ) -> None:
     log = tmp_path / "calls.jsonl"
     thread = f"cli-{uuid.uuid4().hex[:8]}"
-    where = ["--checkpoint", location]
+    where = ["--checkpoint", checkpoint_location]
     request = "alpha, beta, gamma, delta"
     first = _cli(
         "run", request, "--model", f"demo:latency=0,fail=t2+t4,log={log}",
