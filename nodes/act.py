@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
@@ -80,6 +82,16 @@ def over_budget(steps: int, usage: Usage, settings: RunSettings) -> ErrorInfo | 
     return None
 
 
+def _deadline(state: SubagentState) -> float | None:
+    """Return when the task times out, on the `time.monotonic()` clock, if it has a timeout."""
+    timeout = state["spec"].get("timeout_s")
+    started = state.get("started_at")
+    if timeout is None or started is None:
+        return None
+    left = timeout - (datetime.now(UTC) - started).total_seconds()
+    return time.monotonic() + left
+
+
 def stopped_error(scope: RunScope, exc: RunStopped | BudgetExceeded) -> ErrorInfo:
     """Return why a running task was cancelled: the run's stop, as every task reports it."""
     return scope.stop_error() or ErrorInfo.of(
@@ -109,7 +121,13 @@ async def act(state: SubagentState, runtime: Runtime[RunSettings]) -> SubagentUp
     )
     try:
         reply = await call_model(
-            runnable, state["messages"], settings=settings, scope=scope, stats=stats, config=config
+            runnable,
+            state["messages"],
+            settings=settings,
+            scope=scope,
+            stats=stats,
+            config=config,
+            deadline=_deadline(state),
         )
     except (RunStopped, BudgetExceeded) as exc:
         return {

@@ -3,9 +3,11 @@
 Order of the gates: the run's stop signal and budgets, the shared
 requests-per-second limit, the adaptive concurrency limit, then the request
 with its own timeout. Transient faults (see `nodes.faults`) are retried with
-exponential backoff and jitter, honouring Retry-After; anything else is raised
-at once. ChatOpenAI's own client retries are off (`max_retries=0` in
-`nodes.models`), so retries are never stacked.
+exponential backoff and jitter, honouring Retry-After, for a time budget
+(`retry_budget_s`, cut short by the task's timeout) rather than a bare count, so a
+server that is down for a few seconds loses no task; anything else is raised at
+once. ChatOpenAI's own client retries are off (`max_retries=0` in `nodes.models`),
+so retries are never stacked.
 """
 
 from __future__ import annotations
@@ -65,26 +67,30 @@ async def call_model(
     stats: CallStats | None = None,
     interruptible: bool = True,
     config: RunnableConfig | None = None,
+    deadline: float | None = None,
 ) -> Any:
     """Call a chat model (or a structured-output runnable) under the run's limits.
 
     `interruptible=False`: a stopped run (quorum met) does not stop this call; a spent
-    budget still does.
+    budget still does. `deadline` (`time.monotonic()`): when the caller's task times
+    out; no retry is made that would start after it.
 
     Raises:
         RunStopped: the run stopped (quorum met) before or during the call.
         BudgetExceeded: the run's budget is spent.
-        Exception: a non-transient error, or a transient one after `max_retries`.
+        Exception: a non-transient error, or a transient one whose retry would start past
+            `retry_budget_s` (or the task's timeout, or after `max_retries`).
     """
     stats = stats if stats is not None else CallStats()
     retries = 0
+    give_up = time.monotonic() + settings.retry_budget_s
+    if deadline is not None:
+        give_up = min(give_up, deadline)
     while True:
         if scope.rate is not None:
             await scope.race(scope.rate.aacquire(), include_stop=interruptible)
-        started = time.monotonic()
         try:
-            async with scope.limit:
-                started = time.monotonic()
+            async with scope.limit.slot():
                 reply = await scope.race(
                     _request(runnable, messages, config, settings.request_timeout_s),
                     include_stop=interruptible,
@@ -93,16 +99,20 @@ async def call_model(
             raise
         except Exception as exc:
             kind = classify(exc)
-            if kind is None or retries >= settings.max_retries:
+            if kind is None:
                 raise
-            scope.record_fault(kind, started)
+            # Noise is not congestion: its 429s are retried at the first step.
+            step = 1 if kind == "rate_limited" and scope.limit.throttling_is_noise else retries + 1
+            wait = backoff_s(step, retry_after_s(exc))
+            if time.monotonic() + wait > give_up or (
+                settings.max_retries is not None and retries >= settings.max_retries
+            ):
+                raise
+            scope.record_fault(kind)
             retries += 1
             stats.retries += 1
-            await scope.race(
-                asyncio.sleep(backoff_s(retries, retry_after_s(exc))), include_stop=interruptible
-            )
+            await scope.race(asyncio.sleep(wait), include_stop=interruptible)
             continue
-        await scope.limit.on_success()
         message = reply.get("raw") if isinstance(reply, dict) else reply
         scope.add_tokens(usage_of(message).total_tokens)
         return reply

@@ -167,9 +167,14 @@ class RunSettings(BaseModel):
     """Largest plan accepted."""
     max_steps: Annotated[Count, Flag("--max-steps", "N")] = 12
     """Most model calls one subagent may make before it is stopped."""
-    max_retries: Annotated[Count0, Flag("--max-retries", "N")] = 3
-    """Retries of one model call on a transient fault (429, 5xx, timeout, dropped or
-    malformed response); never on other errors."""
+    retry_budget_s: Annotated[Seconds0, Flag("--retry-budget", "S")] = 60.0
+    """How long one model call keeps retrying transient faults (429, 5xx, timeout,
+    dropped or malformed response), from its first attempt; never other errors. A retry
+    that would start after this, or after its task's timeout, is not made: the call
+    fails with its last fault. 0: no retries."""
+    max_retries: Annotated[Count0 | None, Flag("--max-retries", "N")] = None
+    """At most this many retries of one model call, within `retry_budget_s`; null: as
+    many as the budget allows."""
     request_timeout_s: Annotated[Seconds | None, Flag("--request-timeout", "S")] = 60.0
     """Timeout of one model request in seconds; a timed-out request is a transient fault."""
     requests_per_second: Annotated[Rate | None, Flag("--rps", "R")] = None

@@ -275,6 +275,9 @@ class RunMetrics(BaseModel):
     """Transient faults seen, by kind (`rate_limited` counts 429s)."""
     effective_concurrency: list[tuple[float, int]] = Field(default_factory=list)
     """(seconds since the run began, model-call limit) at each change of the adaptive limit."""
+    request_pace: list[tuple[float, float | None]] = Field(default_factory=list)
+    """(seconds since the run began, requests per second) at each change of the pace the
+    adaptive limit set after 429s of the run's own load; None: no longer paced."""
     stop_reason: str | None = None
     """Why the run stopped early (budget, quorum), if it did."""
     tool_cache: dict[str, int] = Field(default_factory=dict)

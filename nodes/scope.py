@@ -35,6 +35,7 @@ from fanfold.nodes.context import RunSettings, build_registry, concurrency, sett
 from fanfold.nodes.domain import ErrorInfo, Usage
 from fanfold.nodes.errors import BudgetExceeded, FanfoldError, RunStopped
 from fanfold.nodes.faults import FaultKind
+from fanfold.nodes.throttle import AdaptiveLimit
 from fanfold.tools.registry import RegistryStats
 
 if TYPE_CHECKING:
@@ -46,83 +47,6 @@ StopKind = Literal["budget", "quorum", "failed", "stopped"]
 quorum out of reach), or a stop from outside."""
 
 T = TypeVar("T")
-
-SUCCESS_WINDOW = 10
-"""Successful model calls after which the adaptive limit grows by one."""
-
-
-class AdaptiveLimit:
-    """A concurrency limit for model calls that halves on 429s and grows back slowly.
-
-    Additive increase, multiplicative decrease: each throttle halves the limit (not
-    below 1); each `window` successes in a row add one, never above `ceiling`.
-    Release never awaits, so a holder cancelled mid-release cannot leak its slot.
-    """
-
-    def __init__(self, ceiling: int, *, window: int = SUCCESS_WINDOW) -> None:
-        self.ceiling = ceiling
-        self.window = window
-        self.limit = ceiling
-        self.in_use = 0
-        self.successes = 0
-        self.t0 = time.monotonic()
-        self.timeline: list[tuple[float, int]] = [(0.0, ceiling)]
-        self._waiters: list[asyncio.Future[None]] = []
-        self.last_decrease = float("-inf")
-
-    async def __aenter__(self) -> AdaptiveLimit:
-        while self.in_use >= self.limit:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-        self.in_use += 1
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.in_use -= 1
-        self._wake()
-
-    def _wake(self) -> None:
-        free = self.limit - self.in_use
-        for waiter in list(self._waiters):
-            if free <= 0:
-                break
-            if not waiter.done():
-                waiter.set_result(None)
-                free -= 1
-
-    def _record(self) -> None:
-        self.timeline.append((round(time.monotonic() - self.t0, 4), self.limit))
-
-    def on_throttle(self, started: float | None = None) -> None:
-        """Halve the limit after a 429, once per round trip.
-
-        A 429 for a call that started before the last decrease says nothing new
-        (that burst was already answered), so a burst of concurrent 429s halves the
-        limit once, not down to 1.
-        """
-        if started is not None and started < self.last_decrease:
-            return
-        self.last_decrease = time.monotonic()
-        self.successes = 0
-        new = max(1, self.limit // 2)
-        if new != self.limit:
-            self.limit = new
-            self._record()
-
-    async def on_success(self) -> None:
-        """Count a success; grow the limit by one after a window of them."""
-        self.successes += 1
-        if self.successes >= self.window and self.limit < self.ceiling:
-            self.successes = 0
-            self.limit += 1
-            self._record()
-            self._wake()
-
 
 class RunScope:
     """Run-wide limits, budgets, caches, fault counts and the stop signal of one run."""
@@ -334,12 +258,10 @@ class RunScope:
             out.append(await fut)
         return out
 
-    def record_fault(self, kind: FaultKind, started: float | None = None) -> None:
-        """Count a transient fault and the retry it causes (`started`: the call's start)."""
+    def record_fault(self, kind: FaultKind) -> None:
+        """Count a transient fault and the retry it causes."""
         self.faults[kind] += 1
         self.retries += 1
-        if kind == "rate_limited":
-            self.limit.on_throttle(started)
 
     def snapshot(self) -> dict[str, Any]:
         """Return the run-wide counts for RunMetrics."""
@@ -348,6 +270,7 @@ class RunScope:
             "faults": dict(sorted(self.faults.items())),
             "retries": self.retries,
             "effective_concurrency": list(self.limit.timeline),
+            "request_pace": list(self.limit.pace_timeline),
             "stop_reason": self.stop_reason,
             "tool_cache": {
                 "hits": s.hits,

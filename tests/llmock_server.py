@@ -202,6 +202,7 @@ def run_llmock(
     latency_ms: int | None = None,
     extra_args: Sequence[str] = (),
     startup_timeout: float = STARTUP_TIMEOUT_S,
+    port: int | None = None,
 ) -> Iterator[LLMockProcess]:
     """Start llmock on 127.0.0.1 on a free port; stop it (by its pid) on exit.
 
@@ -214,6 +215,8 @@ def run_llmock(
         latency_ms: a delay before every answer.
         extra_args: more `llmock serve` flags.
         startup_timeout: how long to wait for `/health` to answer.
+        port: listen on this port (a server started again where one was killed);
+            None: a free port.
 
     Yields:
         The running server; its `base_url` goes to `ChatOpenAI(base_url=...)`.
@@ -225,8 +228,9 @@ def run_llmock(
     if reply is not None:
         scripted.append({"type": "reply", "text": reply, "times": None})
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        fixed = port
         for attempt in range(_PORT_ATTEMPTS):
-            port = free_port()
+            port = fixed or free_port()
             command = _command(
                 port,
                 tool_mode=tool_mode,
@@ -243,7 +247,8 @@ def run_llmock(
             except LLMockStartError as exc:
                 _stop(process)
                 # Someone took the port between free_port() and llmock's bind: try another.
-                if "address already in use" in str(exc).lower() and attempt + 1 < _PORT_ATTEMPTS:
+                taken = "address already in use" in str(exc).lower()
+                if taken and fixed is None and attempt + 1 < _PORT_ATTEMPTS:
                     stderr.seek(0)
                     stderr.truncate()
                     continue

@@ -1,64 +1,185 @@
-"""Adaptive concurrency (nodes/scope.py `AdaptiveLimit`): halve on a throttle, grow back.
+"""Adaptive concurrency (nodes/throttle.py `AdaptiveLimit`): cut for our load's 429s only.
 
-The limit halves on every throttle (never below one), grows by one per window of
-successes up to its ceiling, records each change, and admits holders only while
-under the current limit; a cancelled waiter takes no slot.
+The limit is judged on windows of finished attempts: a window with more 429s than the
+noise level cuts (half the limit, a pace below the goodput), and the next window
+tests the cut; a cut that lowered the goodput but not the 429 share is undone and
+that share becomes noise. Healthy windows grow the limit back by a tenth of its
+ceiling. The limit admits holders only while under it; a cancelled waiter takes no
+slot. (The end-to-end goals, against a real server, are in tests/test_throttle_http.py.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
+import time
 
 import pytest
 
-from fanfold.nodes.scope import AdaptiveLimit
+from fanfold.nodes import throttle
+from fanfold.nodes.throttle import AdaptiveLimit
+from tests.helpers import rate_limited
 
 
-def test_adaptive_limit_halves_on_throttle_but_not_below_one() -> None:
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(throttle.time, "monotonic", c)
+    return c
+
+
+LATENCY_S = 0.1
+
+
+def window(limit: AdaptiveLimit, clock: Clock, *, sent: int, throttled: int) -> None:
+    """Start and end `sent` attempts, `throttled` of them 429s, at the rate the limit allows.
+
+    A server answering in `LATENCY_S`: `limit` calls at once send limit / LATENCY_S
+    requests a second, or the pace if that is lower.
+    """
+    rate = min(limit.limit / LATENCY_S, limit.pace or float("inf"))
+    bad = set(random.Random(sent * 31 + throttled).sample(range(sent), throttled))
+    for i in range(sent):
+        attempt = limit.begin()
+        clock.now += 1 / rate
+        limit.end(attempt, THROTTLED if i in bad else None)
+
+
+LATENCY_S = 0.1
+THROTTLED = rate_limited()
+
+
+def test_a_window_of_load_429s_cuts_and_a_confirming_window_keeps_the_cut(clock: Clock) -> None:
+    limit = AdaptiveLimit(40, window=20)
+    window(limit, clock, sent=40, throttled=40)  # the first burst: nothing admitted
+    window(limit, clock, sent=40, throttled=30)  # goodput 20/s, 75% 429s: load
+    assert limit.limit == 10 and limit.pace is not None
+    assert [n for _, n in limit.timeline] == [40, 20, 10]
+    paced = limit.pace
+    window(limit, clock, sent=20, throttled=0)  # the cut helped: no 429 at all
+    # Kept, then grown by a tenth of the ceiling; the pace by 10%.
+    assert limit.limit == 14 and limit.pace == pytest.approx(paced * 1.1)
+    assert limit.noise == 0.0
+
+
+def test_random_429s_do_not_serialize_the_limit(clock: Clock) -> None:
+    limit = AdaptiveLimit(20, window=20)
+    rng = random.Random(7)
+    lows = []
+    for _ in range(60):  # 30% 429s whatever the load, 1,200+ attempts
+        sent = max(20, limit.limit)
+        window(limit, clock, sent=sent, throttled=sum(rng.random() < 0.3 for _ in range(sent)))
+        lows.append(limit.limit)
+    # The old AIMD halved on every window: 20 -> 1 within the first five.
+    assert min(lows) >= limit.floor == 5
+    assert limit.noise == pytest.approx(0.3, abs=0.1)
+    # Most of the time at the ceiling; the pace, if any, is gone again.
+    assert sum(n == 20 for n in lows[10:]) >= 0.6 * len(lows[10:])
+    assert lows[-1] >= 18
+
+
+def test_a_rate_limited_server_is_paced_near_its_rate(clock: Clock) -> None:
+    # A server admitting 50 requests a second, whatever is sent: 429s grow with the load.
+    limit = AdaptiveLimit(32, window=20)
+    late_shares = []
+    for i in range(40):
+        rate = min(limit.limit / LATENCY_S, limit.pace or float("inf"))
+        sent = max(20, limit.limit)
+        throttled = round(sent * max(0.0, 1 - 50 / rate))
+        window(limit, clock, sent=sent, throttled=throttled)
+        if i >= 5:
+            late_shares.append(throttled / sent)
+    assert limit.noise < 0.05  # never mistaken for noise
+    assert limit.pace is not None and 35 <= limit.pace <= 60
+    assert sum(late_shares) / len(late_shares) <= 0.05
+
+
+def test_429s_that_stay_when_the_load_falls_are_noise(clock: Clock) -> None:
+    limit = AdaptiveLimit(20, window=20)
+    window(limit, clock, sent=20, throttled=6)
+    assert limit.limit == 14 and limit.pace is not None  # a cut, under test
+    assert not limit.throttling_is_noise
+    window(limit, clock, sent=20, throttled=6)  # less load, as many 429s
+    assert (limit.limit, limit.pace) == (20, None)  # undone
+    assert limit.noise == pytest.approx(0.3) and limit.throttling_is_noise
+    window(limit, clock, sent=20, throttled=7)  # within the noise: healthy
+    assert limit.limit == 20 and limit.timeline[-1][1] == 20
+
+
+def test_retry_after_lets_the_limit_go_below_the_floor(clock: Clock) -> None:
+    limit = AdaptiveLimit(8, window=4)
+    told = rate_limited(**{"retry-after-ms": "500"})
+    for _ in range(4):
+        for _ in range(4):
+            attempt = limit.begin()
+            clock.now += 0.01
+            limit.end(attempt, told)
+    assert limit.floor == 2 and limit.limit == 1
+
+
+def test_attempts_sent_before_a_change_do_not_count(clock: Clock) -> None:
+    limit = AdaptiveLimit(20, window=20)
+    early = [limit.begin() for _ in range(100)]
+    for attempt in early[:20]:
+        limit.end(attempt, THROTTLED)
+    assert limit.limit == 10
+    for attempt in early[20:]:  # late 429s of requests sent at the old limit
+        limit.end(attempt, THROTTLED)
+    assert limit.limit == 10
+
+
+def test_a_window_is_judged_on_the_attempts_it_started_not_the_first_to_end(
+    clock: Clock,
+) -> None:
+    # 429s come back at once, answers take a while: the first 20 to end are all 429s,
+    # but only 3 of the 20 attempts sent were throttled: within a known noise of 20%.
+    limit = AdaptiveLimit(20, window=20)
+    limit.noise = 0.2
+    attempts = [limit.begin() for _ in range(20)]
+    for attempt in attempts[:3]:
+        limit.end(attempt, THROTTLED)
+    late = [limit.begin() for _ in range(30)]  # sent after the window was full
+    for attempt in late:
+        limit.end(attempt, THROTTLED)
+    assert limit.limit == 20  # not judged yet: 17 of its attempts are still out
+    clock.now += 0.3
+    for attempt in attempts[3:]:
+        limit.end(attempt, None)
+    assert limit.limit == 20 and limit.noise == pytest.approx(0.2 + 0.2 * (0.15 - 0.2))
+
+
+async def test_the_pace_spaces_request_starts() -> None:
     limit = AdaptiveLimit(10)
-    seen = []
-    for _ in range(6):
-        limit.on_throttle()
-        seen.append(limit.limit)
-    assert seen == [5, 2, 1, 1, 1, 1]
-    # The timeline records each change once, starting from the ceiling.
-    assert [n for _, n in limit.timeline] == [10, 5, 2, 1]
-    times = [t for t, _ in limit.timeline]
-    assert times == sorted(times) and times[0] == 0.0
+    limit.pace = 50.0  # 20 ms apart
+    starts: list[float] = []
+
+    async def one() -> None:
+        async with limit.slot() as attempt:
+            starts.append(attempt.started)
+
+    await asyncio.gather(*(one() for _ in range(6)))
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert min(gaps) >= 0.015
 
 
-async def test_adaptive_limit_grows_by_one_per_window_and_never_above_ceiling() -> None:
-    limit = AdaptiveLimit(6, window=3)
-    limit.on_throttle()
-    assert limit.limit == 3
-    for _ in range(2):
-        await limit.on_success()
-    assert limit.limit == 3  # not a whole window yet
-    await limit.on_success()
-    assert limit.limit == 4
-    # A throttle mid-window halves and starts the window over.
-    await limit.on_success()
-    await limit.on_success()
-    limit.on_throttle()
-    assert limit.limit == 2
-    await limit.on_success()
-    await limit.on_success()
-    assert limit.limit == 2
-    for _ in range(100):
-        await limit.on_success()
-    assert limit.limit == 6  # back to the ceiling, and no further
-    assert max(n for _, n in limit.timeline) == 6
-    assert [n for _, n in limit.timeline] == [6, 3, 4, 2, 3, 4, 5, 6]
-
-
-async def test_adaptive_limit_blocks_the_holder_past_the_limit() -> None:
-    limit = AdaptiveLimit(4, window=2)
-    limit.on_throttle()  # 4 -> 2
+async def test_the_limit_blocks_the_holder_past_it() -> None:
+    limit = AdaptiveLimit(4)
+    limit.limit = 2
     release = [asyncio.Event() for _ in range(4)]
     entered: list[int] = []
 
     async def hold(i: int) -> None:
-        async with limit:
+        async with limit.slot():
             entered.append(i)
             await release[i].wait()
 
@@ -69,28 +190,13 @@ async def test_adaptive_limit_blocks_the_holder_past_the_limit() -> None:
     await asyncio.sleep(0.05)
     assert entered == [0, 1, 2] and limit.in_use == 2  # one out, exactly one in
     # Growing the limit admits a waiter without anyone leaving.
-    await limit.on_success()
-    await limit.on_success()
-    assert limit.limit == 3
+    limit._set(time.monotonic(), 3, None)
     await asyncio.sleep(0.05)
     assert entered == [0, 1, 2, 3] and limit.in_use == 3
-    # Halving while full admits nobody until enough holders left.
-    limit.on_throttle()  # 3 -> 1
-    fifth = asyncio.create_task(hold_extra(limit, entered))
-    for i in (1, 2):
+    for i in (1, 2, 3):
         release[i].set()
-    await asyncio.sleep(0.05)
-    assert 5 not in entered and limit.in_use == 1
-    release[3].set()
-    await asyncio.sleep(0.05)
-    assert entered[-1] == 5
-    await asyncio.gather(*holders, fifth)
+    await asyncio.gather(*holders)
     assert limit.in_use == 0
-
-
-async def hold_extra(limit: AdaptiveLimit, entered: list[int]) -> None:
-    async with limit:
-        entered.append(5)
 
 
 async def test_a_cancelled_waiter_does_not_take_a_slot() -> None:
@@ -98,7 +204,7 @@ async def test_a_cancelled_waiter_does_not_take_a_slot() -> None:
     gate = asyncio.Event()
 
     async def hold() -> None:
-        async with limit:
+        async with limit.slot():
             await gate.wait()
 
     holder = asyncio.create_task(hold())
@@ -111,5 +217,19 @@ async def test_a_cancelled_waiter_does_not_take_a_slot() -> None:
     gate.set()
     await holder
     assert limit.in_use == 0
-    async with limit:  # the slot is free again
+    async with limit.slot():  # the slot is free again
         assert limit.in_use == 1
+
+
+async def test_a_holder_cancelled_while_paced_gives_its_slot_back() -> None:
+    limit = AdaptiveLimit(2)
+    limit.pace = 0.5  # one start per 2 s
+    async with limit.slot():
+        pass  # takes the first start
+    paced = asyncio.create_task(limit.slot().__aenter__())
+    await asyncio.sleep(0.01)
+    assert limit.in_use == 1  # holding its slot, waiting for its start
+    paced.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await paced
+    assert limit.in_use == 0

@@ -303,7 +303,7 @@ def test_resume_keeps_the_saved_settings_and_overrides_only_the_flags_given() ->
         ("--max-concurrency", "0", "--max-concurrency must be an integer >= 1, got 0"),
         ("--max-concurrency", "true", "--max-concurrency must be an integer >= 1, got 'true'"),
         ("--max-concurrency", "2.5", "--max-concurrency must be an integer >= 1, got '2.5'"),
-        ("--max-retries", "nan", "--max-retries must be an integer >= 0, got 'nan'"),
+        ("--max-retries", "nan", "--max-retries must be an integer >= 0 or none, got 'nan'"),
         ("--max-steps", "abc", "--max-steps must be an integer >= 1, got 'abc'"),
         ("--max-tasks", "-1", "--max-tasks must be an integer >= 1, got -1"),
         ("--task-timeout", "nan", "--task-timeout must be a number > 0 or none, got nan"),

@@ -229,44 +229,6 @@ async def test_admission_keeps_a_burst_of_100_under_the_server_rate(
     assert len(answered(server, SYNTHESIZER)) == 1
 
 
-async def test_429s_halve_the_effective_concurrency(server: ScriptedOpenAI) -> None:
-    server.latency_s = 0.05
-    server.rate_limit = TokenBucket(RATE, burst=RATE / 2)
-    plan, server.tasks = wide_plan(100)
-    out = await arun(
-        "x",
-        settings=RunSettings(model=server.spec(), max_concurrency=50, max_retries=8, max_tasks=100),
-        plan=plan,
-    )
-
-    assert server.errors == []
-    timeline = out.metrics.effective_concurrency
-    levels = [n for _, n in timeline]
-    print(
-        f"\nno client rate limit: {server.throttled} 429s, {out.metrics.wall_time_s:.2f}s, "
-        f"effective concurrency {levels}"
-    )
-    assert server.throttled > 0
-    failed = [r for r in out.results if r.status != "ok"]
-    assert all(r.error is not None and "429" in r.error.message for r in failed)
-    # Every 429 the client saw and retried is counted (a task's last one, if its
-    # retries ran out, is its error instead).
-    assert out.metrics.faults == {"rate_limited": server.throttled - len(failed)}
-    assert out.metrics.retries == server.throttled - len(failed)
-    assert out.metrics.faults["rate_limited"] > 0
-    # Starts at max_concurrency, halves on 429s, grows back by one, never above 50.
-    assert timeline[0] == (0.0, 50)
-    assert all(1 <= n <= 50 for n in levels)
-    steps = list(zip(levels, levels[1:], strict=False))
-    assert (50, 25) in steps
-    for before, after in steps:
-        assert after in (max(1, before // 2), before + 1), (before, after)
-    assert any(after == before + 1 for before, after in steps)
-    times = [t for t, _ in timeline]
-    assert times == sorted(times)
-    assert server.max_in_flight <= 50
-
-
 # --- errors that are not transient -------------------------------------------------------
 
 

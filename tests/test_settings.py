@@ -26,7 +26,8 @@ NUMBERS = [
 
 def test_every_number_setting_is_found() -> None:
     assert {"max_concurrency", "task_timeout_s", "max_retries", "start_jitter_s"} <= set(NUMBERS)
-    assert len(NUMBERS) == 14
+    assert "retry_budget_s" in NUMBERS
+    assert len(NUMBERS) == 15
 
 
 @pytest.mark.parametrize("name", NUMBERS)
@@ -114,7 +115,9 @@ def test_the_studio_context_schema_shows_minimums_and_descriptions() -> None:
     schema = graph.get_context_jsonschema()
     props = schema["properties"]
     assert props["max_concurrency"]["minimum"] == 1
-    assert props["max_retries"]["minimum"] == 0
+    retries = next(v for v in props["max_retries"]["anyOf"] if v.get("type") == "integer")
+    assert retries["minimum"] == 0
+    assert props["retry_budget_s"]["minimum"] == 0
     timeout = next(v for v in props["task_timeout_s"]["anyOf"] if v.get("type") == "number")
     assert timeout["exclusiveMinimum"] == 0
     for name in setting_flags():
