@@ -39,7 +39,7 @@ async def server() -> AsyncIterator[ScriptedOpenAI]:
 async def test_random_429s_do_not_serialize_the_run(server: ScriptedOpenAI) -> None:
     """30% 429s whatever the load, no Retry-After: at least half the fault-free throughput."""
     n, mc = 100, 20
-    server.latency_s = 0.3
+    server.latency_s = 0.4  # model replies take longer than this; 429s come back at once
     plan, server.tasks = wide_plan(n, tool_every=1)  # two model calls per task
     settings = RunSettings(model=server.spec(), max_concurrency=mc, max_tasks=n)
 
@@ -65,6 +65,40 @@ async def test_random_429s_do_not_serialize_the_run(server: ScriptedOpenAI) -> N
     assert ratio >= 0.5
     # Never below the floor: these 429s carry no Retry-After.
     assert min(levels) >= max(1, round(mc * FLOOR_SHARE))
+
+
+async def test_llmock_random_429s_with_retry_after_do_not_collapse_the_limit() -> None:
+    """The issue's own reproduction: llmock with 30% 429s (each with `Retry-After: 1`).
+
+    The old limit fell 20 -> 1 within a second and 100 two-call tasks ran about serially
+    (35 s). Honouring each Retry-After still bounds the throughput; the limit must not.
+    """
+    n, mc = 60, 20
+    plan = Plan(
+        tasks=[
+            Task(id=f"t{i:02d}", description=f"compute {i} * 3", tools=["calculator"])
+            for i in range(n)
+        ]
+    )
+    with run_llmock(
+        tool_mode="auto", latency_ms=100, extra_args=["--error-rate-429", "0.3"]
+    ) as srv:
+        settings = RunSettings(model=f"openai:mock@{srv.base_url}", max_concurrency=mc, max_tasks=n)
+        try:
+            out = await arun("x", settings=settings, plan=plan)
+        finally:
+            await aclose_models()
+        requests = len(srv.requests())
+
+    assert out.status == "ok", [r.error for r in out.results if r.status != "ok"]
+    assert all(r.tool_calls == 1 for r in out.results)  # two model calls each
+    levels = [c for _, c in out.metrics.effective_concurrency]
+    print(
+        f"\nllmock 30% 429s: {requests} requests, {out.metrics.faults}, "
+        f"{out.metrics.wall_time_s:.1f}s; limit {levels}"
+    )
+    assert 0.15 <= out.metrics.faults["rate_limited"] / requests <= 0.45
+    assert min(levels) >= mc // 4  # was 1
 
 
 async def test_a_server_that_admits_r_requests_a_second(server: ScriptedOpenAI) -> None:
