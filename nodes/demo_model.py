@@ -33,7 +33,10 @@ DEMO_LABEL = "[demo model]"
 DEFAULT_DEMO_LATENCY_S = 0.05
 MAX_DEMO_PARTS = 40
 
-_ARITH = re.compile(r"\d+(?:\.\d+)?(?:\s*[-+*/x×^]\s*\(?\d+(?:\.\d+)?\)?)+")
+# Linear on any text: a match starts only where a digit run does, and no quantifier
+# gives back what it took (with `\d+`, each of N digits started a scan to the run's
+# end: 200 KB of digits took minutes).
+_ARITH = re.compile(r"(?<!\d)\d++(?:\.\d++)?(?:\s*+[-+*/x×^]\s*+\(?\d++(?:\.\d++)?\)?)+")
 _SPLIT = re.compile(r";|,|\band\b|\bversus\b|\bvs\.?(?=\s)", re.IGNORECASE)
 _TASK = re.compile(r"^Task (\S+) \(([^)]*)\): (.*)$", re.MULTILINE)
 _INPUT = re.compile(r"^\[(\S+?)(?: (\w+))?\] (.*)$", re.MULTILINE)

@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 
 from fanfold.nodes.domain import Plan
 
 
+def blocked_by(plan: Plan, status: Mapping[str, str], blocks: Callable[[str], bool]) -> set[str]:
+    """Return the tasks without a status that a status which `blocks` keeps from running.
+
+    Transitively: a blocked task blocks its dependents. Linear in the plan, in any
+    order (a fixpoint over the plan took a pass per level of a chain listed backwards).
+    """
+    dependents: dict[str, list[str]] = {}
+    for t in plan.tasks:
+        for d in t.depends_on:
+            dependents.setdefault(d, []).append(t.id)
+    frontier = deque(tid for tid, s in status.items() if blocks(s))
+    blocked: set[str] = set()
+    while frontier:
+        for tid in dependents.get(frontier.popleft(), ()):
+            if tid not in status and tid not in blocked:
+                blocked.add(tid)
+                frontier.append(tid)
+    return blocked
+
+
 def blocked_ids(plan: Plan, status: Mapping[str, str]) -> set[str]:
     """Return tasks without a status that can never run: a dependency ended non-ok."""
-    blocked: set[str] = set()
-    for gen in plan.generations():
-        for tid in gen:
-            if tid in status:
-                continue
-            deps = plan.task(tid).depends_on
-            if any((d in status and status[d] != "ok") or d in blocked for d in deps):
-                blocked.add(tid)
-    return blocked
+    return blocked_by(plan, status, lambda s: s != "ok")
 
 
 def can_still_succeed(plan: Plan, status: Mapping[str, str]) -> int:

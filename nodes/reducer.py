@@ -12,7 +12,7 @@ from fanfold.nodes.domain import ErrorInfo, Plan, SubagentResult, Usage
 from fanfold.nodes.events import task_finished
 from fanfold.nodes.ledger import ledger_for
 from fanfold.nodes.metrics import outcome
-from fanfold.nodes.policy import quorum_met
+from fanfold.nodes.policy import blocked_by, quorum_met
 from fanfold.nodes.scope import RunScope, scope_of
 from fanfold.nodes.state import OrchestratorState, OrchestratorUpdate
 
@@ -32,29 +32,23 @@ def skipped_results(
     status = (
         dict(results) if isinstance(results, Mapping) else {r.task_id: r.status for r in results}
     )
-    skipped: list[SubagentResult] = []
-    changed = True
-    while changed:
-        changed = False
-        for t in plan.tasks:
-            if t.id in status:
-                continue
-            bad = [d for d in t.depends_on if status.get(d) in FAILED]
-            if bad:
-                status[t.id] = "skipped"
-                skipped.append(
-                    SubagentResult(
-                        task_id=t.id,
-                        status="skipped",
-                        attempts=0,
-                        error=ErrorInfo(
-                            type="DependencyFailed",
-                            message=", ".join(f"`{d}` {status[d]}" for d in bad),
-                        ),
-                    )
-                )
-                changed = True
-    return skipped
+    blocked = blocked_by(plan, status, FAILED.__contains__)
+    status.update(dict.fromkeys(blocked, "skipped"))
+    return [
+        SubagentResult(
+            task_id=t.id,
+            status="skipped",
+            attempts=0,
+            error=ErrorInfo(
+                type="DependencyFailed",
+                message=", ".join(
+                    f"`{d}` {status[d]}" for d in t.depends_on if status.get(d) in FAILED
+                ),
+            ),
+        )
+        for t in plan.tasks
+        if t.id in blocked
+    ]
 
 
 def stop_reason(

@@ -36,6 +36,8 @@ def extend_plan(
     """
     added = [t.model_copy(update={"round": round_}) for t in ext.tasks]
     rationale = f"{plan.rationale}\nround {round_}: {ext.rationale}".strip()
+    if not added:
+        return plan.model_copy(update={"rationale": rationale})  # the same tasks: checked before
     try:
         merged = Plan(tasks=[*plan.tasks, *added], rationale=rationale)
     except ValidationError as exc:

@@ -48,6 +48,7 @@ quorum out of reach), or a stop from outside."""
 
 T = TypeVar("T")
 
+
 class RunScope:
     """Run-wide limits, budgets, caches, fault counts and the stop signal of one run."""
 

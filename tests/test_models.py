@@ -148,6 +148,27 @@ def test_demo_plan_of_a_single_part_has_one_task() -> None:
     assert plan.tasks[0].depends_on == []
 
 
+@pytest.mark.timeout(10)  # linear: milliseconds; the backtracking pattern took minutes
+@pytest.mark.parametrize(
+    ("text", "arithmetic"),
+    [
+        ("1" * 200_000, False),
+        ("1" * 100_000 + " + " + "2" * 100_000, True),
+        (("1" * 999 + "+") * 200, True),
+        ("1" * 200_000 + "+", False),
+        ("1." * 100_000, False),
+        ("1" + " " * 200_000 + "x", False),
+    ],
+    ids=["digits", "two-numbers", "many-operators", "trailing-operator", "dots", "spaces"],
+)
+def test_demo_reads_arithmetic_in_linear_time(text: str, arithmetic: bool) -> None:
+    # 200 KB of digits: each digit used to start a scan to the end of the run.
+    [task] = demo_plan(text)["tasks"]
+    assert (task["kind"] == "analyst") is arithmetic
+    calls = _fast()._tool_calls(text, text, ["calculator"])
+    assert len(calls) == int(arithmetic)
+
+
 async def test_demo_structured_output_returns_a_plan() -> None:
     plan = await _fast().with_structured_output(Plan).ainvoke("compare cats and dogs")
     assert isinstance(plan, Plan)

@@ -151,6 +151,25 @@ def test_evaluate_raises_only_value_error(expression: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "expression",
+    [
+        "9.9e999",  # a float literal too large for a float: inf
+        "-9.9e999",
+        "1e308 * 10",
+        "9.9e999 - 9.9e999",  # inf - inf: nan
+        "9.9e999 * 0",
+        "min(9.9e999, 1)",  # an infinite argument, whatever the function makes of it
+        "max(-9.9e999, 1)",
+        "1 / 9.9e999",
+    ],
+)
+async def test_calculator_refuses_infinite_numbers(expression: str) -> None:
+    # Non-finite results are refused as huge ones are; an inf literal is a result too.
+    with pytest.raises(ValueError, match="not a finite number"):
+        await calculator.ainvoke({"expression": expression})
+
+
+@pytest.mark.parametrize(
     ("expression", "shown"),
     [
         ("6 * 7", "42"),

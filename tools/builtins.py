@@ -78,7 +78,7 @@ def _eval(node: ast.AST) -> float:
         and isinstance(node.value, int | float)
         and not isinstance(node.value, bool)
     ):
-        return node.value
+        return _bounded(node.value)  # `9.9e999` is a literal inf
     if isinstance(node, ast.Name) and node.id in _NAMES:
         return _NAMES[node.id]
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
