@@ -91,3 +91,40 @@ async def test_a_non_transient_error_fails_the_task_at_once(exc: BaseException) 
     assert (res["bad"].error.exception or "").endswith(type(exc).__name__)
     assert model.recorder.raised == {"bad": 1}
     assert out.metrics.retries == 0 and out.metrics.faults == {}
+
+
+async def test_retries_stop_at_the_time_budget_with_the_last_fault() -> None:
+    # A server that keeps answering 503 with a 0.2 s Retry-After: the waits (0.2 s or
+    # the exponential step, if longer: 0.13-0.25 s, then 0.25-0.5 s) fit a 0.5 s budget
+    # once or twice, never three times.
+    down = [status_error(openai.InternalServerError, 503, {"retry-after-ms": "200"})] * 20
+    model = TaskScriptedModel(scripts={"t": TaskScript(errors=down)})
+    out = await arun("x", settings=settings(model, retry_budget_s=0.5), plan=plan_of(task("t")))
+
+    (r,) = out.results
+    assert r.status == "failed" and r.error is not None and r.error.type == "ModelError"
+    assert "503" in r.error.message  # the last fault, not a timeout
+    assert r.attempts in (2, 3) and model.recorder.raised == {"t": r.attempts}
+    assert out.metrics.retries == r.attempts - 1
+    assert r.duration_s < 1.0  # no retry started after the budget (the fake fails at once)
+
+
+async def test_retries_never_outlive_the_task_timeout() -> None:
+    # The default budget (60 s) is far longer than this task's 0.7 s timeout: the task
+    # fails with its last fault before it would time out, instead of being cut off.
+    down = [status_error(openai.InternalServerError, 503, {"retry-after-ms": "200"})] * 20
+    model = TaskScriptedModel(scripts={"t": TaskScript(errors=down)})
+    out = await arun("x", settings=settings(model, task_timeout_s=0.7), plan=plan_of(task("t")))
+
+    (r,) = out.results
+    assert settings(model).retry_budget_s == 60.0
+    assert r.status == "failed" and r.error is not None and "503" in r.error.message
+    assert 2 <= r.attempts <= 4  # 0.2-0.5 s apart, within 0.7 s
+
+
+async def test_max_retries_still_caps_the_count_within_the_budget() -> None:
+    flaky = [rate_limited(**{"retry-after-ms": "1"})] * 5
+    model = TaskScriptedModel(scripts={"t": TaskScript(errors=flaky)})
+    out = await arun("x", settings=settings(model, max_retries=1), plan=plan_of(task("t")))
+    (r,) = out.results
+    assert r.status == "failed" and r.attempts == 2
