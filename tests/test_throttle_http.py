@@ -73,7 +73,7 @@ async def test_llmock_random_429s_with_retry_after_do_not_collapse_the_limit() -
     The old limit fell 20 -> 1 within a second and 100 two-call tasks ran about serially
     (35 s). Honouring each Retry-After still bounds the throughput; the limit must not.
     """
-    n, mc = 60, 20
+    n, mc = 40, 20
     plan = Plan(
         tasks=[
             Task(id=f"t{i:02d}", description=f"compute {i} * 3", tools=["calculator"])
@@ -97,7 +97,7 @@ async def test_llmock_random_429s_with_retry_after_do_not_collapse_the_limit() -
         f"\nllmock 30% 429s: {requests} requests, {out.metrics.faults}, "
         f"{out.metrics.wall_time_s:.1f}s; limit {levels}"
     )
-    assert 0.15 <= out.metrics.faults["rate_limited"] / requests <= 0.45
+    assert 0.1 <= out.metrics.faults["rate_limited"] / requests <= 0.5
     assert min(levels) >= mc // 4  # was 1
 
 
