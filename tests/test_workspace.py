@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
+import tempfile
 from pathlib import Path
+from unittest import mock
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from langchain_core.tools import BaseTool
 
 from fanfold import RunSettings, Task, execute_tasks_parallel
+from fanfold.tools import workspace
 from fanfold.tools.workspace import PathEscapeError, confine, make_workspace_tools
 from tests.fakes import TaskScript, TaskScriptedModel
 
@@ -112,3 +119,49 @@ async def test_a_path_escape_reaches_the_model_as_an_error_and_the_task_goes_on(
     assert result.status == "ok" and result.tool_calls == 1 and result.tool_errors == 1
     assert "PathEscapeError: `../secret.txt`: `..` is not allowed" in result.output
     assert model.recorder.tools["r"] == ["read_file", "list_files"]
+
+
+def split_lines(text: str) -> list[str]:
+    """Split as an editor numbers lines: at "\n", a "\r" before it dropped."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    text=st.lists(
+        st.sampled_from(["a", "b", " ", "\r", "\n", "\r\n", "é", "\x00"]), max_size=30
+    ).map("".join),
+    chunk=st.integers(1, 7),
+    start=st.integers(1, 8),
+    span=st.none() | st.integers(0, 8),
+    pattern=st.sampled_from(["a", "^a", "b$", r"\Ab", "^$", "a.b", r"\bab", "(?-m:^a)", r"a\sb"]),
+)
+# Anchors of a whole text, not of a line: grep must not skip the file on them.
+@example(text="a\nb\n", chunk=1, start=1, span=None, pattern=r"\Ab")
+@example(text="b\r\na", chunk=2, start=2, span=None, pattern="(?-m:^a)")
+def test_streamed_lines_match_a_plain_split_whatever_the_chunk_size(
+    text: str, chunk: int, start: int, span: int | None, pattern: str
+) -> None:
+    # Tiny chunks: every line, "\r\n" and two-byte character falls across reads.
+    end = None if span is None else start + span
+    lines = split_lines(text)
+    expected_hits = [  # re.ASCII: RE2's `\b` knows ASCII letters only
+        f"f.txt:{no}: {line}"
+        for no, line in enumerate(lines, 1)
+        if re.search(pattern, line, re.ASCII)
+    ]
+    with tempfile.TemporaryDirectory() as folder, mock.patch.object(workspace, "_CHUNK", chunk):
+        Path(folder, "f.txt").write_bytes(text.encode())
+        tools = {t.name: t for t in make_workspace_tools(folder)}
+
+        async def read_and_grep() -> tuple[str, str]:
+            args = {"path": "f.txt", "start_line": start, "end_line": end}
+            got = await tools["read_file"].ainvoke(args)
+            return got, await tools["grep_files"].ainvoke({"pattern": pattern})
+
+        got, hits = asyncio.run(read_and_grep())
+    assert got == "\n".join(lines[start - 1 : end])
+    assert hits == ("\n".join(expected_hits) or "no matches")

@@ -1,1 +1,1 @@
-"""Hostile parts for tests: tools that ignore cancellation or block a thread."""
+"""Hostile parts for tests: tools that ignore cancellation or block a thread; a swapper."""
