@@ -90,7 +90,7 @@ async def call_model(
         if scope.rate is not None:
             await scope.race(scope.rate.aacquire(), include_stop=interruptible)
         try:
-            async with scope.limit.slot():
+            async with scope.limit.slot(lambda aw: scope.race(aw, include_stop=interruptible)):
                 reply = await scope.race(
                     _request(runnable, messages, config, settings.request_timeout_s),
                     include_stop=interruptible,

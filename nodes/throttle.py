@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -61,6 +62,10 @@ class _Cut:
     attempts: int
 
 
+Race = Callable[[Awaitable[None]], Awaitable[None]]
+"""Awaits an awaitable unless the run stops first (then cancels it and raises)."""
+
+
 @dataclass
 class Attempt:
     """One model request holding a slot of the limit."""
@@ -77,16 +82,24 @@ class Slot:
     answer, a 429, anything else.
     """
 
-    __slots__ = ("attempt", "limit")
+    __slots__ = ("attempt", "limit", "race")
 
-    def __init__(self, limit: AdaptiveLimit) -> None:
+    def __init__(self, limit: AdaptiveLimit, race: Race | None = None) -> None:
         self.limit = limit
+        self.race = race
         self.attempt: Attempt | None = None
 
     async def __aenter__(self) -> Attempt:
-        await self.limit.acquire()
+        race = self.race
+        if race is None:
+            await self.limit.acquire()
+        else:
+            await race(self.limit.acquire())
         try:
-            await self.limit.keep_pace()
+            if race is None:
+                await self.limit.keep_pace()
+            else:
+                await race(self.limit.keep_pace())
         except BaseException:
             self.limit.release()
             raise
@@ -148,9 +161,13 @@ class AdaptiveLimit:
         """
         return self.noise >= 0.05 and self._before_cuts is None
 
-    def slot(self) -> Slot:
-        """Return a context manager for one attempt."""
-        return Slot(self)
+    def slot(self, race: Race | None = None) -> Slot:
+        """Return a context manager for one attempt.
+
+        `race`: awaits the waits for a slot and for the pace, unless the run stops
+        first (`RunScope.race`): a paced queue must not hold a stop for seconds.
+        """
+        return Slot(self, race)
 
     # --- slots and pace ------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable
 
 import pytest
 
@@ -232,4 +233,32 @@ async def test_a_holder_cancelled_while_paced_gives_its_slot_back() -> None:
     paced.cancel()
     with pytest.raises(asyncio.CancelledError):
         await paced
+    assert limit.in_use == 0
+
+
+async def test_waits_for_a_slot_or_the_pace_end_when_the_race_does() -> None:
+    limit = AdaptiveLimit(2)
+    limit.pace = 0.2  # one start per 5 s
+    stop = asyncio.Event()
+
+    async def race(aw: Awaitable[None]) -> None:  # a run's stop, as RunScope.race does it
+        work = asyncio.ensure_future(aw)
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not work.done():
+            work.cancel()
+            raise RuntimeError("stopped")
+
+    async with limit.slot(race):
+        pass  # takes the first start
+    paced = [asyncio.create_task(limit.slot(race).__aenter__()) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    assert limit.in_use == 2  # two paced, one waiting for a slot
+    t0 = time.monotonic()
+    stop.set()
+    for task in paced:
+        with pytest.raises(RuntimeError, match="stopped"):
+            await task
+    assert time.monotonic() - t0 < 1.0  # not the 5-15 s the pace would take
     assert limit.in_use == 0
