@@ -10,15 +10,15 @@ in a second, serializing the run.
 `AdaptiveLimit` tells them apart by experiment. It judges windows of attempts: the
 first `window` (or, if more, the current limit) started under the current setting,
 once all of them have ended (a 429 comes back sooner than an answer: judging the
-first attempts to *end* would overcount them). A window whose 429 share is above the run's *noise
-level* (plus a statistical margin) cuts: the concurrency limit shrinks to the share
-that got through (at most by half, never below the floor) and requests are paced
-at 0.9x the goodput the server just admitted.
-The next window tests the cut: if the 429 share stayed about the same (neither
-gone, nor grown) while the goodput fell with the load, the 429s were not ours to
-cause; the cuts are undone and their share becomes the noise level. Healthy
-windows grow the limit by a tenth of its ceiling and the pace by 10%, and let the
-noise level decay toward what they see.
+first attempts to *end* would overcount them). A window whose 429 share is above the
+run's *noise level* (plus a statistical margin) cuts: the concurrency limit shrinks
+to the share that got through (at most by half, never below the floor) and requests
+are paced at 0.9x the goodput the server just admitted. The next window tests the
+cut: if the 429 share stayed the same, give or take chance, while the goodput fell
+with the load, the 429s were not ours to cause; the cuts are undone, their share
+becomes the noise level, and a 429 is then retried at the first backoff step.
+Healthy windows grow the limit by a tenth of its ceiling and the pace by 10%, and
+move the noise level toward what they see.
 
 Floors: while the server's 429s carry no Retry-After the limit never falls below a
 quarter of its ceiling, nor the pace below a quarter of the best goodput seen; a
