@@ -137,8 +137,11 @@ async def act(state: SubagentState, runtime: Runtime[RunSettings]) -> SubagentUp
             "retries": state.get("retries", 0) + stats.retries,
         }
     except Exception as exc:  # noqa: BLE001 - every failure becomes the task's result
+        error = ErrorInfo.of("ModelError", exc)
+        if stats.gave_up:
+            error = error.model_copy(update={"message": f"{error.message} ({stats.gave_up})"})
         return {
-            "error": ErrorInfo.of("ModelError", exc),
+            "error": error,
             "steps": steps + 1,
             "retries": state.get("retries", 0) + stats.retries,
         }

@@ -56,6 +56,9 @@ class CallStats:
     """What happened across one caller's model calls."""
 
     retries: int = 0
+    gave_up: str | None = None
+    """Why the last call stopped retrying a transient fault, if it did: said in the
+    task's error."""
 
 
 async def call_model(
@@ -83,14 +86,15 @@ async def call_model(
     """
     stats = stats if stats is not None else CallStats()
     retries = 0
-    give_up = time.monotonic() + settings.retry_budget_s
-    if deadline is not None:
-        give_up = min(give_up, deadline)
+    first: float | None = None  # the first attempt's start: the budget's clock, not queues
     while True:
         if scope.rate is not None:
             await scope.race(scope.rate.aacquire(), include_stop=interruptible)
         try:
-            async with scope.limit.slot(lambda aw: scope.race(aw, include_stop=interruptible)):
+            async with scope.limit.slot(
+                lambda aw: scope.race(aw, include_stop=interruptible)
+            ) as attempt:
+                first = attempt.started if first is None else first
                 reply = await scope.race(
                     _request(runnable, messages, config, settings.request_timeout_s),
                     include_stop=interruptible,
@@ -103,10 +107,23 @@ async def call_model(
                 raise
             # Noise is not congestion: its 429s are retried at the first step.
             step = 1 if kind == "rate_limited" and scope.limit.throttling_is_noise else retries + 1
-            wait = backoff_s(step, retry_after_s(exc))
-            if time.monotonic() + wait > give_up or (
-                settings.max_retries is not None and retries >= settings.max_retries
-            ):
+            after = retry_after_s(exc)
+            wait = backoff_s(step, after)
+            now = time.monotonic()
+            start = first if first is not None else now
+            give_up = start + settings.retry_budget_s
+            if deadline is not None:
+                give_up = min(give_up, deadline)
+            # A Retry-After past the budget is not slept on (its sleep is capped) at all.
+            if now + max(wait, after or 0.0) > give_up:
+                stats.gave_up = (
+                    f"gave up after {retries + 1} attempt(s) in {now - start:.1f}s: "
+                    f"the next retry would pass the retry budget "
+                    f"({settings.retry_budget_s:g}s) or the task's timeout"
+                )
+                raise
+            if settings.max_retries is not None and retries >= settings.max_retries:
+                stats.gave_up = f"gave up after max_retries={settings.max_retries} retries"
                 raise
             scope.record_fault(kind)
             retries += 1

@@ -17,8 +17,11 @@ are paced at 0.9x the goodput the server just admitted. The next window tests th
 cut: if the 429 share stayed the same, give or take chance, while the goodput fell
 with the load, the 429s were not ours to cause; the cuts are undone, their share
 becomes the noise level, and a 429 is then retried at the first backoff step.
-Healthy windows grow the limit by a tenth of its ceiling and the pace by 10%, and
-move the noise level toward what they see.
+Healthy windows grow the limit by a tenth of its ceiling and the pace (quickly far
+below the rate last admitted, by 10% up to it, then probing past it in doubling
+steps), and move the noise level toward what they see. Goodput counts answers only,
+per second since the window's first attempt; an attempt that starts when none is in
+flight starts the window afresh.
 
 Floors: while the server's 429s carry no Retry-After the limit never falls below a
 quarter of its ceiling, nor the pace below a quarter of the best goodput seen; a
@@ -43,7 +46,12 @@ WINDOW = 20
 GROWTH = 0.1
 """Each healthy window adds this share of the ceiling to the limit (at least one)."""
 PACE_GAIN = 1.1
-"""Each healthy window raises a pace by this factor."""
+"""A healthy window raises a pace near the rate last admitted by this factor."""
+FAR_GAIN = 1.25
+"""... and one far (20%+) below that rate by this factor."""
+PROBE = 0.02
+"""Past that rate, the first healthy window adds this share of it; each next one doubles
+the step."""
 PACE_SHARE = 0.9
 """A cut paces requests at this share of the goodput the server admitted."""
 FLOOR_SHARE = 0.25
@@ -60,6 +68,7 @@ class _Cut:
     share: float
     goodput: float
     attempts: int
+    known: float | None
 
 
 Race = Callable[[Awaitable[None]], Awaitable[None]]
@@ -141,12 +150,18 @@ class AdaptiveLimit:
         """(seconds since start, pace) at each change of the pace."""
         self._waiters: list[asyncio.Future[None]] = []
         self._next_start = 0.0
+        self._pace_changes = 0
         self._window_id = 0
         self._since = self.t0
         self._members = 0
+        self._first_start: float | None = None
         self._ended = 0
+        self._ok = 0
         self._throttled = 0
         self._told_when = False
+        self._known: float | None = None
+        """The goodput the server admitted when the run's load last overran it."""
+        self._probe = PROBE
         self._cut: _Cut | None = None
         self._before_cuts: tuple[int, float | None] | None = None
         """The setting before the current run of cuts (no healthy window between them)."""
@@ -178,6 +193,10 @@ class AdaptiveLimit:
             self._waiters.append(waiter)
             try:
                 await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # handed a slot it will not take: hand it on
+                raise
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
@@ -189,14 +208,21 @@ class AdaptiveLimit:
         self._wake()
 
     async def keep_pace(self) -> None:
-        """Wait for this attempt's turn under the pace, if there is one."""
-        if self.pace is None:
-            return
-        now = time.monotonic()
-        start = max(now, self._next_start)
-        self._next_start = start + 1.0 / self.pace
-        if start > now:
-            await asyncio.sleep(start - now)
+        """Wait for this attempt's turn under the pace, if there is one.
+
+        A turn taken under an older pace is taken again under the new one: otherwise
+        the queue of turns booked at the old pace goes out at it after a cut, into the
+        window that is to test the cut.
+        """
+        while self.pace is not None:
+            changes = self._pace_changes
+            now = time.monotonic()
+            start = max(now, self._next_start)
+            self._next_start = start + 1.0 / self.pace
+            if start > now:
+                await asyncio.sleep(start - now)
+            if changes == self._pace_changes:
+                return
 
     def _wake(self) -> None:
         free = self.limit - self.in_use
@@ -210,27 +236,44 @@ class AdaptiveLimit:
     # --- what the attempts tell ------------------------------------------------------
 
     def begin(self) -> Attempt:
-        """Start an attempt: a member of the current window while it has room."""
-        if self._members < max(self.window, self.limit):
+        """Start an attempt: a member of the current window while it has room.
+
+        An attempt that starts when no other is in flight (the run was planning, or
+        waiting on one long task) starts the window afresh: idle time is not the
+        server's, and counted as window time it made the goodput look tiny.
+        """
+        now = time.monotonic()
+        if self.in_use <= 1 and self._members and self._ended == self._members:
+            self._members = self._ended = self._ok = self._throttled = 0
+            self._told_when = False
+        if self._members < self._size():
+            if not self._members:
+                self._first_start = now
             self._members += 1
-            return Attempt(time.monotonic(), self._window_id)
-        return Attempt(time.monotonic(), None)
+            return Attempt(now, self._window_id)
+        return Attempt(now, None)
+
+    def _size(self) -> int:
+        return max(self.window, self.limit)
 
     def end(self, attempt: Attempt, exc: BaseException | None) -> None:
         """End an attempt: answered (`exc` None), throttled (a 429) or failed otherwise."""
         if attempt.window != self._window_id:
             return  # sent under an older setting, or after the window was full
         self._ended += 1
-        if exc is not None and classify(exc) == "rate_limited":
+        if exc is None:
+            self._ok += 1
+        elif classify(exc) == "rate_limited":
             self._throttled += 1
-            self._told_when = self._told_when or retry_after_s(exc) is not None
-        if self._ended >= max(self.window, self.limit):
+            after = retry_after_s(exc)
+            self._told_when = self._told_when or (after is not None and after > 0)
+        # Judged at 90% ended: one hung or very slow attempt does not freeze the limit.
+        if self._ended >= math.ceil(0.9 * self._size()):
             now = time.monotonic()
-            # What the server admitted of what this setting sent: the send rate times
-            # the share not throttled.
-            share = self._throttled / self._ended
-            goodput = self._ended / max(1e-3, now - self._since) * (1 - share)
-            self._judge(now, share, goodput)
+            # What the server answered, per second, since the window's first attempt.
+            first = self._first_start if self._first_start is not None else self._since
+            goodput = self._ok / max(1e-3, now - first)
+            self._judge(now, self._throttled / self._ended, goodput)
 
     def _margin(self) -> float:
         p = self.noise
@@ -258,11 +301,13 @@ class AdaptiveLimit:
             self.noise = max(self.noise, share)
             limit, pace = self._before_cuts or (cut.limit, cut.pace)
             self._before_cuts = None
+            self._known = cut.known
             self._set(now, limit, pace)
         elif excess:
-            self._cut = _Cut(self.limit, self.pace, share, goodput, self._ended)
+            self._cut = _Cut(self.limit, self.pace, share, goodput, self._ended, self._known)
             if self._before_cuts is None:
                 self._before_cuts = (self.limit, self.pace)
+            self._known, self._probe = goodput, PROBE
             floor = 1 if self._told_when else self.floor
             pace = PACE_SHARE * goodput
             if not self._told_when:
@@ -276,10 +321,29 @@ class AdaptiveLimit:
             self._before_cuts = None
             self.noise += 0.2 * (share - self.noise)
             limit = min(self.ceiling, self.limit + max(1, round(self.ceiling * GROWTH)))
-            pace = None if self.pace is None else self.pace * PACE_GAIN
-            if pace is not None and pace >= 2 * self._best_goodput:
-                pace = None  # far above anything the server admitted: no longer binding
-            self._set(now, limit, pace)
+            self._set(now, limit, self._grown_pace())
+
+    def _grown_pace(self) -> float | None:
+        """Return the pace after a healthy window.
+
+        Quick far below the rate the server last admitted under overload, up to it by
+        10% a window, then probing past it in steps that double each healthy window
+        (2%, 4%, 8% of it...): few 429s near a limit that holds, and a few windows
+        back up once it is lifted.
+        """
+        pace, known = self.pace, self._known
+        if pace is None:
+            return None
+        if known is None or pace < 0.8 * known:
+            pace *= FAR_GAIN
+        elif pace < known:
+            pace = min(known, pace * PACE_GAIN)
+        else:
+            pace += self._probe * known
+            self._probe *= 2
+        if pace >= 2 * self._best_goodput:
+            return None  # far above anything the server answered: no longer binding
+        return pace
 
     def _set(self, now: float, limit: int, pace: float | None) -> None:
         since = round(now - self.t0, 4)
@@ -290,9 +354,10 @@ class AdaptiveLimit:
         if pace != self.pace:
             self.pace = pace
             self.pace_timeline.append((since, None if pace is None else round(pace, 2)))
-            if pace is None:
-                self._next_start = 0.0
+            self._pace_changes += 1
+            self._next_start = now
         self._window_id += 1
         self._since = now
-        self._members = self._ended = self._throttled = 0
+        self._first_start = None
+        self._members = self._ended = self._ok = self._throttled = 0
         self._told_when = False

@@ -128,3 +128,28 @@ async def test_max_retries_still_caps_the_count_within_the_budget() -> None:
     out = await arun("x", settings=settings(model, max_retries=1), plan=plan_of(task("t")))
     (r,) = out.results
     assert r.status == "failed" and r.attempts == 2
+
+
+async def test_a_retry_after_past_the_budget_fails_at_once_and_says_why() -> None:
+    far = [rate_limited(**{"retry-after": "1000000000"})] * 3
+    model = TaskScriptedModel(scripts={"t": TaskScript(errors=far)})
+    out = await arun("x", settings=settings(model, retry_budget_s=120), plan=plan_of(task("t")))
+    (r,) = out.results
+    assert r.status == "failed" and r.attempts == 1 and r.duration_s < 5  # not slept on
+    assert r.error is not None and "gave up after 1 attempt(s)" in r.error.message
+    assert "retry budget (120s)" in r.error.message
+
+
+async def test_the_retry_budget_starts_at_the_first_attempt_not_in_the_queue() -> None:
+    # At 2 requests a second, the fifth task's first request goes out ~2 s after the run
+    # starts: its 1.5 s budget must still leave room for the retry its 429 asks for.
+    ids = [f"t{i}" for i in range(5)]
+    once = {tid: TaskScript(errors=[rate_limited(**{"retry-after-ms": "50"})]) for tid in ids}
+    model = TaskScriptedModel(scripts=once)
+    out = await arun(
+        "x",
+        settings=settings(model, requests_per_second=2, retry_budget_s=1.5),
+        plan=plan_of(*(task(t) for t in ids)),
+    )
+    assert statuses(out.results) == dict.fromkeys(ids, "ok")
+    assert all(r.attempts == 2 for r in out.results)
