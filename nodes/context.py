@@ -173,7 +173,7 @@ class RunSettings(BaseModel):
     that would start after this, or after its task's timeout, is not made: the call
     fails with its last fault. 0: no retries."""
     max_retries: Annotated[Count0 | None, Flag("--max-retries", "N")] = None
-    """At most this many retries of one model call, within `retry_budget_s`; null: as
+    """At most this many retries of one model call, within the retry budget; null: as
     many as the budget allows."""
     request_timeout_s: Annotated[Seconds | None, Flag("--request-timeout", "S")] = 60.0
     """Timeout of one model request in seconds; a timed-out request is a transient fault."""
