@@ -114,7 +114,8 @@ async def call_model(
             give_up = start + settings.retry_budget_s
             if deadline is not None:
                 give_up = min(give_up, deadline)
-            # A Retry-After past the budget is not slept on (its sleep is capped) at all.
+            # A Retry-After reaching past the budget fails the call now: sleeping its capped
+            # length would only end in a retry the server already said it would refuse.
             if now + max(wait, after or 0.0) > give_up:
                 stats.gave_up = (
                     f"gave up after {retries + 1} attempt(s) in {now - start:.1f}s: "
