@@ -61,18 +61,19 @@ FLOOR_SHARE = 0.25
 
 @dataclass(frozen=True)
 class _Cut:
-    """A cut under test: the setting before it and the window that caused it."""
+    """A cut under test: the window that caused it."""
 
-    limit: int
-    pace: float | None
     share: float
     goodput: float
     attempts: int
-    known: float | None
 
 
 Race = Callable[[Awaitable[None]], Awaitable[None]]
 """Awaits an awaitable unless the run stops first (then cancels it and raises)."""
+
+
+async def _plainly(aw: Awaitable[None]) -> None:
+    await aw
 
 
 @dataclass
@@ -99,16 +100,10 @@ class Slot:
         self.attempt: Attempt | None = None
 
     async def __aenter__(self) -> Attempt:
-        race = self.race
-        if race is None:
-            await self.limit.acquire()
-        else:
-            await race(self.limit.acquire())
+        race = self.race or _plainly
+        await race(self.limit.acquire())
         try:
-            if race is None:
-                await self.limit.keep_pace()
-            else:
-                await race(self.limit.keep_pace())
+            await race(self.limit.keep_pace())
         except BaseException:
             self.limit.release()
             raise
@@ -152,9 +147,8 @@ class AdaptiveLimit:
         self._next_start = 0.0
         self._pace_changes = 0
         self._window_id = 0
-        self._since = self.t0
         self._members = 0
-        self._first_start: float | None = None
+        self._first_start = self.t0
         self._ended = 0
         self._ok = 0
         self._throttled = 0
@@ -163,7 +157,7 @@ class AdaptiveLimit:
         """The goodput the server admitted when the run's load last overran it."""
         self._probe = PROBE
         self._cut: _Cut | None = None
-        self._before_cuts: tuple[int, float | None] | None = None
+        self._before_cuts: tuple[int, float | None, float | None] | None = None
         """The setting before the current run of cuts (no healthy window between them)."""
         self._best_goodput = 0.0
 
@@ -271,8 +265,7 @@ class AdaptiveLimit:
         if self._ended >= math.ceil(0.9 * self._size()):
             now = time.monotonic()
             # What the server answered, per second, since the window's first attempt.
-            first = self._first_start if self._first_start is not None else self._since
-            goodput = self._ok / max(1e-3, now - first)
+            goodput = self._ok / max(1e-3, now - self._first_start)
             self._judge(now, self._throttled / self._ended, goodput)
 
     def _margin(self) -> float:
@@ -295,18 +288,23 @@ class AdaptiveLimit:
         self._best_goodput = max(self._best_goodput, goodput)
         excess = share > self.noise + self._margin()
         cut, self._cut = self._cut, None
-        if cut is not None and goodput < 0.8 * cut.goodput and self._same_share(cut, share):
+        before = self._before_cuts  # set whenever a cut is under test
+        if (
+            cut is not None
+            and before is not None
+            and goodput < 0.8 * cut.goodput
+            and self._same_share(cut, share)
+        ):
             # Less load, as many 429s, less goodput: they are not ours to cause. Undo the
             # cuts (the first may have come from a chance cluster of the noise).
             self.noise = max(self.noise, share)
-            limit, pace = self._before_cuts or (cut.limit, cut.pace)
             self._before_cuts = None
-            self._known = cut.known
+            limit, pace, self._known = before
             self._set(now, limit, pace)
         elif excess:
-            self._cut = _Cut(self.limit, self.pace, share, goodput, self._ended, self._known)
+            self._cut = _Cut(share, goodput, self._ended)
             if self._before_cuts is None:
-                self._before_cuts = (self.limit, self.pace)
+                self._before_cuts = (self.limit, self.pace, self._known)
             self._known, self._probe = goodput, PROBE
             floor = 1 if self._told_when else self.floor
             pace = PACE_SHARE * goodput
@@ -316,7 +314,7 @@ class AdaptiveLimit:
                 pace = min(pace, self.pace)
             keep = max(0.5, 1 - share)  # as much as got through, never less than half
             limit = max(floor, min(self.limit - 1, math.ceil(self.limit * keep)))
-            self._set(now, max(1, limit), pace if pace > 0 else self.pace)
+            self._set(now, limit, pace if pace > 0 else self.pace)
         else:
             self._before_cuts = None
             self.noise += 0.2 * (share - self.noise)
@@ -357,7 +355,5 @@ class AdaptiveLimit:
             self._pace_changes += 1
             self._next_start = now
         self._window_id += 1
-        self._since = now
-        self._first_start = None
         self._members = self._ended = self._ok = self._throttled = 0
         self._told_when = False
