@@ -83,12 +83,18 @@ def over_budget(steps: int, usage: Usage, settings: RunSettings) -> ErrorInfo | 
 
 
 def _deadline(state: SubagentState) -> float | None:
-    """Return when the task times out, on the `time.monotonic()` clock, if it has a timeout."""
+    """Return when retries must stop for the task's timeout (`time.monotonic()` clock).
+
+    A tenth of the timeout before it ends: the timeout's clock started a little before
+    the brief stamped `started_at` (more so on a loaded machine), and a retry started
+    later could hardly be answered in time; the task then fails with its last fault
+    instead of timing out mid-retry.
+    """
     timeout = state["spec"].get("timeout_s")
     started = state.get("started_at")
     if timeout is None or started is None:
         return None
-    left = timeout - (datetime.now(UTC) - started).total_seconds()
+    left = 0.9 * timeout - (datetime.now(UTC) - started).total_seconds()
     return time.monotonic() + left
 
 
