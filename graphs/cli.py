@@ -50,6 +50,7 @@ from fanfold.nodes.events import ProgressEvent
 from fanfold.nodes.faults import classify
 from fanfold.nodes.models import aclose_models, load_chat_model
 from fanfold.nodes.rerun import RERUNNABLE, check_only
+from fanfold.tools.mcp import load_mcp_config
 
 DEMO_REQUEST = (
     "Compare asyncio, threads and processes for I/O-bound Python work; "
@@ -186,6 +187,13 @@ def _print_human(out: RunOutput, stream: TextIO) -> None:
         f"tokens={m.tokens.total_tokens}",
         file=stream,
     )
+    for name, s in m.mcp.items():
+        why = f" last error: {s['last_error']}" if s.get("last_error") else ""
+        print(
+            f"mcp {name}: {s['state']}, {s['calls']} calls, {s['call_errors']} errors, "
+            f"{s['connects']} connects{why}",
+            file=stream,
+        )
 
 
 def _print_document(out: RunOutput) -> None:
@@ -460,6 +468,8 @@ def _convert(name: str, flag: Flag, value: Any) -> Any:
     if flag.form == "switch":
         return True
     text = str(value).strip()
+    if flag.form == "file":
+        return load_mcp_config(text)  # the one file-valued setting: `--mcp`
     if flag.form == "list":
         return [item.strip() for item in text.split(",") if item.strip()]
     types = set(plain_types(RunSettings.model_fields[name].annotation))
@@ -489,8 +499,9 @@ def setting_overrides(args: argparse.Namespace) -> Overrides:
             continue
         try:
             out.values[name] = _convert(name, flag, value)
-        except ValueError:
-            out.problems.append(SettingProblem(name, flag, requirement(name), value))
+        except ValueError as exc:
+            what = f"{requirement(name)} ({exc})" if flag.form == "file" else requirement(name)
+            out.problems.append(SettingProblem(name, flag, what, value))
     return out
 
 

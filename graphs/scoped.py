@@ -33,8 +33,15 @@ def run_control(control: RunControl | None, *, part_of_run: bool = False) -> Sco
     control the caller passed or the enclosing run's (so their drain requests still
     reach this run); with `part_of_run`, the enclosing Fanfold run's own control.
     """
+    return _control(control, part_of_run=part_of_run)[0]
+
+
+def _control(
+    control: RunControl | None, *, part_of_run: bool = False
+) -> tuple[ScopedControl, bool]:
+    """Return `run_control(...)`, and whether it is new (the run that starts owns it)."""
     if isinstance(control, ScopedControl):
-        return control
+        return control, False
     if control is None:
         try:
             parent = get_runtime()
@@ -42,8 +49,26 @@ def run_control(control: RunControl | None, *, part_of_run: bool = False) -> Sco
             parent = None
         control = parent.control if parent is not None else None
         if part_of_run and isinstance(control, ScopedControl):
-            return control
-    return ScopedControl(control)
+            return control, False
+    return ScopedControl(control), True
+
+
+async def _closing(stream: AsyncIterator[Any], control: ScopedControl) -> AsyncIterator[Any]:
+    """Yield a run's stream, then release what its scope holds open (MCP sessions).
+
+    Whichever way the stream ends: finished, failed, cancelled, or left unfinished.
+    """
+    try:
+        async for item in stream:
+            yield item
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        try:
+            if aclose is not None:
+                await aclose()
+        finally:
+            if control.scope is not None:
+                await control.scope.aclose()
 
 
 MIN_RECURSION_LIMIT = 10_000
@@ -96,8 +121,9 @@ class ScopedGraph(CompiledStateGraph[StateT, ContextT, InputT, OutputT]):
         run_config: RunnableConfig = {**(config or {}), "max_concurrency": limit}
         if "recursion_limit" not in merged:
             run_config["recursion_limit"] = steps_needed(settings)
-        control = run_control(control, part_of_run=self.part_of_run)
-        return super().astream(input, run_config, control=control, context=context, **kwargs)
+        control, owned = _control(control, part_of_run=self.part_of_run)
+        stream = super().astream(input, run_config, control=control, context=context, **kwargs)
+        return _closing(stream, control) if owned else stream
 
     def stream(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
         """Refuse: Fanfold's nodes are async (LangGraph would fail at the first node).

@@ -39,6 +39,7 @@ from fanfold.nodes.errors import SettingProblem, SettingsError
 from fanfold.nodes.kinds import BUILTIN_KINDS, DEFAULT_PERSPECTIVES, AgentKind
 from fanfold.nodes.models import SPEC_FORMS, check_model_spec
 from fanfold.tools import ToolRegistry, default_registry
+from fanfold.tools.mcp import DEFAULT_MCP_TTL_S, check_mcp_servers
 from fanfold.tools.workspace import make_workspace_tools
 
 Policy = str
@@ -75,8 +76,9 @@ class Flag:
     """The flag, e.g. `--max-concurrency`."""
     metavar: str | None = None
     """What the value is called in `--help`, e.g. `N`; None for a switch."""
-    form: Literal["value", "switch", "list"] = "value"
-    """`value`: one value; `switch`: present means true; `list`: comma-separated names."""
+    form: Literal["value", "switch", "list", "file"] = "value"
+    """`value`: one value; `switch`: present means true; `list`: comma-separated names;
+    `file`: the path of a JSON file holding the value."""
 
 
 # Numbers are strict: a bool, a string, NaN or infinity is refused where a number belongs.
@@ -113,6 +115,17 @@ ToolList = Annotated[
 _TOOL_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 RegistryRef = Annotated[
     ToolRegistry | None, WithJsonSchema({"type": "null", "description": "Python only"})
+]
+McpServers = Annotated[
+    dict[str, dict[str, Any]] | None,
+    WithJsonSchema(
+        {
+            "type": ["object", "null"],
+            "additionalProperties": {"type": "object"},
+            "description": "MCP servers by name: stdio `{command, args, env}` or HTTP "
+            "`{url, headers}`, as langchain-mcp-adapters' MultiServerMCPClient takes them",
+        }
+    ),
 ]
 
 
@@ -201,6 +214,14 @@ class RunSettings(BaseModel):
     tool_registry: RegistryRef = None
     """A registry to use instead of the built-ins plus `tools` (share one across runs to
     keep its providers' cache); `tools` are added to it. Python only."""
+    mcp_servers: Annotated[McpServers, Flag("--mcp", "FILE", form="file")] = None
+    """MCP servers whose tools the run offers, as `langchain-mcp-adapters`'
+    `MultiServerMCPClient` takes them (`{"name": {"command": ..., "args": [...]}}` for
+    stdio, `{"name": {"url": ...}}` for streamable HTTP; a `{"mcpServers": ...}` file as
+    other clients write it also works). One session per server for the whole run. Not
+    saved with a run (configs may hold secrets): pass them again to resume."""
+    mcp_ttl_s: Annotated[Seconds, Flag("--mcp-ttl", "S")] = DEFAULT_MCP_TTL_S
+    """How long the MCP servers' tool lists are cached before they are listed again."""
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -257,6 +278,11 @@ class RunSettings(BaseModel):
                 raise ValueError(msg)
         return value
 
+    @field_validator("mcp_servers")
+    @classmethod
+    def _mcp_servers(cls, value: dict[str, dict[str, Any]] | None) -> dict[str, Any] | None:
+        return None if value is None else check_mcp_servers(value)
+
     @field_validator("workspace")
     @classmethod
     def _workspace(cls, value: str | None) -> str | None:
@@ -281,8 +307,8 @@ class RunSettings(BaseModel):
         """
         out: dict[str, Any] = {}
         for name, value in self:
-            if name == "tool_registry" or isinstance(value, BaseChatModel):
-                continue
+            if name in ("tool_registry", "mcp_servers") or isinstance(value, BaseChatModel):
+                continue  # objects stay in process; MCP configs may hold secrets
             if name == "tools":
                 value = [t for t in value if isinstance(t, str)]  # objects stay in process
             elif name == "kinds":
@@ -448,6 +474,7 @@ _WORDS_BY_NAME = {
     "perspectives": "a non-empty list of known agent kind names",
     "tool_registry": "a ToolRegistry or none",
     "workspace": "an existing folder or none",
+    "mcp_servers": "MCP server connections by name",
 }
 
 
@@ -490,9 +517,11 @@ def settings_error(exc: ValidationError) -> SettingsError:
         if name not in RunSettings.model_fields:
             problems.append((name, str(e["msg"]), e.get("input")))
             continue
-        if e["type"] == "value_error" and name in ("model", "planner_model"):
+        if e["type"] == "value_error" and name in ("model", "planner_model", "mcp_servers"):
             # The spec checker says what is wrong; pydantic prefixes "Value error, ".
             what = str(e["msg"]).removeprefix("Value error, ")
+            if name == "mcp_servers":
+                what = f"{requirement(name)} ({what})"
         else:
             what = requirement(name)
         if len(loc) > 1 and name in ("kinds", "tools", "perspectives"):

@@ -19,7 +19,13 @@ from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
@@ -64,20 +70,42 @@ def _tool_names(tools: Sequence[dict[str, Any]] | None) -> list[str]:
     return [t["function"]["name"] for t in tools or []]
 
 
-def demo_plan(request: str) -> dict[str, Any]:
-    """Return the plan the demo model writes for a request, as plain data."""
+_HANDLED = frozenset({"calculator", "text_stats", "current_time", "delegate"})
+"""Tools the demo model has its own rules for; any other it calls when a task names it."""
+_LISTED_TOOL = re.compile(r"^- ([A-Za-z0-9_-]+): ", re.MULTILINE)
+
+
+def _named(text: str, tools: Sequence[str]) -> list[str]:
+    """Return the tools (other than those with rules of their own) `text` names, in order."""
+    found = []
+    for name in tools:
+        if name in _HANDLED:
+            continue
+        hit = re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text)
+        if hit:
+            found.append((hit.start(), name))
+    return [name for _, name in sorted(found)]
+
+
+def demo_plan(request: str, tools: Sequence[str] = ()) -> dict[str, Any]:
+    """Return the plan the demo model writes for a request, as plain data.
+
+    A part that names one of `tools` (the tools the planning prompt lists) gets that
+    tool; arithmetic the calculator; anything else text statistics.
+    """
     parts = [p.strip(" .?!:") for p in _SPLIT.split(request)]
     parts = [p for p in parts if len(p) > 2][:MAX_DEMO_PARTS] or [request.strip() or "the request"]
     tasks: list[dict[str, Any]] = []
     for i, part in enumerate(parts, start=1):
         arithmetic = bool(_ARITH.search(part))
+        named = _named(part, tools)
         tasks.append(
             {
                 "id": f"t{i}",
                 "description": part,
                 "kind": "analyst" if arithmetic else "researcher",
                 "depends_on": [],
-                "tools": ["calculator"] if arithmetic else ["text_stats"],
+                "tools": named or (["calculator"] if arithmetic else ["text_stats"]),
             }
         )
     ids = [t["id"] for t in tasks]
@@ -120,6 +148,37 @@ def demo_extension(prompt: str) -> dict[str, Any]:
         "tools": ["text_stats"],
     }
     return {"tasks": [task], "rationale": "one check of the findings"}
+
+
+def _demo_args(function: dict[str, Any], name: str, description: str) -> dict[str, Any]:
+    """Return arguments for a tool a task names, from its JSON schema and the task's text.
+
+    Numbers in the text fill numeric parameters in order; a string parameter gets the
+    text after the tool's name (a second one the same); booleans are false, lists empty.
+    Parameters that are not required are left out.
+    """
+    params = function.get("parameters") or {}
+    props: dict[str, Any] = params.get("properties") or {}
+    required = params.get("required") or []
+    numbers = iter(re.findall(r"-?\d+(?:\.\d+)?", description))
+    after = re.split(rf"(?<![\w-]){re.escape(name)}(?![\w-])", description, maxsplit=1)[-1]
+    text = after.strip(" :,-") or description
+    args: dict[str, Any] = {}
+    for key in required:
+        kind = (props.get(key) or {}).get("type")
+        if kind in ("integer", "number"):
+            raw = next(numbers, "0")
+            value = float(raw)
+            args[key] = int(value) if kind == "integer" else value
+        elif kind == "boolean":
+            args[key] = False
+        elif kind == "array":
+            args[key] = []
+        elif kind == "object":
+            args[key] = {}
+        else:
+            args[key] = text
+    return args
 
 
 class DemoFault(RuntimeError):
@@ -182,7 +241,7 @@ class DemoChatModel(BaseChatModel):
             if task and task.group(1) in self.fail:
                 msg = f"the demo model fails every call of task `{task.group(1)}` (fail=...)"
                 raise DemoFault(msg)
-        message = self._respond(messages, _tool_names(tools))
+        message = self._respond(messages, tools or [])
         prompt = sum(_tokens(_text(m)) for m in messages)
         out = _tokens(_text(message) + json.dumps(message.tool_calls))
         message.usage_metadata = UsageMetadata(
@@ -199,7 +258,8 @@ class DemoChatModel(BaseChatModel):
         with open(str(self.log), "a", encoding="utf-8") as fh:  # noqa: ASYNC230 - one short line
             fh.write(line + "\n")
 
-    def _respond(self, messages: list[BaseMessage], tools: list[str]) -> AIMessage:
+    def _respond(self, messages: list[BaseMessage], schemas: Sequence[dict[str, Any]]) -> AIMessage:
+        tools = _tool_names(schemas)
         first_user = next((_text(m) for m in messages if isinstance(m, HumanMessage)), "")
         if "PlanExtension" in tools:
             args = demo_extension(first_user)
@@ -207,20 +267,31 @@ class DemoChatModel(BaseChatModel):
                 content="", tool_calls=[{"name": "PlanExtension", "args": args, "id": "ext_1"}]
             )
         if "Plan" in tools:
+            system = next((_text(m) for m in messages if isinstance(m, SystemMessage)), "")
+            listed = _LISTED_TOOL.findall(system.split("Tools:", 1)[-1])
+            args = demo_plan(first_user, listed)
             return AIMessage(
-                content="",
-                tool_calls=[{"name": "Plan", "args": demo_plan(first_user), "id": "plan_1"}],
+                content="", tool_calls=[{"name": "Plan", "args": args, "id": "plan_1"}]
             )
         tool_results = [m for m in messages if isinstance(m, ToolMessage)]
         task = _TASK.search(first_user)
         if tools and not tool_results and task:
-            calls = self._tool_calls(task.group(3), first_user, tools)
+            calls = self._tool_calls(task.group(3), first_user, schemas)
             if calls:
                 return AIMessage(content="", tool_calls=calls)
         return AIMessage(content=self._answer(first_user, task, tool_results))
 
-    def _tool_calls(self, description: str, prompt: str, tools: list[str]) -> list[Any]:
-        calls: list[dict[str, Any]] = []
+    def _tool_calls(
+        self, description: str, prompt: str, schemas: Sequence[dict[str, Any]]
+    ) -> list[Any]:
+        tools = _tool_names(schemas)
+        by_name = {t["function"]["name"]: t["function"] for t in schemas}
+        calls: list[dict[str, Any]] = [
+            {"name": name, "args": _demo_args(by_name[name], name, description), "id": f"n{i}"}
+            for i, name in enumerate(_named(description, tools))
+        ]
+        if calls:
+            return calls  # the task names its tools: call those
         if "calculator" in tools:
             for i, m in enumerate(_ARITH.finditer(description)):
                 expr = m.group(0).replace("x", "*").replace("×", "*")

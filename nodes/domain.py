@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
@@ -334,6 +334,9 @@ class RunMetrics(BaseModel):
     """Why the run stopped early (budget, quorum), if it did."""
     tool_cache: dict[str, int] = Field(default_factory=dict)
     """Tool registry look-ups during the run: hits, misses, refreshes, errors."""
+    mcp: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Each MCP server's state (`up`, `down`, `closed`) and counts: connects, tool
+    lists, calls, call errors, and its last error."""
 
 
 def peak_overlap(results: Iterable[SubagentResult]) -> int:

@@ -119,11 +119,13 @@ def check_plan(plan: Plan, settings: RunSettings, registry: ToolRegistry) -> Pla
     Raises:
         PlanError: naming every broken rule.
     """
+    known = registry.names() + ([DELEGATE] if settings.max_depth > 1 else [])
+    # A name of a tool not loaded yet (its MCP server was never reached) passes: the
+    # task gets a stand-in that tells the model so, or the tool once the server is up.
+    named = {n for t in plan.tasks for n in t.tools or []}
+    known += [n for n in named.difference(known) if registry.stand_in(n) is not None]
     return validate_plan(
-        plan,
-        kinds=settings.agent_kinds(),
-        tools=registry.names() + ([DELEGATE] if settings.max_depth > 1 else []),
-        max_tasks=settings.max_tasks,
+        plan, kinds=settings.agent_kinds(), tools=known, max_tasks=settings.max_tasks
     )
 
 

@@ -23,6 +23,7 @@ from fanfold.nodes.errors import BudgetExceeded, RunStopped
 from fanfold.nodes.scope import scope_of
 from fanfold.nodes.state import SubagentState, SubagentUpdate
 from fanfold.nodes.tracing import subagent_config
+from fanfold.tools.workspace import MAX_READ_BYTES
 
 T = TypeVar("T")
 
@@ -105,9 +106,70 @@ async def call_tool(
     except Exception as exc:  # noqa: BLE001 - the model decides what to do next
         content = f"Error: `{name}` failed: {type(exc).__name__}: {exc}"
         return ToolMessage(content, tool_call_id=call_id, name=name, status="error")
-    if isinstance(reply, ToolMessage):
+    if not isinstance(reply, ToolMessage):
+        reply = ToolMessage(str(reply), tool_call_id=call_id, name=name)
+    return capped(reply)
+
+
+MAX_TOOL_RESULT_CHARS = MAX_READ_BYTES
+"""The read limit: the most characters of one tool result a model is given (text and
+encoded files together); the file tools read no more at once either."""
+
+
+def capped(reply: ToolMessage, limit: int = MAX_TOOL_RESULT_CHARS) -> ToolMessage:
+    """Return `reply`, cut to `limit` characters with a note saying so when it is longer.
+
+    A tool result lands in the model's context and the run's state (a checkpoint, too):
+    an MCP server that answers with 50 MB must not carry them there. Blocks past the
+    limit are dropped, a text block is cut; a cut reply keeps no JSON artifact.
+    """
+    content = reply.content
+    blocks: list[Any] = [content] if isinstance(content, str) else list(content)
+    size = sum(_size(b) for b in blocks)
+    # A JSON artifact (an MCP tool's structured result) counts; objects (the results a
+    # `delegate` call returns) are the run's own, never cut.
+    artifact_size = _size(reply.artifact) if isinstance(reply.artifact, dict) else 0
+    if size <= limit and artifact_size <= limit:
         return reply
-    return ToolMessage(str(reply), tool_call_id=call_id, name=name)
+    kept: list[Any] = []
+    room = limit
+    for block in blocks:
+        n = _size(block)
+        if n <= room:
+            kept.append(block)
+            room -= n
+            continue
+        if isinstance(block, str):
+            kept.append(block[:room])
+        elif isinstance(block, dict) and block.get("type") == "text":
+            kept.append({**block, "text": str(block.get("text", ""))[:room]})
+        room = 0
+    note = (
+        f"[cut: this result has {size} characters; only the first {limit} are shown (the "
+        "read limit). Ask the tool for less, such as a narrower query or a range.]"
+        if size > limit
+        else f"[the tool's structured result ({artifact_size} characters) was left out: "
+        f"over the read limit of {limit}]"
+    )
+    if isinstance(content, str):
+        new_content: Any = "".join(kept) + "\n" + note
+    else:
+        new_content = [*kept, {"type": "text", "text": note}]
+    artifact = None if isinstance(reply.artifact, dict) else reply.artifact
+    return reply.model_copy(update={"content": new_content, "artifact": artifact})
+
+
+def _size(value: Any) -> int:
+    """Return about how many characters a content block (or artifact) puts in context."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        if value.get("type") == "text":
+            return len(str(value.get("text", "")))
+        return sum(_size(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_size(v) for v in value)
+    return len(str(value))
 
 
 async def _all(calls: Iterable[Awaitable[ToolMessage]]) -> list[ToolMessage]:

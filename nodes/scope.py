@@ -36,6 +36,7 @@ from fanfold.nodes.domain import ErrorInfo, Usage
 from fanfold.nodes.errors import BudgetExceeded, FanfoldError, RunStopped
 from fanfold.nodes.faults import FaultKind
 from fanfold.nodes.throttle import AdaptiveLimit
+from fanfold.tools.mcp import McpToolset
 from fanfold.tools.registry import RegistryStats
 
 if TYPE_CHECKING:
@@ -71,6 +72,15 @@ class RunScope:
         self.limit = AdaptiveLimit(self.max_concurrency)
         self.registry = build_registry(settings)
         """The tools this run may hand out (built once per run)."""
+        self.mcp: McpToolset | None = None
+        """The run's MCP sessions, one per server (closed with the run: `aclose`)."""
+        if settings.mcp_servers:
+            base = self.registry
+            self.mcp = McpToolset(
+                settings.mcp_servers, timeout_s=settings.tool_timeout_s, reserved=base.names
+            )
+            self.registry = base.merged(())
+            self.mcp.attach(self.registry, ttl_s=settings.mcp_ttl_s)
         self.tool_stats = RegistryStats()
         """This run's tool look-ups: hits, misses, refreshes, errors (a shared registry
         counts every run's; these are this run's only)."""
@@ -264,10 +274,16 @@ class RunScope:
         self.faults[kind] += 1
         self.retries += 1
 
+    async def aclose(self) -> None:
+        """Release what the run holds open (its MCP sessions); the run has ended."""
+        if self.mcp is not None:
+            await self.mcp.aclose()
+
     def snapshot(self) -> dict[str, Any]:
         """Return the run-wide counts for RunMetrics."""
         s = self.tool_stats
         return {
+            "mcp": self.mcp.status() if self.mcp is not None else {},
             "faults": dict(sorted(self.faults.items())),
             "retries": self.retries,
             "effective_concurrency": list(self.limit.timeline),

@@ -165,7 +165,8 @@ def test_demo_reads_arithmetic_in_linear_time(text: str, arithmetic: bool) -> No
     # 200 KB of digits: each digit used to start a scan to the end of the run.
     [task] = demo_plan(text)["tasks"]
     assert (task["kind"] == "analyst") is arithmetic
-    calls = _fast()._tool_calls(text, text, ["calculator"])
+    calculator = {"type": "function", "function": {"name": "calculator", "parameters": {}}}
+    calls = _fast()._tool_calls(text, text, [calculator])
     assert len(calls) == int(arithmetic)
 
 

@@ -123,6 +123,11 @@ async def test_custom_tools_and_kinds_notebook_runs_them(kernel_specs: KernelSpe
     assert re.search(r"^review\s+kind=editor\s+ok", text, re.M), "the custom kind ran"
     assert "unknown agent kind `editor`" in text, "unregistered kinds are rejected"
     assert re.search(r"^t1\s+ok .*text_stats -> CUSTOM TOOL: 1 WORDS", text, re.M)
+    # The MCP server's tools: planned from their names, called over one stdio session.
+    assert re.search(r"^t1\s+tools=\['to_celsius'\]", text, re.M)
+    assert re.search(r"^t1\s+ok .*to_celsius -> 100\.0", text, re.M)
+    assert re.search(r"^t2\s+ok .*shout -> HELLO FROM MCP", text, re.M)
+    assert "'state': 'up', 'connects': 1, 'lists': 1, 'calls': 2, 'call_errors': 0" in text
 
 
 @pytest.mark.timeout(60)

@@ -128,3 +128,47 @@ async def test_unknown_tool_names_are_caught_at_plan_validation() -> None:
         await execute_tasks_parallel(
             [Task(id="a", description="x", tools=["mcp_missing"])], model=model
         )
+
+
+async def test_invalidate_brings_the_next_refresh_forward_even_during_one() -> None:
+    provider = Provider(["a"], delay=0.1)
+    reg = ToolRegistry()
+    reg.add_provider(provider, name="p", ttl_s=60)
+    await reg.arefresh()
+    await reg.arefresh()
+    assert provider.calls == 1  # cached for 60 s
+    reg.invalidate("p")
+    await reg.arefresh()
+    assert provider.calls == 2
+    # Asked while a refresh runs (the source changed under it): that load expires at once.
+    reg.invalidate("p")
+    refreshing = asyncio.ensure_future(reg.arefresh())
+    await asyncio.sleep(0.02)
+    assert provider.calls == 3  # under way
+    reg.invalidate("p")
+    await refreshing
+    await reg.arefresh()
+    assert provider.calls == 4
+    # A layer over the registry reaches its parent's providers.
+    layer = reg.merged(())
+    layer.invalidate("p")
+    await layer.arefresh()
+    assert provider.calls == 5
+
+
+async def test_a_stand_in_answers_for_names_no_loaded_tool_has() -> None:
+    reg = ToolRegistry([_make_tool("a")])
+    asked: list[str] = []
+
+    def stand_in(name: str) -> BaseTool | None:
+        asked.append(name)
+        return _make_tool(name) if name.startswith("later_") else None
+
+    reg.add_provider(Provider([]), name="p", stand_in=stand_in)
+    assert reg.accepts("a") and reg.accepts("later_x") and not reg.accepts("other")
+    (got,) = reg.resolve(["later_x"])
+    assert got.name == "later_x"
+    assert "later_x" not in reg.names()  # a stand-in is not a known tool
+    with pytest.raises(UnknownToolError, match="other"):
+        reg.resolve(["a", "other"])
+    assert "a" not in asked  # loaded names never ask

@@ -26,8 +26,8 @@ NUMBERS = [
 
 def test_every_number_setting_is_found() -> None:
     assert {"max_concurrency", "task_timeout_s", "max_retries", "start_jitter_s"} <= set(NUMBERS)
-    assert "retry_budget_s" in NUMBERS
-    assert len(NUMBERS) == 15
+    assert {"retry_budget_s", "mcp_ttl_s"} <= set(NUMBERS)
+    assert len(NUMBERS) == 16
 
 
 @pytest.mark.parametrize("name", NUMBERS)

@@ -4,10 +4,13 @@ This package knows nothing of nodes or graphs.
 """
 
 from fanfold.tools.builtins import BUILTIN_TOOLS, calculator, current_time, text_stats
+from fanfold.tools.mcp import McpToolset, McpUnavailable
 from fanfold.tools.registry import ToolRegistry, UnknownToolError, default_registry
 
 __all__ = [
     "BUILTIN_TOOLS",
+    "McpToolset",
+    "McpUnavailable",
     "ToolRegistry",
     "UnknownToolError",
     "calculator",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -19,6 +20,9 @@ from langchain_core.tools import BaseTool
 
 ToolProvider = Callable[[], Iterable[BaseTool] | Awaitable[Iterable[BaseTool]]]
 """A callable returning the current tools of a dynamic source."""
+
+StandIn = Callable[[str], BaseTool | None]
+"""For a name no loaded tool has, a provider's stand-in tool, or None (see `add_provider`)."""
 
 DEFAULT_TTL_S = 30.0
 
@@ -64,8 +68,11 @@ class _Provider:
     name: str
     fn: ToolProvider
     ttl_s: float
+    stand_in: StandIn | None = None
     tools: dict[str, BaseTool] = field(default_factory=dict)
     expires_at: float = 0.0  # monotonic; 0: never loaded
+    due: float | None = None
+    """An earlier expiry asked for (`invalidate`) while a refresh was under way."""
     inflight: asyncio.Future[str] | None = None
     """The refresh under way: its outcome, `loaded`, `failed` or `cancelled`."""
 
@@ -116,9 +123,19 @@ class ToolRegistry:
             self._tools = tools
 
     def add_provider(
-        self, fn: ToolProvider, *, name: str | None = None, ttl_s: float = DEFAULT_TTL_S
+        self,
+        fn: ToolProvider,
+        *,
+        name: str | None = None,
+        ttl_s: float = DEFAULT_TTL_S,
+        stand_in: StandIn | None = None,
     ) -> None:
         """Add a dynamic source of tools, cached for `ttl_s` seconds.
+
+        `stand_in`: asked for a name that no loaded tool has (in a plan, an allow-list);
+        a tool it returns is handed out under that name instead of an unknown-tool
+        error. An MCP toolset returns one while a server was never reached: its tools
+        are not known yet, and the stand-in answers each call with an error saying so.
 
         Raises:
             TypeError: `fn` is not callable.
@@ -132,7 +149,22 @@ class ToolRegistry:
             raise ValueError(msg)
         label = name or str(getattr(fn, "__name__", "provider"))
         with self._lock:
-            self._providers = [*self._providers, _Provider(label, fn, ttl_s)]
+            self._providers = [*self._providers, _Provider(label, fn, ttl_s, stand_in)]
+
+    def invalidate(self, name: str, *, after_s: float = 0.0) -> None:
+        """Let provider `name` expire within `after_s` seconds (its source changed or broke).
+
+        Asked during the provider's refresh, it applies to the tools that refresh loads.
+        """
+        due = time.monotonic() + after_s
+        for provider in self._all_providers():
+            if provider.name == name:
+                if provider.inflight is not None:
+                    provider.due = due if provider.due is None else min(provider.due, due)
+                provider.expires_at = min(provider.expires_at, due)
+
+    def _all_providers(self) -> list[_Provider]:
+        return [*(self._parent._all_providers() if self._parent else []), *self._providers]
 
     # --- reading ---------------------------------------------------------------------
 
@@ -158,8 +190,23 @@ class ToolRegistry:
         s = self._stats
         return RegistryStats(s.hits, s.misses, s.refreshes, s.errors)
 
+    def stand_in(self, name: str) -> BaseTool | None:
+        """Return a provider's stand-in for a name no loaded tool has, if one offers it."""
+        for provider in self._all_providers():
+            if provider.stand_in is not None:
+                tool = provider.stand_in(name)
+                if tool is not None:
+                    return tool
+        return None
+
+    def accepts(self, name: str) -> bool:
+        """Tell whether `name` resolves: a loaded tool, or a provider's stand-in."""
+        return name in self._snapshot() or self.stand_in(name) is not None
+
     def resolve(self, names: Sequence[str] | None) -> list[BaseTool]:
         """Return the tools for an allow-list (`None`: every tool), without refreshing.
+
+        A name no loaded tool has resolves to a provider's stand-in, if one offers it.
 
         Raises:
             UnknownToolError: a name is not known.
@@ -167,6 +214,11 @@ class ToolRegistry:
         tools = self._snapshot()
         if names is None:
             return [tools[n] for n in sorted(tools)]
+        for name in names:
+            if name not in tools:
+                tool = self.stand_in(name)
+                if tool is not None:
+                    tools[name] = tool
         missing = [n for n in names if n not in tools]
         if missing:
             raise UnknownToolError(missing, tools)
@@ -217,6 +269,7 @@ class ToolRegistry:
                 return
         fut: asyncio.Future[str] = loop.create_future()
         provider.inflight = fut
+        provider.due = None
         outcome = "cancelled"
         try:
             for c in counters:
@@ -231,7 +284,7 @@ class ToolRegistry:
                     raise TypeError(msg)
                 tools[tool.name] = tool
             provider.tools = tools
-            provider.expires_at = time.monotonic() + provider.ttl_s
+            provider.expires_at = min(time.monotonic() + provider.ttl_s, provider.due or math.inf)
             outcome = "loaded"
         except Exception:  # noqa: BLE001 - keep the last good tools; try again next look-up
             outcome = "failed"

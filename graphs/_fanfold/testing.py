@@ -120,7 +120,12 @@ class ScriptError(AssertionError):
 
 
 def _text(m: BaseMessage) -> str:
-    return m.content if isinstance(m.content, str) else json.dumps(m.content)
+    """Return a message's text: content blocks (an MCP tool's reply) as their text."""
+    if isinstance(m.content, str):
+        return m.content
+    if all(isinstance(b, dict) and b.get("type") == "text" for b in m.content):
+        return "".join(str(b["text"]) for b in m.content if isinstance(b, dict))
+    return json.dumps(m.content)
 
 
 class AsyncFakeModel(BaseChatModel):
