@@ -76,9 +76,7 @@ class RunScope:
         """The run's MCP sessions, one per server (closed with the run: `aclose`)."""
         if settings.mcp_servers:
             base = self.registry
-            self.mcp = McpToolset(
-                settings.mcp_servers, timeout_s=settings.tool_timeout_s, reserved=base.names
-            )
+            self.mcp = McpToolset(settings.mcp_servers, reserved=base.names)
             self.registry = base.merged(())
             self.mcp.attach(self.registry, ttl_s=settings.mcp_ttl_s)
         self.tool_stats = RegistryStats()

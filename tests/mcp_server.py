@@ -109,7 +109,9 @@ def main() -> None:
     parser.add_argument(
         "--stubborn", action="store_true", help="ignore SIGTERM and outlive the end of stdin"
     )
+    parser.add_argument("--start-delay", type=float, default=0.0, help="seconds before serving")
     args = parser.parse_args()
+    time.sleep(args.start_delay)  # a slow start: an `npx` download, a big import
     if args.stubborn:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if args.transport == "stdio":

@@ -238,6 +238,36 @@ async def test_a_new_tool_is_offered_after_the_ttl_with_one_list_call(tmp_path: 
         await toolset.aclose()
 
 
+async def test_a_server_slow_to_start_joins_at_a_later_look_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fanfold.tools.mcp as mcp_module
+
+    monkeypatch.setattr(mcp_module, "FIRST_WAIT_S", 0.3)
+    toolset = McpToolset({"s": stdio(tmp_path / "slow.log", "--start-delay", "1.5")})
+    registry = ToolRegistry()
+    toolset.attach(registry, ttl_s=60)
+    try:
+        started = time.monotonic()
+        await registry.arefresh()  # the planner's look-up: it does not wait for the start
+        assert time.monotonic() - started < 1.4
+        assert registry.names() == [] and toolset.status()["s"]["state"] == "connecting"
+        assert registry.stand_in("add") is not None  # a plan may name its tools meanwhile
+
+        async def offered() -> bool:
+            await registry.arefresh()
+            return "add" in registry.names()
+
+        deadline = time.monotonic() + 30
+        while not await offered():  # up in the background: the next look-up lists it
+            assert time.monotonic() < deadline, toolset.status()
+            await asyncio.sleep(0.05)
+        assert toolset.status()["s"]["connects"] == 1  # one attempt, just slow
+        assert registry.stats.refreshes == 2  # announced once, listed once more
+    finally:
+        await toolset.aclose()
+
+
 async def test_colliding_names_get_the_server_prefix(tmp_path: Path) -> None:
     from langchain_core.tools import tool
 

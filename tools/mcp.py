@@ -27,7 +27,6 @@ import contextlib
 import contextvars
 import importlib.util
 import json
-import math
 import os
 import re
 import sys
@@ -45,6 +44,14 @@ CLOSE_TIMEOUT_S = 5.0
 after its stdin closes, then is terminated) before it is cancelled."""
 RECONNECT_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
 """Waits between reconnect attempts to a server that is down (the last repeats)."""
+CONNECT_TIMEOUT_S = 60.0
+"""Bound on starting a session (a stdio server's start, an `npx` download, a handshake)
+and on a server's first tool list."""
+FIRST_WAIT_S = 10.0
+"""How long the run's first look-up (the planner's) waits for a server's first attempt;
+a server still starting after that joins in the background, at a later look-up."""
+RELIST_TIMEOUT_S = 5.0
+"""Bound on listing a connected server's tools again (a hung one is marked down)."""
 CALL_WAIT_S = 3.0
 """How long a call to a server that is down waits for it to come back before it fails
 (a restarted server costs the calls in flight, not the ones after)."""
@@ -187,7 +194,8 @@ class ServerStatus:
     """One server's state and counts, for `RunMetrics.mcp`."""
 
     state: str = "new"
-    """`new` (not tried yet), `up`, `down` (failed; reconnecting) or `closed`."""
+    """`new` (not tried yet), `connecting` (its first attempt), `up`, `down` (failed;
+    reconnecting in the background) or `closed`."""
     connects: int = 0
     lists: int = 0
     calls: int = 0
@@ -215,6 +223,11 @@ class _Server:
     """Set when the current session is dropped: its calls in flight end then."""
     failures: int = 0
     retry_at: float = 0.0
+    attempted: asyncio.Future[None] | None = None
+    """Done once the first connect attempt ended (the first look-up waits for it)."""
+    announce: bool = True
+    """Whether coming up should make the registry list again (not when the first
+    look-up is still waiting for it: that look-up lists)."""
 
 
 class McpToolset:
@@ -229,14 +242,14 @@ class McpToolset:
         self,
         servers: Mapping[str, Mapping[str, Any]],
         *,
-        timeout_s: float | None = 30.0,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
         reserved: Callable[[], Iterable[str]] | Iterable[str] = (),
     ) -> None:
         """Prepare (not yet connect) the servers.
 
         Args:
             servers: connections as `MultiServerMCPClient` takes them (checked here).
-            timeout_s: bound on connecting to a server and listing its tools.
+            connect_timeout_s: bound on starting a session and on its first tool list.
             reserved: tool names taken by other tools of the run (or a callable
                 returning them at each refresh): MCP tools of those names are prefixed.
         """
@@ -244,7 +257,7 @@ class McpToolset:
 
         self.connections = check_mcp_servers(servers)
         self.client = MultiServerMCPClient(self.connections)  # type: ignore[arg-type]
-        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
         self._reserved = reserved
         self._servers = {name: _Server(name) for name in self.connections}
         self._names: dict[tuple[str, str], str] = {}
@@ -266,8 +279,9 @@ class McpToolset:
     async def tools(self) -> list[BaseTool]:
         """Return every server's tools, listing them now (connecting first if needed).
 
-        A server never connected is connected here, within `timeout_s`; one that is
-        down reconnects in the background (its last known tools are returned).
+        The first call connects every server, waiting up to `FIRST_WAIT_S` for each
+        one's first attempt (one still starting joins at a later call); a server that
+        is down reconnects in the background (its last known tools are returned).
         """
         if self._closed:
             msg = "this MCP toolset is closed"
@@ -278,15 +292,25 @@ class McpToolset:
     async def _list(self, server: _Server) -> None:
         if server.session is None:
             if server.status.state == "new":
-                await self._connect(server)  # the first time: wait, the plan needs them
+                # The first time: the plan needs the tools, so wait for the first
+                # attempt; a slow start goes on in the background and announces itself.
+                server.status.state = "connecting"
+                server.announce = False
+                attempted = asyncio.get_running_loop().create_future()
+                server.attempted = attempted
+                self._reconnect_later(server)
+                try:
+                    await asyncio.wait_for(asyncio.shield(attempted), FIRST_WAIT_S)
+                except TimeoutError:
+                    server.announce = True
             else:
                 self._reconnect_later(server)
-                return
-            if server.session is None:
-                return
+            return
         # Listing again is quick on a healthy server; a hung one must not hold every
         # subagent's next step for long: it is marked down and reconnected instead.
-        bound = self.timeout_s if not server.listed else min(self.timeout_s or math.inf, 5.0)
+        await self._list_now(server, RELIST_TIMEOUT_S)
+
+    async def _list_now(self, server: _Server, bound: float) -> None:
         try:
             async with asyncio.timeout(bound):
                 listed = await _list_all(server.session)
@@ -330,7 +354,7 @@ class McpToolset:
         server.owner, server.stop = task, stop
         server.status.connects += 1
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(self.connect_timeout_s):
                 server.session = await asyncio.shield(ready)
         except BaseException as exc:
             ready.cancel()
@@ -340,7 +364,7 @@ class McpToolset:
                 raise
             error = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
             if isinstance(exc, TimeoutError):
-                error = TimeoutError(f"no session within {self.timeout_s:g}s")
+                error = TimeoutError(f"no session within {self.connect_timeout_s:g}s")
             self._broke(server, error)
             return
         server.status.state = "up"
@@ -389,10 +413,13 @@ class McpToolset:
                 await asyncio.sleep(max(0.0, server.retry_at - time.monotonic()))
                 await self._connect(server)
                 if server.session is not None:
-                    await self._list(server)
+                    await self._list_now(server, self.connect_timeout_s)
+                if server.attempted is not None and not server.attempted.done():
+                    server.attempted.set_result(None)  # the first look-up waits no longer
                 if server.session is not None:
-                    if self.on_change is not None:
-                        self.on_change(0.0)  # up again: list the tools at the next look-up
+                    if server.announce and self.on_change is not None:
+                        self.on_change(0.0)  # up (again): list the tools at the next look-up
+                    server.announce = True
                     return
 
         server.reconnect = asyncio.get_running_loop().create_task(
