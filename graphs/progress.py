@@ -112,6 +112,16 @@ class ProgressBar:
         self._closed = True
         if self._bar is not None:
             self._bar.close()
+            if any(c.__module__ == "tqdm.notebook" for c in type(self._bar).__mro__):
+                # A saved notebook keeps a widget's text as it was when first shown (0%):
+                # leave the final state as text too.
+                print(self.summary(), flush=True)
+
+    def summary(self) -> str:
+        """Return the bar's state in one line: `tasks: 6/6 finished (ok=6)`."""
+        total = "?" if self.total is None else str(self.total)
+        desc = self._kwargs.get("desc") or "tasks"
+        return f"{desc}: {self.finished}/{total} finished ({self.postfix() or 'none yet'})"
 
     def _open(self) -> tqdm[Any]:
         if self._bar is None:

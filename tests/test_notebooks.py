@@ -112,6 +112,8 @@ async def test_quickstart_runs_and_shows_results_and_pictures(
     assert int(metrics.group(1)) == 6 and int(metrics.group(2)) >= 2
     assert re.search(r"^report\s+writer\s+ok\s", text, re.M), "the results table"
     assert _images(nb) == 3, "timeline, plan and usage figures"
+    # The widget's saved text is its first state: the final one is left as text too.
+    assert "tasks: 6/6 finished (ok=6)" in text
 
 
 @pytest.mark.timeout(60)

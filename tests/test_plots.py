@@ -143,6 +143,13 @@ def test_plot_timeline_has_a_bar_per_task_and_the_concurrency_curve(output: RunO
     assert running[0] == 0 and running[-1] == 0
     assert seconds == sorted(seconds)
     assert "peak concurrency 2" in gantt.get_title()
+    # The headline speedup is over the fan-out, not the run's wall (planning included).
+    ends = max(r.ended_at for r in output.results if r.ended_at)
+    fan_out = (ends - t0).total_seconds()
+    work = sum((r.ended_at - r.started_at).total_seconds() for r in output.results)  # type: ignore[operator]
+    assert f"fan-out {fan_out:.2f}s, speedup {work / fan_out:.2f}x" in gantt.get_title()
+    assert work / fan_out > output.metrics.speedup  # the run's own figure counts planning
+    assert f"(run wall {output.metrics.wall_time_s:.2f}s)" in gantt.get_title()
     _renders(fig)
 
 

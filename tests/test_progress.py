@@ -50,6 +50,8 @@ async def test_bar_advances_per_finished_task_and_closes_itself() -> None:
     assert any("running=2" in f for f in frames), "the postfix shows tasks running in parallel"
     assert not any("running=3" in f for f in frames), "max_concurrency=2 is never exceeded"
     assert frames[-1].rstrip().endswith("ok=6]")
+    assert bar.summary() == "tasks: 6/6 finished (ok=6)"
+    assert "finished (" not in text.getvalue()  # a text bar shows its last state itself
 
 
 async def test_bar_counts_timeouts_and_skipped_tasks() -> None:
