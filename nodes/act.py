@@ -36,7 +36,8 @@ async def task_tools(
         UnknownToolError: a listed tool is no longer offered by the run's registry.
     """
     spec = state["spec"]
-    tools = await scope.registry.aresolve(spec["tools"], stats=scope.tool_stats)
+    # A look-up may wait on a tool list (an MCP server's): the run's stop bounds it.
+    tools = await scope.race(scope.registry.aresolve(spec["tools"], stats=scope.tool_stats))
     if spec["delegate"]:
         tools.append(
             make_delegate_tool(settings, parent=state["task"], depth=state.get("depth", 1))
@@ -119,6 +120,8 @@ async def act(state: SubagentState, runtime: Runtime[RunSettings]) -> SubagentUp
     try:
         model = model_of(state["spec"]["model"], settings)
         runnable = bind_tools(model, await task_tools(state, settings, scope), scope)
+    except (RunStopped, BudgetExceeded) as exc:
+        return {"error": stopped_error(scope, exc), "cancelled": True}
     except Exception as exc:  # noqa: BLE001 - every failure becomes the task's result
         return {"error": ErrorInfo.of("TaskError", exc)}
     stats = CallStats()

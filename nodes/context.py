@@ -527,11 +527,23 @@ def settings_error(exc: ValidationError) -> SettingsError:
         if len(loc) > 1 and name in ("kinds", "tools", "perspectives"):
             where = ".".join(str(p) for p in loc[1:])
             what = f"{what} ({where}: {e['msg']})"
-        problems.append((name, what, e.get("input")))
+        given = e.get("input")
+        if name == "mcp_servers":
+            given = _names_only(given)  # a server's env or headers may hold a token
+        problems.append((name, what, given))
     known = tuple(RunSettings.model_fields)
     return SettingsError(
         [SettingProblem(n, flag_of(n), what, v, () if what else known) for n, what, v in problems]
     )
+
+
+def _names_only(value: Any) -> Any:
+    """Return MCP server configs as their names alone, for an error message."""
+    if isinstance(value, Mapping):
+        inner = value.get("mcpServers") if set(value) == {"mcpServers"} else value
+        if isinstance(inner, Mapping):
+            return {str(k)[:60]: "..." for k in list(inner)[:20]}
+    return f"<{type(value).__name__}>"
 
 
 def settings_of(context: RunSettings | dict[str, Any] | None) -> RunSettings:

@@ -42,8 +42,12 @@ async def planner(state: OrchestratorState, runtime: Runtime[RunSettings]) -> Or
     settings = settings_of(runtime.context)
     scope = scope_of(runtime)
     started = now()
-    # Dynamic tools are known before the plan is checked.
-    await scope.registry.arefresh(stats=scope.tool_stats)
+    # Dynamic tools are known before the plan is checked (starting MCP servers takes
+    # time: a wall-time budget bounds it).
+    try:
+        await scope.race(scope.registry.arefresh(stats=scope.tool_stats))
+    except BudgetExceeded:
+        return stopped_before_planning(started=started, settings=settings, scope=scope)
     given = state.get("given_plan")
     if given is not None:
         plan = check_plan(_coerce_plan(given), settings, scope.registry)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import json
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
@@ -74,7 +75,19 @@ async def call_tool(
     config: RunnableConfig | None = None,
     timeout_s: float | None = None,
 ) -> ToolMessage:
-    """Run one tool call; any failure becomes an error message the model can act on."""
+    """Run one tool call; any failure becomes an error message the model can act on.
+
+    The reply, an error's too, is cut at the read limit (`capped`).
+    """
+    return capped(await _call_tool(call, tools, config, timeout_s))
+
+
+async def _call_tool(
+    call: ToolCall,
+    tools: dict[str, BaseTool],
+    config: RunnableConfig | None,
+    timeout_s: float | None,
+) -> ToolMessage:
     call_id = call.get("id") or ""
     name = call["name"]
     tool = tools.get(name)
@@ -108,7 +121,7 @@ async def call_tool(
         return ToolMessage(content, tool_call_id=call_id, name=name, status="error")
     if not isinstance(reply, ToolMessage):
         reply = ToolMessage(str(reply), tool_call_id=call_id, name=name)
-    return capped(reply)
+    return reply
 
 
 MAX_TOOL_RESULT_CHARS = MAX_READ_BYTES
@@ -134,6 +147,8 @@ def capped(reply: ToolMessage, limit: int = MAX_TOOL_RESULT_CHARS) -> ToolMessag
     kept: list[Any] = []
     room = limit
     for block in blocks:
+        if room <= 0:
+            break
         n = _size(block)
         if n <= room:
             kept.append(block)
@@ -160,16 +175,13 @@ def capped(reply: ToolMessage, limit: int = MAX_TOOL_RESULT_CHARS) -> ToolMessag
 
 
 def _size(value: Any) -> int:
-    """Return about how many characters a content block (or artifact) puts in context."""
+    """Return how many characters a content block (or artifact) takes as JSON.
+
+    As JSON, so 200,000 empty blocks count for what they weigh in the state.
+    """
     if isinstance(value, str):
         return len(value)
-    if isinstance(value, dict):
-        if value.get("type") == "text":
-            return len(str(value.get("text", "")))
-        return sum(_size(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return sum(_size(v) for v in value)
-    return len(str(value))
+    return len(json.dumps(value, default=str))
 
 
 async def _all(calls: Iterable[Awaitable[ToolMessage]]) -> list[ToolMessage]:
@@ -188,6 +200,8 @@ async def run_tools(state: SubagentState, runtime: Runtime[RunSettings]) -> Suba
     calls = last.tool_calls if isinstance(last, AIMessage) else []
     try:
         tools = {t.name: t for t in await task_tools(state, settings, scope)}
+    except (RunStopped, BudgetExceeded) as exc:
+        return {"error": stopped_error(scope, exc), "cancelled": True}
     except Exception as exc:  # noqa: BLE001 - every failure becomes the task's result
         return {"error": ErrorInfo.of("TaskError", exc)}
     config = subagent_config(

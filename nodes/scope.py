@@ -76,7 +76,10 @@ class RunScope:
         """The run's MCP sessions, one per server (closed with the run: `aclose`)."""
         if settings.mcp_servers:
             base = self.registry
-            self.mcp = McpToolset(settings.mcp_servers, reserved=base.names)
+            # `delegate` is offered below the depth limit: an MCP tool never takes its name.
+            self.mcp = McpToolset(
+                settings.mcp_servers, reserved=lambda: [*base.names(), "delegate"]
+            )
             self.registry = base.merged(())
             self.mcp.attach(self.registry, ttl_s=settings.mcp_ttl_s)
         self.tool_stats = RegistryStats()

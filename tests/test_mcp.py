@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -398,7 +399,10 @@ async def test_a_big_result_is_cut_with_a_note_before_it_reaches_state(tmp_path:
     assert isinstance(reply, ToolMessage)
     text = "".join(b["text"] for b in reply.content if isinstance(b, dict))
     assert len(text) < MAX_TOOL_RESULT_CHARS + 500
-    assert f"has {3 * MAX_TOOL_RESULT_CHARS} characters" in text
+    said = re.search(r"this result has (\d+) characters; only the first (\d+) are shown", text)
+    assert said, text[-300:]
+    assert int(said.group(1)) >= 3 * MAX_TOOL_RESULT_CHARS  # as JSON: the block's fields too
+    assert int(said.group(2)) == MAX_TOOL_RESULT_CHARS
     assert reply.artifact is None  # the structured copy is dropped with the cut
 
 
@@ -426,6 +430,89 @@ async def test_a_server_down_at_start_is_an_error_the_model_sees(tmp_path: Path)
             settings=mcp_settings({"s": stdio(tmp_path / "s2.log")}),
             plan=Plan(tasks=[Task(id="t1", description="x", tools=["lookp"])]),
         )
+
+
+def test_transport_failures_are_told_from_a_call_s_own_errors() -> None:
+    import anyio
+    import httpx
+    from mcp.shared.exceptions import McpError
+    from mcp.types import ErrorData
+
+    from fanfold.tools.mcp import _never_sent, _transport_failed
+
+    def err(code: int, text: str) -> McpError:
+        return McpError(ErrorData(code=code, message=text))
+
+    gone = [err(-32000, "Connection closed"), err(32600, "Session terminated")]
+    gone += [anyio.ClosedResourceError(), anyio.BrokenResourceError(), httpx.ConnectError("x")]
+    own = [err(-32000, "upstream API rate limited"), err(-32602, "unknown tool")]
+    own += [RuntimeError("Tool bad has an output schema but did not return structured content")]
+    own += [ValueError("bad content block")]
+    assert all(_transport_failed(e) for e in gone)
+    assert not any(_transport_failed(e) for e in own)
+    # Sent again only when it certainly never reached the server.
+    assert _never_sent(anyio.ClosedResourceError()) and _never_sent(gone[1])
+    assert not _never_sent(gone[0]) and not _never_sent(httpx.ConnectError("x"))
+
+
+async def test_a_server_s_own_errors_leave_the_session_and_siblings_alone(tmp_path: Path) -> None:
+    log = tmp_path / "own.log"
+    async with McpToolset({"s": stdio(log, "--bad-schema", "--fail-lists")}) as toolset:
+        from fanfold.nodes.run_tools import call_tool
+
+        registry = ToolRegistry()
+        toolset.attach(registry, ttl_s=0.2)
+        tools = {t.name: t for t in await registry.aresolve(None)}
+        # A tool whose schema no binding can use is left out, and said so.
+        assert "broken" not in tools and "add" in tools
+        assert "broken" in toolset.status()["s"]["skipped_tools"]
+        slow = [
+            asyncio.ensure_future(
+                call_tool({"name": "slow", "args": {"seconds": 0.6}, "id": str(i)}, tools)  # type: ignore[typeddict-item]
+            )
+            for i in range(3)
+        ]
+        await asyncio.sleep(0.2)
+        errs = [
+            await call_tool({"name": "fail", "args": {"message": "no"}, "id": "f"}, tools),  # type: ignore[typeddict-item]
+            await call_tool({"name": "rpc_error", "args": {"message": "x"}, "id": "r"}, tools),  # type: ignore[typeddict-item]
+        ]
+        assert [e.status for e in errs] == ["error", "error"]
+        assert [r.status for r in await asyncio.gather(*slow)] == ["success"] * 3
+        # Lists now fail (the server answers with an error): the tools it had stay offered
+        # and the session is kept; no reconnect storm.
+        for _ in range(5):
+            await asyncio.sleep(0.25)
+            await registry.arefresh()
+        assert "add" in registry.names()
+        status = toolset.status()["s"]
+        assert status["connects"] == 1 and status["state"] == "up"
+        assert "tools/list" in status["last_error"]
+        reply = await call_tool({"name": "add", "args": {"a": 1, "b": 2}, "id": "a"}, tools)  # type: ignore[typeddict-item]
+        assert reply.status == "success"
+
+
+async def test_a_server_that_died_while_idle_costs_no_call(tmp_path: Path) -> None:
+    log = tmp_path / "idle.log"
+    async with McpToolset({"s": stdio(log)}) as toolset:
+        tools = {t.name: t for t in await toolset.tools()}
+        call = {"type": "tool_call", "id": "1", "name": "pid", "args": {}}
+        first = int((await tools["pid"].ainvoke(call)).content[0]["text"])
+        os.kill(first, signal.SIGKILL)  # the server this test started
+        await wait_until(lambda: not alive(first))
+        reply = await tools["pid"].ainvoke(call)  # sent on a closed pipe: sent again
+        assert reply.status != "error", reply.content
+        assert int(reply.content[0]["text"]) != first
+        assert toolset.status()["s"]["connects"] == 2
+
+
+async def test_a_wall_time_budget_bounds_a_server_that_never_starts(tmp_path: Path) -> None:
+    log = tmp_path / "never.log"
+    settings = mcp_settings({"s": stdio(log, "--start-delay", "60")}, max_wall_time_s=1.0)
+    started = time.monotonic()
+    out = await arun("adds", settings=settings, plan=adds(2))
+    assert time.monotonic() - started < 8  # 1 s budget, then the server's close
+    assert out.status == "budget_exceeded"
 
 
 async def test_killing_the_stdio_server_mid_run(tmp_path: Path) -> None:
@@ -547,16 +634,36 @@ def test_configs_in_either_format_and_typed_errors(tmp_path: Path) -> None:
         ({"a": {"url": "http://h", "transport": "carrier-pigeon"}}, "`transport` must be"),
         ({"a b": {"command": "x"}}, "server name"),
         ({"a": {"command": "x", "env": {"K": 1}}}, "`env` must be an object of strings"),
+        ({"a": {"command": "x", "evn": {"K": "v"}}}, "unknown key(s) ['evn']"),
+        ({"a": {"url": "http://h", "header": {}}}, "unknown key(s) ['header']"),
+        ({"a": {"url": "http://"}}, "with a host"),
+        ({"a": {"url": "http://h/\r\nX-Evil: 1"}}, "with a host"),
+        ({"a": {"url": "ws://h", "transport": "http"}}, "http:// or https://"),
+        ({"a": {"command": "x", "cwd": 5}}, "`cwd` must be"),
+        ({"a": {"command": "x", "encoding": "no-such-codec"}}, "`encoding` must name a codec"),
+        ({"a": {"url": "http://h", "timeout": float("nan")}}, "`timeout` must be"),
+        ({f"s{i}": {"command": "x"} for i in range(65)}, "at most 64 servers"),
     ]:
         with pytest.raises(SettingsError, match="mcp_servers") as err:
             RunSettings(mcp_servers=bad)
         assert says in str(err.value)
+    # A token in a config is never echoed by an error.
+    with pytest.raises(SettingsError) as err:
+        RunSettings(mcp_servers={"gh": {"command": "npx", "args": "x", "env": {"T": "ghp_SECRET"}}})
+    assert "ghp_SECRET" not in str(err.value) and "'gh'" in str(err.value)
     path = tmp_path / "servers.json"
     path.write_text("{not json")
     with pytest.raises(ValueError, match="is not JSON"):
         load_mcp_config(path)
     with pytest.raises(ValueError, match="cannot read"):
         load_mcp_config(tmp_path / "missing.json")
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):
+        load_mcp_config(fifo)  # never blocks waiting for a writer
+    path.write_text("[" * 100_000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        load_mcp_config(path)
     # Without the extra installed, the setting says which one to install.
     with pytest.MonkeyPatch.context() as mp:
         import importlib.util
@@ -612,3 +719,30 @@ async def test_a_stdio_server_starts_where_stderr_has_no_descriptor(
     async with McpToolset({"s": stdio(tmp_path / "j.log")}) as toolset:
         names = [t.name for t in await toolset.tools()]
     assert "add" in names, toolset.status()
+
+
+async def test_braced_variables_in_http_headers_are_expanded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import langchain_mcp_adapters.sessions
+
+    from fanfold.tools.mcp import _open_session
+
+    monkeypatch.setenv("FANFOLD_TEST_TOKEN", "s3cret")
+    seen: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def capture(conn: dict[str, Any]) -> Any:
+        seen.update(conn)
+        raise RuntimeError("captured")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(langchain_mcp_adapters.sessions, "create_session", capture)
+    conn = check_mcp_servers(
+        {"s": {"url": "http://h/mcp", "headers": {"Authorization": "Bearer ${FANFOLD_TEST_TOKEN}"}}}
+    )["s"]
+    with pytest.raises(RuntimeError, match="captured"):
+        async with _open_session(conn, asyncio.Event()):
+            pass
+    assert seen["headers"] == {"Authorization": "Bearer s3cret"}
+    assert conn["headers"] == {"Authorization": "Bearer ${FANFOLD_TEST_TOKEN}"}  # not saved

@@ -23,14 +23,18 @@ most). A name, once given, stays with its tool for the toolset's life.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import contextvars
 import importlib.util
 import json
+import math
 import os
 import re
+import stat
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,13 +70,15 @@ TRANSPORTS = {
 }
 """Transports `langchain-mcp-adapters` knows, by the names its configs use."""
 
-_SESSION_GONE = (-32000, 32600)
-"""MCP error codes that mean the session is over: the connection closed (the SDK's
-`CONNECTION_CLOSED`), or an HTTP server no longer knows the session (it answered 404:
-restarted; the SDK reports code 32600, "Session terminated")."""
+_SESSION_GONE = {(-32000, "Connection closed"), (32600, "Session terminated")}
+"""The MCP SDK's own errors for a session that is over: the connection closed
+(`CONNECTION_CLOSED`), or an HTTP server no longer knows the session (it answered 404:
+restarted). By code and text: servers send -32000 for any error of their own."""
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 MAX_TOOL_NAME = 64
+MAX_DESCRIPTION = 2000
+"""Characters of an MCP tool's description kept (it goes into every planning prompt)."""
 MAX_PAGES = 100
 
 
@@ -104,6 +110,9 @@ def check_mcp_servers(value: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         if not isinstance(value, Mapping):
             msg = "`mcpServers` must be a JSON object of servers by name"
             raise ValueError(msg)
+    if len(value) > MAX_SERVERS:
+        msg = f"at most {MAX_SERVERS} servers (got {len(value)})"
+        raise ValueError(msg)
     out: dict[str, dict[str, Any]] = {}
     for name, conn in value.items():
         if not isinstance(name, str) or not _SERVER_NAME.match(name):
@@ -114,6 +123,51 @@ def check_mcp_servers(value: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             raise ValueError(msg)
         out[name] = _check_connection(name, conn)
     return out
+
+
+KEYS = {
+    "stdio": {
+        "transport",
+        "command",
+        "args",
+        "env",
+        "cwd",
+        "encoding",
+        "encoding_error_handler",
+        "session_kwargs",
+    },
+    "streamable_http": {
+        "transport",
+        "url",
+        "headers",
+        "timeout",
+        "sse_read_timeout",
+        "terminate_on_close",
+        "session_kwargs",
+        "httpx_client_factory",
+        "auth",
+    },
+    "sse": {
+        "transport",
+        "url",
+        "headers",
+        "timeout",
+        "sse_read_timeout",
+        "session_kwargs",
+        "httpx_client_factory",
+        "auth",
+    },
+    "websocket": {"transport", "url", "session_kwargs"},
+}
+"""The keys each transport's connection takes (`langchain-mcp-adapters`' `Connection`s)."""
+MAX_SERVERS = 64
+MAX_CONFIG_BYTES = 1024 * 1024
+_SCHEMES = {
+    "stdio": (),
+    "streamable_http": ("http", "https"),
+    "sse": ("http", "https"),
+    "websocket": ("ws", "wss"),
+}
 
 
 def _check_connection(name: str, given_conn: Any) -> dict[str, Any]:
@@ -129,13 +183,19 @@ def _check_connection(name: str, given_conn: Any) -> dict[str, Any]:
     if given is None:
         msg = f"{where}: needs `command` (a stdio server) or `url` (an HTTP server)"
         raise ValueError(msg)
-    transport = TRANSPORTS.get(str(given))
+    transport = TRANSPORTS.get(str(given)) if isinstance(given, str) else None
     if transport is None:
-        msg = f"{where}: `transport` must be one of {sorted(TRANSPORTS)}, got `{given}`"
+        msg = f"{where}: `transport` must be one of {sorted(TRANSPORTS)}"
         raise ValueError(msg)
     conn["transport"] = transport
+    unknown = sorted(set(conn) - KEYS[transport])
+    if unknown:
+        msg = (
+            f"{where}: unknown key(s) {unknown} for {transport} (known: {sorted(KEYS[transport])})"
+        )
+        raise ValueError(msg)
     if transport == "stdio":
-        if not isinstance(conn.get("command"), str) or not conn["command"]:
+        if not isinstance(conn.get("command"), str) or not conn["command"].strip():
             msg = f"{where}: `command` must be the program to start, as a string"
             raise ValueError(msg)
         args = conn.setdefault("args", [])
@@ -143,13 +203,46 @@ def _check_connection(name: str, given_conn: Any) -> dict[str, Any]:
             msg = f"{where}: `args` must be a list of strings"
             raise ValueError(msg)
         _check_strings(where, conn, "env")
-    else:
-        url = conn.get("url")
-        if not isinstance(url, str) or not re.match(r"^(https?|wss?)://", url):
-            msg = f"{where}: `url` must be an http(s):// or ws(s):// address, got `{url}`"
+        if "cwd" in conn and not isinstance(conn["cwd"], str):
+            msg = f"{where}: `cwd` must be a folder path, as a string"
             raise ValueError(msg)
+        if "encoding" in conn:
+            try:
+                codecs.lookup(str(conn["encoding"]))
+            except LookupError:
+                msg = f"{where}: `encoding` must name a codec, such as utf-8"
+                raise ValueError(msg) from None
+    else:
+        _check_url(where, conn.get("url"), _SCHEMES[transport])
         _check_strings(where, conn, "headers")
+        for key in ("timeout", "sse_read_timeout"):
+            value = conn.get(key)
+            if value is not None and not (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and 0 < value < math.inf
+            ):
+                msg = f"{where}: `{key}` must be a number of seconds > 0"
+                raise ValueError(msg)
+    if not isinstance(conn.get("session_kwargs") or {}, Mapping):
+        msg = f"{where}: `session_kwargs` must be an object"
+        raise ValueError(msg)
     return conn
+
+
+def _check_url(where: str, url: Any, schemes: tuple[str, ...]) -> None:
+    """Refuse a URL that is not an address of this transport.
+
+    The message never echoes the URL: it may carry a token.
+    """
+    ok = isinstance(url, str) and not any(ord(c) < 32 or c == "\x7f" for c in url)
+    if ok:
+        parts = urllib.parse.urlsplit(url)
+        ok = parts.scheme in schemes and bool(parts.hostname)
+    if not ok:
+        names = " or ".join(f"{s}://" for s in schemes)
+        msg = f"{where}: `url` must be a {names} address with a host"
+        raise ValueError(msg)
 
 
 def _check_strings(where: str, conn: dict[str, Any], key: str) -> None:
@@ -169,15 +262,30 @@ def load_mcp_config(path: str | Path) -> dict[str, dict[str, Any]]:
     Raises:
         ValueError: the file is missing, not JSON, or a server is wrong (named).
     """
+    if not str(path).strip():
+        msg = "give the path of a JSON file of MCP servers"
+        raise ValueError(msg)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        # Open without blocking, then look at what was opened (never at the name, which
+        # may be swapped between): a FIFO or a device would block or never end.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with open(fd, "rb", closefd=True) as fh:
+            info = os.fstat(fh.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                msg = f"`{path}` is not a regular file"
+                raise ValueError(msg)
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            msg = f"`{path}` has more than {MAX_CONFIG_BYTES} bytes"
+            raise ValueError(msg)
     except OSError as exc:
         msg = f"cannot read `{path}`: {exc.strerror or exc}"
         raise ValueError(msg) from None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        msg = f"`{path}` is not JSON: {exc}"
+        data = json.loads(raw.decode("utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        msg = f"`{path}` is not JSON: {why}"
         raise ValueError(msg) from None
     try:
         return check_mcp_servers(data)
@@ -201,6 +309,8 @@ class ServerStatus:
     calls: int = 0
     call_errors: int = 0
     last_error: str | None = None
+    skipped_tools: dict[str, str] = field(default_factory=dict)
+    """Tools left out because their schema cannot be bound to a model, with why."""
 
 
 @dataclass
@@ -214,7 +324,7 @@ class _Server:
     """Whether the server ever listed its tools (its names are known)."""
     raw: dict[str, Any] = field(default_factory=dict)
     """Its MCP tools as last listed, by MCP name, in its order."""
-    converted: dict[str, tuple[Any, BaseTool]] = field(default_factory=dict)
+    converted: dict[str, tuple[Any, BaseTool | None]] = field(default_factory=dict)
     """LangChain tools by MCP name, with the MCP tool they were made from."""
     status: ServerStatus = field(default_factory=ServerStatus)
     up: asyncio.Event = field(default_factory=asyncio.Event)
@@ -253,10 +363,7 @@ class McpToolset:
             reserved: tool names taken by other tools of the run (or a callable
                 returning them at each refresh): MCP tools of those names are prefixed.
         """
-        from langchain_mcp_adapters.client import MultiServerMCPClient
-
         self.connections = check_mcp_servers(servers)
-        self.client = MultiServerMCPClient(self.connections)  # type: ignore[arg-type]
         self.connect_timeout_s = connect_timeout_s
         self._reserved = reserved
         self._servers = {name: _Server(name) for name in self.connections}
@@ -291,6 +398,12 @@ class McpToolset:
 
     async def _list(self, server: _Server) -> None:
         if server.session is None:
+            attempted = server.attempted
+            if server.status.state == "connecting" and attempted is not None:
+                # Another caller started the first attempt: wait for the same one.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(attempted), FIRST_WAIT_S)
+                return
             if server.status.state == "new":
                 # The first time: the plan needs the tools, so wait for the first
                 # attempt; a slow start goes on in the background and announces itself.
@@ -315,11 +428,17 @@ class McpToolset:
             async with asyncio.timeout(bound):
                 listed = await _list_all(server.session)
         except Exception as exc:  # noqa: BLE001 - a server's failure is its own
-            self._broke(server, exc)
+            if isinstance(exc, TimeoutError) or _transport_failed(exc):
+                self._broke(server, exc)  # hung or gone: a new session
+            else:
+                # The server answered, with an error (or a list the SDK refuses): the
+                # session is fine; keep the tools it had and ask again at the next TTL.
+                server.status.last_error = f"tools/list: {_describe(exc)}"
             return
         server.status.lists += 1
         server.raw = {t.name: t for t in listed}
         server.listed = True
+        server.failures = 0  # up and listing: the next failure backs off from the start
 
     async def _connect(self, server: _Server) -> None:
         loop = asyncio.get_running_loop()
@@ -329,7 +448,7 @@ class McpToolset:
         async def own() -> None:
             ended: BaseException = RuntimeError("the session ended")
             try:
-                async with self._session(server.name) as session:
+                async with _open_session(self.connections[server.name], stop) as session:
                     if not ready.done():
                         ready.set_result(session)
                     await stop.wait()
@@ -357,9 +476,11 @@ class McpToolset:
             async with asyncio.timeout(self.connect_timeout_s):
                 server.session = await asyncio.shield(ready)
         except BaseException as exc:
+            # Told to stop, the session ends by itself, cleanly (a stdio server's pipes
+            # closed, the process waited for or terminated): cancelling it midway
+            # would leave the process to the garbage collector.
             ready.cancel()
             stop.set()
-            task.cancel()
             if isinstance(exc, asyncio.CancelledError):
                 raise
             error = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
@@ -369,21 +490,7 @@ class McpToolset:
             return
         server.status.state = "up"
         server.status.last_error = None
-        server.failures = 0
         server.up.set()
-
-    def _session(self, name: str) -> contextlib.AbstractAsyncContextManager[Any]:
-        """Open an initialized session: the adapters' for HTTP, our own for stdio.
-
-        The MCP SDK's `stdio_client` sends the server's stderr to the `sys.stderr` of
-        when it was imported; in Jupyter that stream has no file descriptor, and the
-        server never starts (`UnsupportedOperation: fileno`). The adapters do not pass
-        `errlog`, so a stdio session is opened here as theirs is, with one that works.
-        """
-        conn = self.connections[name]
-        if conn["transport"] != "stdio":
-            return self.client.session(name)
-        return _stdio_session(conn)
 
     def _broke(self, server: _Server, error: BaseException) -> None:
         """Mark a server down after a failure; its session is closed, a reconnect due."""
@@ -454,30 +561,45 @@ class McpToolset:
         out = []
         for server, mcp_name in live:
             tool = self._converted(server, mcp_name)
+            if tool is None:
+                continue  # its schema does not bind (see `ServerStatus.skipped_tools`)
             name = chosen[(server.name, mcp_name)]
             if tool.name != name:
                 tool.name = name
             out.append(tool)
         return out
 
-    def _converted(self, server: _Server, mcp_name: str) -> BaseTool:
+    def _converted(self, server: _Server, mcp_name: str) -> BaseTool | None:
         """Return the LangChain tool for an MCP tool, the same object while it is unchanged.
 
         Bound models are cached by tool identity: a new object each refresh would bind anew.
         """
+        from langchain_core.utils.function_calling import convert_to_openai_tool
         from langchain_mcp_adapters.tools import convert_mcp_tool_to_langchain_tool
 
         raw = server.raw[mcp_name]
         known = server.converted.get(mcp_name)
         if known is not None and known[0] == raw:
             return known[1]
-        tool = convert_mcp_tool_to_langchain_tool(
-            _LiveSession(self, server),  # type: ignore[arg-type]
-            raw,
-            server_name=server.name,
-        )
-        about = (raw.description or "").strip()
-        tool.description = f"{about} (MCP server `{server.name}`)".strip()
+        tool: BaseTool | None = None
+        try:
+            tool = convert_mcp_tool_to_langchain_tool(
+                _LiveSession(self, server),  # type: ignore[arg-type]
+                raw,
+                server_name=server.name,
+            )
+            about = (raw.description or "").strip()
+            if len(about) > MAX_DESCRIPTION:
+                about = about[:MAX_DESCRIPTION] + " [description cut]"
+            tool.description = f"{about} (MCP server `{server.name}`)".strip()
+            # What every model binding does with it: one tool whose schema cannot be
+            # turned into a function (a dangling `$ref`) must not fail every subagent.
+            convert_to_openai_tool(tool)
+        except Exception as exc:  # noqa: BLE001 - the tool is left out, and said so
+            server.status.skipped_tools[mcp_name] = _describe(exc)
+            tool = None
+        else:
+            server.status.skipped_tools.pop(mcp_name, None)
         server.converted[mcp_name] = (raw, tool)
         return tool
 
@@ -506,16 +628,52 @@ class McpToolset:
     # --- calls, status, closing --------------------------------------------------
 
     async def _call(self, server: _Server, name: str, arguments: Any, **kwargs: Any) -> Any:
-        from mcp.shared.exceptions import McpError
-
         server.status.calls += 1
+        for attempt in (1, 2):
+            session = await self._live(server)
+            lost = server.lost
+            try:
+                result = await _unless(session.call_tool(name, arguments, **kwargs), lost)
+            except _Lost:
+                server.status.call_errors += 1
+                msg = (
+                    f"MCP server `{server.name}`: the connection was lost during the call "
+                    f"({server.status.last_error or 'closed'}); it is reconnected in the "
+                    "background"
+                )
+                raise McpUnavailable(msg) from None
+            except Exception as exc:
+                if not _transport_failed(exc):
+                    server.status.call_errors += 1  # the call's own error: the session is fine
+                    raise
+                if server.session is session:
+                    self._broke(server, exc)
+                    self._reconnect_later(server)
+                if attempt == 1 and _never_sent(exc):
+                    continue  # it never reached the server: once more, on the new session
+                server.status.call_errors += 1
+                msg = (
+                    f"MCP server `{server.name}`: {_describe(exc)}; it is reconnected in "
+                    "the background"
+                )
+                raise McpUnavailable(msg) from exc
+            if getattr(result, "isError", False):
+                server.status.call_errors += 1
+            return result
+        raise AssertionError  # pragma: no cover - the loop returns or raises
+
+    async def _live(self, server: _Server) -> Any:
+        """Return the server's session, waiting up to `CALL_WAIT_S` for one if it is down.
+
+        Raises:
+            McpUnavailable: still down after the wait.
+        """
         if server.session is None and server.listed and not self._closed:
             self._reconnect_later(server)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CALL_WAIT_S):
                     await server.up.wait()
-        session = server.session
-        if session is None:
+        if server.session is None:
             server.status.call_errors += 1
             msg = (
                 f"MCP server `{server.name}` is not connected "
@@ -523,31 +681,7 @@ class McpToolset:
                 "background: try again shortly"
             )
             raise McpUnavailable(msg)
-        lost = server.lost
-        try:
-            result = await _unless(session.call_tool(name, arguments, **kwargs), lost)
-        except _Lost:
-            server.status.call_errors += 1
-            msg = (
-                f"MCP server `{server.name}`: the connection was lost during the call "
-                f"({server.status.last_error or 'closed'}); it is reconnected in the background"
-            )
-            raise McpUnavailable(msg) from None
-        except McpError as exc:
-            server.status.call_errors += 1
-            if exc.error.code in _SESSION_GONE and server.session is session:
-                self._broke(server, exc)
-                self._reconnect_later(server)
-            raise
-        except Exception as exc:
-            server.status.call_errors += 1
-            if server.session is session:  # the transport failed: the session is gone
-                self._broke(server, exc)
-                self._reconnect_later(server)
-            raise
-        if getattr(result, "isError", False):
-            server.status.call_errors += 1
-        return result
+        return server.session
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Return each server's state and counts."""
@@ -559,6 +693,7 @@ class McpToolset:
                 "calls": s.status.calls,
                 "call_errors": s.status.call_errors,
                 "last_error": s.status.last_error,
+                "skipped_tools": dict(s.status.skipped_tools),
             }
             for name, s in self._servers.items()
         }
@@ -596,37 +731,65 @@ class McpToolset:
 _BRACED_VAR = re.compile(r"\$\{([^}]+)\}")
 
 
-@contextlib.asynccontextmanager
-async def _stdio_session(conn: Mapping[str, Any]) -> Any:
-    """Yield an initialized session to a stdio server, as the adapters open one.
+class _Stopped(Exception):
+    """The session was told to stop before it was ready."""
 
-    `${VAR}` in an `env` value is taken from the environment (braced only, as the
-    adapters do); the server's stderr is this process's real one, or nowhere.
+
+@contextlib.asynccontextmanager
+async def _open_session(conn: Mapping[str, Any], stop: asyncio.Event) -> Any:
+    """Yield an initialized session, or raise `_Stopped` if `stop` is set first.
+
+    stdio: opened as the adapters open one, but with an `errlog` that has a file
+    descriptor (the SDK's default is the `sys.stderr` of when it was imported; in
+    Jupyter that stream has none, and the server never started). Other transports:
+    the adapters' `create_session`. `${VAR}` in stdio `env` and HTTP `headers` values
+    is taken from the environment (braced only, as the adapters do for `env`).
     """
+    from langchain_mcp_adapters.sessions import create_session
     from mcp import ClientSession, StdioServerParameters
     from mcp.client.stdio import stdio_client
 
-    env = conn.get("env")
-    if env is not None:
-        env = {
-            k: _BRACED_VAR.sub(lambda m: os.environ.get(m.group(1), m.group(0)), v)
-            for k, v in env.items()
-        }
-    params = StdioServerParameters(
-        command=conn["command"],
-        args=conn.get("args", []),
-        env=env,
-        cwd=conn.get("cwd"),
-        encoding=conn.get("encoding", "utf-8"),
-        encoding_error_handler=conn.get("encoding_error_handler", "strict"),
-    )
-    with _errlog() as errlog:
-        async with (
-            stdio_client(params, errlog=errlog) as (read, write),
-            ClientSession(read, write, **(conn.get("session_kwargs") or {})) as session,
-        ):
-            await session.initialize()
-            yield session
+    async with contextlib.AsyncExitStack() as stack:
+        if conn["transport"] == "stdio":
+            env = conn.get("env")
+            params = StdioServerParameters(
+                command=conn["command"],
+                args=conn.get("args", []),
+                env=None if env is None else {k: _expand(v) for k, v in env.items()},
+                cwd=conn.get("cwd"),
+                encoding=conn.get("encoding", "utf-8"),
+                encoding_error_handler=conn.get("encoding_error_handler", "strict"),
+            )
+            errlog = stack.enter_context(_errlog())
+            read, write = await stack.enter_async_context(stdio_client(params, errlog=errlog))
+            session = await stack.enter_async_context(
+                ClientSession(read, write, **(conn.get("session_kwargs") or {}))
+            )
+        else:
+            given = dict(conn)
+            if given.get("headers"):
+                given["headers"] = {k: _expand(v) for k, v in given["headers"].items()}
+            session = await stack.enter_async_context(create_session(given))  # type: ignore[arg-type]
+        # The handshake is raced against `stop`, so a server that never answers ends
+        # with the session closed in order, not cancelled halfway.
+        handshake = asyncio.ensure_future(session.initialize())
+        told = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({handshake, told}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            told.cancel()
+            if not handshake.done():
+                handshake.cancel()
+                with contextlib.suppress(BaseException):
+                    await handshake
+        if handshake.cancelled():
+            raise _Stopped
+        handshake.result()
+        yield session
+
+
+def _expand(value: str) -> str:
+    return _BRACED_VAR.sub(lambda m: os.environ.get(m.group(1), m.group(0)), value)
 
 
 @contextlib.contextmanager
@@ -660,6 +823,37 @@ async def _list_all(session: Any) -> list[Any]:
             return tools
     msg = f"the tool list has more than {MAX_PAGES} pages"
     raise RuntimeError(msg)
+
+
+def _transport_failed(exc: BaseException) -> bool:
+    """Tell whether a call's error means its session is gone (not the call's own error)."""
+    import anyio
+    import httpx
+    from mcp.shared.exceptions import McpError
+
+    if isinstance(exc, McpError):
+        return (exc.error.code, exc.error.message) in _SESSION_GONE
+    transport = (
+        anyio.ClosedResourceError,
+        anyio.BrokenResourceError,
+        anyio.EndOfStream,
+        httpx.TransportError,
+        ConnectionError,
+    )
+    return isinstance(exc, transport)
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Tell whether a failed call certainly never reached the server (safe to send again).
+
+    Its session's pipe was already closed, or the HTTP server did not know the session.
+    """
+    import anyio
+    from mcp.shared.exceptions import McpError
+
+    if isinstance(exc, McpError):
+        return (exc.error.code, exc.error.message) == (32600, "Session terminated")
+    return isinstance(exc, anyio.ClosedResourceError | anyio.BrokenResourceError)
 
 
 class _Lost(Exception):
