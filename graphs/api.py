@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, Literal, TypeVar, cast
 
 from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessageChunk
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -60,6 +62,10 @@ A handler that names a `problems` parameter (give it a default, e.g.
 `def review(plan, problems=()): ...`) is also told why its last decision was
 refused: a list of reasons (an edit that is not a valid plan), empty on the first ask."""
 
+TokenHandler = Callable[[str | None, str], None]
+"""Called with `(task_id, text)` for each piece of text a model streams (`None`: the
+planner's or the answer's)."""
+
 
 @functools.cache
 def _default_graph(synthesize_answer: bool, memory: bool = False) -> Orchestrator:
@@ -79,6 +85,7 @@ async def arun(
     on_event: EventHandler | None = None,
     config: RunnableConfig | None = None,
     on_approval: ApprovalHandler | None = None,
+    on_token: TokenHandler | None = None,
 ) -> RunOutput:
     """Run the orchestrator on a request and return its output.
 
@@ -91,6 +98,9 @@ async def arun(
         config: extra run config (e.g. `{"configurable": {"thread_id": ...}}`).
         on_approval: with `settings.approve_plan`, decides on the plan (see
             `ApprovalHandler`); required then.
+        on_token: called with `(task_id, text)` for each piece of text a model streams:
+            a subagent's under its task id, the planner's and the answer's under
+            `None`. Models stream when this is given (see `stream_tokens`).
 
     Raises:
         ValueError: `approve_plan` without `on_approval`.
@@ -112,6 +122,7 @@ async def arun(
                 on_event=on_event,
                 config=config,
                 on_approval=on_approval,
+                on_token=on_token,
             )
         )
     settings = settings if settings is not None else RunSettings()
@@ -133,13 +144,81 @@ async def arun(
     saver = None if own_graph else graph.checkpointer
     try:
         async with thread_lease(saver, str(configurable.get("thread_id", ""))):
-            out = await _stream(graph, inputs, settings, run_config, on_event)
-            out = await _approve(graph, out, settings, run_config, on_event, on_approval)
+            out = await _stream(graph, inputs, settings, run_config, on_event, on_token)
+            out = await _approve(graph, out, settings, run_config, on_event, on_approval, on_token)
     finally:
         if own_graph and graph.checkpointer:
             # The default graph's in-memory checkpoints are this run's alone: drop them.
             await _delete_thread(graph, configurable["thread_id"])
     return out
+
+
+class TokenStream:
+    """The text a run's models stream, by task, as it comes: see `stream_tokens`."""
+
+    def __init__(self, request: str, run_kwargs: dict[str, Any]) -> None:
+        self._request = request
+        self._kwargs = run_kwargs
+        self._started = False
+        self.output: RunOutput | None = None
+        """The run's output, once the iteration has ended."""
+
+    def __aiter__(self) -> AsyncIterator[tuple[str | None, str]]:
+        if self._started:
+            msg = "a TokenStream runs its request once: iterate over it once"
+            raise RuntimeError(msg)
+        self._started = True
+        return self._pieces()
+
+    async def _pieces(self) -> AsyncIterator[tuple[str | None, str]]:
+        queue: asyncio.Queue[tuple[str | None, str] | None] = asyncio.Queue()
+        run = asyncio.ensure_future(
+            arun(
+                self._request, on_token=lambda t, text: queue.put_nowait((t, text)), **self._kwargs
+            )
+        )
+        run.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while (piece := await queue.get()) is not None:
+                yield piece
+            self.output = run.result()  # the run's error, if it failed, raises here
+        finally:
+            if not run.done():  # the caller stopped reading: the run stops too
+                run.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await run
+
+
+def stream_tokens(
+    request: str,
+    *,
+    settings: RunSettings | None = None,
+    plan: Plan | None = None,
+    graph: Orchestrator | None = None,
+    on_event: EventHandler | None = None,
+    config: RunnableConfig | None = None,
+) -> TokenStream:
+    """Run a request, yielding `(task_id, text)` as each model streams its reply.
+
+    `task_id` is the subagent's task id, or `None` for the planner and the answer. Chunks
+    of different tasks interleave as they run in parallel; joined per task, they are
+    each model reply (tool-calling turns stream no text). The run's output is
+    `stream.output` once the loop ends; its errors raise from the loop. Leaving the
+    loop early cancels the run.
+
+        stream = stream_tokens("compare tea and coffee", settings=settings)
+        async for task_id, text in stream:
+            print(task_id, text)
+        print(stream.output.answer)
+    """
+    kwargs: dict[str, Any] = {
+        "settings": settings,
+        "plan": plan,
+        "graph": graph,
+        "on_event": on_event,
+        "config": config,
+    }
+    return TokenStream(request, kwargs)
 
 
 def _inside_a_run() -> bool:
@@ -198,6 +277,7 @@ async def _approve(
     config: RunnableConfig,
     on_event: EventHandler | None,
     on_approval: ApprovalHandler | None,
+    on_token: TokenHandler | None = None,
 ) -> RunOutput:
     """While the run waits on a plan approval, ask `on_approval` and resume with its answer."""
     while on_approval is not None and (pending := await _pending_plan(graph, config)):
@@ -208,7 +288,7 @@ async def _approve(
             decision = on_approval(plan)
         if inspect.isawaitable(decision):
             decision = await decision
-        out = await _stream(graph, Command(resume=decision), settings, config, on_event)
+        out = await _stream(graph, Command(resume=decision), settings, config, on_event, on_token)
     return out
 
 
@@ -218,6 +298,7 @@ async def _stream(
     settings: RunSettings,
     config: RunnableConfig,
     on_event: EventHandler | None,
+    on_token: TokenHandler | None = None,
 ) -> RunOutput:
     values: dict[str, Any] = {}
     finished: dict[str, Any] = {}
@@ -228,7 +309,9 @@ async def _stream(
             cast(OrchestratorInput | Command[Any] | None, inputs),
             config,
             context=settings,
-            stream_mode=["custom", "values"],
+            # `messages` makes models stream (LangGraph's handler asks them to): only
+            # when someone reads the tokens.
+            stream_mode=["custom", "values", "messages"] if on_token else ["custom", "values"],
             subgraphs=True,
             # Default durability ("async"): a finished task's write is saved in the
             # background as it finishes. "sync" would be stricter, but langgraph
@@ -239,6 +322,10 @@ async def _stream(
         async for namespace, mode, chunk in stream:
             if mode == "values" and not namespace:
                 values = dict(chunk)
+            elif mode == "messages" and on_token is not None:
+                message, metadata = chunk
+                if isinstance(message, AIMessageChunk) and (text := message.text):
+                    on_token(metadata.get("fanfold_task_id"), text)
             elif mode == "custom" and is_event(chunk):
                 if chunk["fanfold"] == "task_finished":
                     finished[chunk["task_id"]] = chunk["result"]

@@ -14,20 +14,21 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import (
     AIMessage,
+    AIMessageChunk,
     BaseMessage,
     HumanMessage,
     SystemMessage,
     ToolMessage,
 )
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
@@ -229,6 +230,42 @@ class DemoChatModel(BaseChatModel):
     ) -> ChatResult:
         await asyncio.sleep(self.latency)
         return self._result(messages, kwargs.get("tools"))
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        """Stream the same reply word by word.
+
+        LangChain streams when a handler asks, as LangGraph's `messages` stream mode
+        does. Half the latency passes before the first word, the other half is spread
+        over the rest.
+        """
+        await asyncio.sleep(self.latency / 2)
+        message = self._result(messages, kwargs.get("tools")).generations[0].message
+        assert isinstance(message, AIMessage)
+        words = re.findall(r"\S+\s*|\s+", _text(message)) or [""]
+        pause = self.latency / 2 / max(1, len(words))
+        calls = [
+            {"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i}
+            for i, c in enumerate(message.tool_calls)
+        ]
+        for i, word in enumerate(words):
+            last = i == len(words) - 1
+            chunk = AIMessageChunk(
+                content=word,
+                tool_call_chunks=calls if last else [],
+                usage_metadata=message.usage_metadata if last else None,
+                chunk_position="last" if last else None,
+            )
+            if run_manager is not None and word:
+                await run_manager.on_llm_new_token(word, chunk=ChatGenerationChunk(message=chunk))
+            yield ChatGenerationChunk(message=chunk)
+            if not last:
+                await asyncio.sleep(pause)
 
     def _result(
         self, messages: list[BaseMessage], tools: Sequence[dict[str, Any]] | None

@@ -309,3 +309,34 @@ def test_a_model_that_answers_in_prose_shows_its_reply_in_the_error(
     error = out.get("__error__") or {}
     assert error.get("error") == "PlanError", out
     assert prose in error["message"]  # not "An internal error occurred"
+
+
+async def test_tokens_by_task_from_a_server_run_through_langgraph_sdk(
+    server: httpx.Client,
+) -> None:
+    """The README recipe: a `langgraph dev` run's model text, by Fanfold task id."""
+    from collections import defaultdict
+
+    from langgraph_sdk import get_client
+
+    pieces: dict[str | None, str] = defaultdict(str)
+    async with get_client(url=str(server.base_url)) as client:
+        thread = await client.threads.create()
+        async for part in client.runs.stream(
+            thread["thread_id"],
+            "orchestrator",
+            input={"request": "tea and coffee"},
+            context={"model": "demo:latency=0.1", "start_jitter_s": 0},
+            stream_mode="messages-tuple",
+            stream_subgraphs=True,
+        ):
+            if part.event.startswith("messages"):
+                chunk, metadata = part.data
+                text = chunk.get("content")
+                if isinstance(text, str) and text and chunk.get("type") == "AIMessageChunk":
+                    pieces[metadata.get("fanfold_task_id")] += text
+        state = await client.threads.get_state(thread["thread_id"])
+    results = {r["task_id"]: r["output"] for r in state["values"]["results"]}
+    assert set(results) == {"t1", "t2", "compare", "report"}
+    assert {t: pieces[t] for t in results} == results  # each task's reply, whole, by id
+    assert pieces[None] == state["values"]["answer"]

@@ -1,6 +1,7 @@
 """Fanfold: plan a task DAG, fan it out to parallel LLM subagents, fold it back.
 
-This is the whole public surface: `arun`/`run` run a request, `aresume` continues
+This is the whole public surface: `arun`/`run` run a request (`stream_tokens` with
+the models' text as it streams, by task), `aresume` continues
 a checkpointed run, `arerun` runs again what did not end ok, `execute_task` and
 `execute_tasks_parallel` run given tasks without a planner; the types they take
 and return; the errors they raise. The graphs themselves are in `fanfold.graphs`
@@ -9,12 +10,14 @@ and return; the errors they raise. The graphs themselves are in `fanfold.graphs`
 
 from fanfold.graphs.api import (
     RunOutput,
+    TokenStream,
     arerun,
     aresume,
     arun,
     execute_task,
     execute_tasks_parallel,
     run,
+    stream_tokens,
 )
 from fanfold.nodes.context import RunSettings
 from fanfold.nodes.domain import Plan, SubagentResult, Task
@@ -44,6 +47,7 @@ __all__ = [
     "Task",
     "TaskFailedError",
     "ThreadBusy",
+    "TokenStream",
     "ToolRegistry",
     "arerun",
     "aresume",
@@ -51,4 +55,5 @@ __all__ = [
     "execute_task",
     "execute_tasks_parallel",
     "run",
+    "stream_tokens",
 ]
