@@ -162,3 +162,12 @@ async def test_reliability_notebook_shows_timeouts_and_fail_fast(
     assert re.search(r"^t1\s+failed\s+MaxStepsExceeded", text, re.M)
     assert re.search(r"^stopped by: t[12] timed_out", text, re.M), "TaskFailedError was caught"
     assert re.search(r"^finished before the stop: \[\('t[12]', 'timed_out'\)", text, re.M)
+    # A durable run, then a rerun of what failed: t1 kept, the rest ran again.
+    assert re.search(r"^first attempt: partial", text, re.M)
+    assert re.search(r"^\s+t2\s+failed\s+ModelError", text, re.M)
+    assert re.search(r"^rerun: ok", text, re.M)
+    assert re.search(r"^\s+t1\s+ok\s+-> ok\s+\(kept\)", text, re.M)
+    assert re.search(r"^\s+t2\s+failed\s+-> ok\s+\(ran again\)", text, re.M)
+    assert re.search(r"^\s+report\s+skipped\s+-> ok\s+\(ran again\)", text, re.M)
+    history = re.search(r"^checkpoints in the thread's history: (\d+)", text, re.M)
+    assert history and int(history.group(1)) > 4  # both attempts are in it
