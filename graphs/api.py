@@ -25,14 +25,17 @@ from pydantic import BaseModel, Field, ValidationError
 from fanfold.graphs.lease import thread_lease
 from fanfold.graphs.loop import run_until_done
 from fanfold.graphs.orchestrator import Orchestrator, compile_orchestrator
-from fanfold.nodes.context import DEFAULT_MAX_CONCURRENCY, Policy, RunSettings
+from fanfold.nodes.context import DEFAULT_MAX_CONCURRENCY, Policy, RunSettings, concurrency
 from fanfold.nodes.dispatch import SUBAGENT
 from fanfold.nodes.domain import ErrorInfo, Plan, RunMetrics, SubagentResult, Task
 from fanfold.nodes.errors import NothingToRerun, PlanError, QuorumUnreachable, TaskFailedError
 from fanfold.nodes.events import ProgressEvent, is_event, now
 from fanfold.nodes.models import aclose_models
+from fanfold.nodes.planner import check_plan
 from fanfold.nodes.rerun import RERUNNABLE, check_only, rerun_selection
+from fanfold.nodes.scope import RunScope, ScopedControl
 from fanfold.nodes.state import OrchestratorInput, OrchestratorUpdate
+from fanfold.nodes.steer import Steering
 
 T = TypeVar("T")
 
@@ -189,6 +192,181 @@ class TokenStream:
                     await run
 
 
+_HANDLE_CONTROL: contextvars.ContextVar[ScopedControl | None] = contextvars.ContextVar(
+    "fanfold_handle_control", default=None
+)
+"""The control a `RunHandle`'s run starts with (set in the handle's task only)."""
+
+
+class RunHandle:
+    """A run going on in this event loop, to watch and steer (see `start`)."""
+
+    def __init__(self, scope: RunScope) -> None:
+        self._scope = scope
+        steer = scope.steer
+        assert steer is not None
+        self._steer = steer
+        self._task: asyncio.Task[RunOutput] | None = None
+        self._events: list[ProgressEvent] = []
+        self._changed = asyncio.Event()
+        self.thread_id: str | None = None
+
+    # --- watching -------------------------------------------------------------------
+
+    def _on_event(self, event: ProgressEvent) -> None:
+        self._events.append(event)
+        self._changed.set()
+
+    async def events(self) -> AsyncIterator[ProgressEvent]:
+        """Yield the run's progress events, from its first, until it ends."""
+        assert self._task is not None
+        seen = 0
+        while True:
+            while seen < len(self._events):
+                seen += 1
+                yield self._events[seen - 1]
+            if self._task.done():
+                return
+            self._changed.clear()
+            waiter = asyncio.ensure_future(self._changed.wait())
+            await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+
+    @property
+    def done(self) -> bool:
+        """Tell whether the run has ended."""
+        return self._task is not None and self._task.done()
+
+    async def result(self) -> RunOutput:
+        """Wait for the run and return its output (its error raises here)."""
+        assert self._task is not None
+        return await asyncio.shield(self._task)
+
+    # --- steering -------------------------------------------------------------------
+
+    async def cancel_task(self, task_id: str, reason: str = "cancelled") -> bool:
+        """Cancel one task; its dependents are skipped, its siblings go on.
+
+        A running task ends `cancelled` at once (the reason is its error message); one
+        not started yet ends so when its turn comes. Returns False when the task had
+        already ended (its result stands).
+
+        Raises:
+            KeyError: no task of that id in the plan (or among added tasks).
+        """
+        plan = await self._plan()
+        known = {t.id for t in plan.tasks} | {t.id for t in self._steer.added}
+        if task_id not in known:
+            msg = f"no task `{task_id}` in the run's plan (tasks: {sorted(known)})"
+            raise KeyError(msg)
+        if task_id in self._steer.finished:
+            return False
+        self._steer.cancel(task_id, reason)
+        return True
+
+    async def add_tasks(self, tasks: Sequence[Task | dict[str, Any]]) -> None:
+        """Add tasks to the running plan; they may depend on its tasks and run in this run.
+
+        Checked now with the plan as one DAG (ids, dependencies, kinds, tools, size);
+        they join the plan at the run's next step, marked with its planning round.
+
+        Raises:
+            PlanError: naming every rule the tasks break.
+            RuntimeError: the run no longer dispatches (it is writing its answer, or
+                was stopped).
+        """
+        plan = await self._plan()
+        if not self._steer.accepting or self._steer.draining is not None or self.done:
+            msg = "the run no longer dispatches tasks: it has finished them, or was stopped"
+            raise RuntimeError(msg)
+        new = [t if isinstance(t, Task) else Task.model_validate(t) for t in tasks]
+        try:
+            merged = Plan(tasks=[*plan.tasks, *self._steer.added, *new], rationale=plan.rationale)
+        except ValidationError as exc:
+            problems = [str(e["msg"]).removeprefix("Value error, ") for e in exc.errors()[:5]]
+            raise PlanError(problems) from exc
+        check_plan(merged, self._scope.settings, self._scope.registry)
+        self._steer.added.extend(new)
+
+    async def pause(self) -> None:
+        """Hold dispatch: no task starts until `resume()`; running tasks finish."""
+        self._steer.pause()
+
+    async def resume(self) -> None:
+        """Let held tasks start again."""
+        self._steer.resume()
+
+    async def stop(self, reason: str = "stopped") -> None:
+        """Stop dispatching; running tasks finish; the answer is written from what did.
+
+        Tasks that had not started end `cancelled` with the reason; the run ends
+        `partial` (unless every task had already ended ok).
+        """
+        self._steer.drain(reason)
+
+    async def _plan(self) -> Plan:
+        while self._steer.plan is None:
+            if self.done:
+                msg = "the run ended before it had a plan"
+                raise RuntimeError(msg)
+            await asyncio.sleep(0.01)
+        return self._steer.plan
+
+
+async def start(
+    request: str,
+    *,
+    settings: RunSettings | None = None,
+    plan: Plan | None = None,
+    graph: Orchestrator | None = None,
+    config: RunnableConfig | None = None,
+    on_event: EventHandler | None = None,
+    on_approval: ApprovalHandler | None = None,
+) -> RunHandle:
+    """Start a run in this event loop and return a handle to watch and steer it.
+
+    The run is `arun`'s (same arguments); the handle adds `events()`, `cancel_task`,
+    `add_tasks`, `pause`/`resume`, `stop` and `result()`.
+
+        handle = await start("compare tea, coffee and cocoa", settings=settings)
+        async for event in handle.events():
+            if event["fanfold"] == "task_started" and event["task_id"] == "t3":
+                await handle.cancel_task("t3", "not needed")
+        out = await handle.result()
+    """
+    settings = settings if settings is not None else RunSettings()
+    control = ScopedControl()
+    limit, _ = concurrency(settings, config or {})
+    scope = control.scope = RunScope(settings, limit=limit)
+    scope.steer = Steering()
+    handle = RunHandle(scope)
+
+    def both(event: ProgressEvent) -> None:
+        handle._on_event(event)
+        if on_event is not None:
+            on_event(event)
+
+    async def run() -> RunOutput:
+        _HANDLE_CONTROL.set(control)
+        try:
+            return await arun(
+                request,
+                settings=settings,
+                plan=plan,
+                graph=graph,
+                config=config,
+                on_event=both,
+                on_approval=on_approval,
+            )
+        finally:
+            handle._changed.set()
+            await scope.aclose()
+
+    handle._task = asyncio.get_running_loop().create_task(run(), context=contextvars.Context())
+    await asyncio.sleep(0)  # the run has started
+    return handle
+
+
 def stream_tokens(
     request: str,
     *,
@@ -308,6 +486,7 @@ async def _stream(
         stream: AsyncIterator[Any] = graph.astream(
             cast(OrchestratorInput | Command[Any] | None, inputs),
             config,
+            control=_HANDLE_CONTROL.get(),  # a run handle's (its scope steers); else a new one
             context=settings,
             # `messages` makes models stream (LangGraph's handler asks them to): only
             # when someone reads the tokens.

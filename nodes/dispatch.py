@@ -46,12 +46,14 @@ def make_send(
     round_: int = 1,
     depth: int = 1,
     window: str | None = None,
+    steered: bool = False,
 ) -> Send:
     """Return the `Send` that runs one task: its resolved spec, its inputs, its timeout.
 
     `by_id`: the results so far. A dependency without a result yet (sent in the same
     eager `window`) is listed in `awaits` instead; the task's timeout then travels in
-    the payload, to count from when its inputs are ready, and the Send has none.
+    the payload, to count from when its inputs are ready, and the Send has none. So it
+    does for every task of a `steered` run: a task held by a pause has not started.
     """
     spec = resolve_task(task, settings, depth=depth)
     payload: SubagentInput = {
@@ -66,6 +68,7 @@ def make_send(
     awaits = [d for d in task.depends_on if d not in by_id]
     if awaits:
         payload["awaits"] = awaits
+    if awaits or steered:
         payload["timeout_s"] = spec["timeout_s"]
         return Send(SUBAGENT, payload)
     return Send(SUBAGENT, payload, timeout=spec["timeout_s"])
@@ -105,6 +108,9 @@ class Dispatch:
             return STOPPED  # the planner ran out of budget: there is nothing to run
         settings = settings_of(runtime.context)
         scope = scope_of(runtime)
+        if scope.steer is not None:
+            scope.steer.plan = state["plan"]  # what a handle's added tasks are checked against
+            await scope.steer.wait_for_dispatch()  # paused: no new window until resumed
         depth = state.get("depth") or 1
         ledger = self._ledger(state, scope, nested=depth > 1)
         limit, graph_limit = concurrency(settings, config)
@@ -133,8 +139,11 @@ class Dispatch:
                 check_quorum(settings, ledger, scope, state)
             return DONE
         round_ = state.get("rounds", 0) + 1
+        steered = scope.steer is not None
         return [
-            make_send(t, ledger.by_id, settings, round_=round_, depth=depth, window=key)
+            make_send(
+                t, ledger.by_id, settings, round_=round_, depth=depth, window=key, steered=steered
+            )
             for t in ready
         ]
 

@@ -239,6 +239,7 @@ def validate_plan(
 ErrorType = Literal[
     "TaskTimeout",
     "DependencyFailed",
+    "Cancelled",
     "QuorumReached",
     "BudgetExceeded",
     "RunStopped",

@@ -42,6 +42,7 @@ from fanfold.tools.registry import RegistryStats
 if TYPE_CHECKING:
     from fanfold.nodes.domain import Plan, SubagentResult
     from fanfold.nodes.ledger import Ledger
+    from fanfold.nodes.steer import Steering
 
 StopKind = Literal["budget", "quorum", "failed", "stopped"]
 """Why a run stopped early: a spent budget, a quorum met, a policy failure (fail_fast, a
@@ -100,6 +101,8 @@ class RunScope:
         self.stop_reason: str | None = None
         self.stop_kind: StopKind | None = None
         self._stopped: asyncio.Event | None = None
+        self.steer: Steering | None = None
+        """What a run handle asked for (`fanfold.start`); None: nobody steers this run."""
         self.ledgers: dict[int, Ledger] = {}
         """Each plan's bookkeeping between windows (`nodes.ledger`), by `id(plan)`."""
         self._windows: dict[str, dict[str, asyncio.Future[SubagentResult]]] = {}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -25,13 +26,15 @@ from langgraph.runtime import Runtime
 from fanfold.nodes.act import act, after_act, stopped_error
 from fanfold.nodes.brief import brief
 from fanfold.nodes.context import RunSettings
-from fanfold.nodes.domain import ErrorInfo, SubagentResult, Task
+from fanfold.nodes.domain import ErrorInfo, SubagentResult, Task, Usage
 from fanfold.nodes.errors import BudgetExceeded, RunStopped
+from fanfold.nodes.events import now
 from fanfold.nodes.finish import finish
 from fanfold.nodes.report import report
 from fanfold.nodes.run_tools import run_tools
-from fanfold.nodes.scope import RunScope, scope_of
+from fanfold.nodes.scope import RunScope, abandon, scope_of
 from fanfold.nodes.state import SubagentInput, SubagentState, SubagentUpdate
+from fanfold.nodes.steer import CANCELLED, Steering, user_cancelled
 from fanfold.nodes.subagent_error import timed_out_result
 
 
@@ -62,7 +65,7 @@ async def _inputs(window: str, awaits: list[str], scope: RunScope) -> dict[str, 
     except (RunStopped, BudgetExceeded) as exc:
         return stopped_error(scope, exc)
     bad = [r for r in results if r.status != "ok"]
-    if any(r.status == "cancelled" for r in bad):
+    if any(r.status == "cancelled" and not user_cancelled(r) for r in bad):
         # Only a stopped run cancels tasks: this one is cancelled for the same reason.
         stopped = ErrorInfo(type="RunStopped", message="the run stopped")
         return scope.stop_error() or next((r.error for r in bad if r.error), stopped)
@@ -77,17 +80,36 @@ async def subagent(state: SubagentInput, runtime: Runtime[RunSettings]) -> Subag
     """Run one task to its result, in one LangGraph step."""
     local: dict[str, Any] = dict(state)
     awaits = state.get("awaits")
-    if not awaits:
+    scope = scope_of(runtime) if awaits or "timeout_s" in state else None
+    if scope is None:
         return await _run(local, runtime)
-    scope = scope_of(runtime)
     task = local["task"] if isinstance(local["task"], Task) else Task.model_validate(local["task"])
-    inputs = await _inputs(str(state.get("window")), awaits, scope)
-    if isinstance(inputs, ErrorInfo):
-        # What the reducer writes for a task it never sends: skipped or cancelled.
-        status = "skipped" if inputs.type == "DependencyFailed" else "cancelled"
-        result = SubagentResult(task_id=task.id, status=status, attempts=0, error=inputs)
-        return finish(result, state, runtime, scope)
-    local["dependency_outputs"] = {**local.get("dependency_outputs", {}), **inputs}
+    steer = scope.steer
+    if steer is not None:
+        why = await steer.wait_to_start(task.id)
+        if why is not None:
+            # Cancelled before it started, or the run is stopping: nothing ran.
+            result = SubagentResult(task_id=task.id, status="cancelled", attempts=0, error=why)
+            steer.forget(task.id)
+            return finish(result, state, runtime, scope)
+    if awaits:
+        inputs = await _inputs(str(state.get("window")), awaits, scope)
+        if isinstance(inputs, ErrorInfo):
+            # What the reducer writes for a task it never sends: skipped or cancelled.
+            status = "skipped" if inputs.type == "DependencyFailed" else "cancelled"
+            result = SubagentResult(task_id=task.id, status=status, attempts=0, error=inputs)
+            return finish(result, state, runtime, scope)
+        local["dependency_outputs"] = {**local.get("dependency_outputs", {}), **inputs}
+    work = _timed(local, runtime, scope, task)
+    if steer is None:
+        return await work
+    return await _cancellable(work, state, runtime, scope, task, steer)
+
+
+async def _timed(
+    local: dict[str, Any], runtime: Runtime[RunSettings], scope: RunScope, task: Task
+) -> SubagentUpdate:
+    """Run the task under the timeout its payload carries, counted from now."""
     timeout = local.get("timeout_s")
     start = time.monotonic()
     try:
@@ -98,4 +120,42 @@ async def subagent(state: SubagentInput, runtime: Runtime[RunSettings]) -> Subag
             raise
     elapsed = time.monotonic() - start
     result = timed_out_result(task.id, timeout or 0.0, elapsed, scope.task_usage.get(task.id))
+    return finish(result, local, runtime, scope)
+
+
+async def _cancellable(
+    work: Coroutine[Any, Any, SubagentUpdate],
+    state: SubagentInput,
+    runtime: Runtime[RunSettings],
+    scope: RunScope,
+    task: Task,
+    steer: Steering,
+) -> SubagentUpdate:
+    """Run the task's work unless its task is cancelled first; then end it `cancelled`."""
+    started = now()
+    running = asyncio.ensure_future(work)
+    cancelled = asyncio.ensure_future(steer.event_for(task.id).wait())
+    try:
+        await asyncio.wait({running, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        running.cancel()
+        raise
+    finally:
+        cancelled.cancel()
+    if running.done():
+        steer.forget(task.id)
+        return running.result()
+    abandon(running)  # a tool that ignores cancellation must not hold the task
+    steer.forget(task.id)
+    ended = now()
+    result = SubagentResult(
+        task_id=task.id,
+        status="cancelled",
+        attempts=1,
+        error=ErrorInfo(type=CANCELLED, message=steer.cancelled.get(task.id, "cancelled")),
+        usage=scope.task_usage.get(task.id) or Usage(),
+        started_at=started,
+        ended_at=ended,
+        duration_s=round((ended - started).total_seconds(), 6),
+    )
     return finish(result, state, runtime, scope)

@@ -1,7 +1,8 @@
 """Fanfold: plan a task DAG, fan it out to parallel LLM subagents, fold it back.
 
 This is the whole public surface: `arun`/`run` run a request (`stream_tokens` with
-the models' text as it streams, by task), `aresume` continues
+the models' text as it streams, by task; `start` with a handle to watch and steer
+it: cancel a task, add tasks, pause, stop), `aresume` continues
 a checkpointed run, `arerun` runs again what did not end ok, `execute_task` and
 `execute_tasks_parallel` run given tasks without a planner; the types they take
 and return; the errors they raise. The graphs themselves are in `fanfold.graphs`
@@ -9,6 +10,7 @@ and return; the errors they raise. The graphs themselves are in `fanfold.graphs`
 """
 
 from fanfold.graphs.api import (
+    RunHandle,
     RunOutput,
     TokenStream,
     arerun,
@@ -17,6 +19,7 @@ from fanfold.graphs.api import (
     execute_task,
     execute_tasks_parallel,
     run,
+    start,
     stream_tokens,
 )
 from fanfold.nodes.context import RunSettings
@@ -41,6 +44,7 @@ __all__ = [
     "Plan",
     "PlanError",
     "QuorumUnreachable",
+    "RunHandle",
     "RunOutput",
     "RunSettings",
     "SubagentResult",
@@ -55,5 +59,6 @@ __all__ = [
     "execute_task",
     "execute_tasks_parallel",
     "run",
+    "start",
     "stream_tokens",
 ]
