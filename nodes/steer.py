@@ -137,6 +137,8 @@ class Steering:
 
 def user_cancelled(result: SubagentResult) -> bool:
     """Tell whether a result is a task cancelled from outside (not by a stop or budget)."""
-    return result.status == "cancelled" and result.error is not None and (
-        result.error.type == CANCELLED
+    return (
+        result.status == "cancelled"
+        and result.error is not None
+        and (result.error.type == CANCELLED)
     )
