@@ -23,6 +23,7 @@ NAMES = [
     "02_custom_subagents_and_tools",
     "03_plans_dags_and_approval",
     "04_reliability",
+    "05_watch_and_steer",
 ]
 
 pytestmark = pytest.mark.slow
@@ -171,3 +172,23 @@ async def test_reliability_notebook_shows_timeouts_and_fail_fast(
     assert re.search(r"^\s+report\s+skipped\s+-> ok\s+\(ran again\)", text, re.M)
     history = re.search(r"^checkpoints in the thread's history: (\d+)", text, re.M)
     assert history and int(history.group(1)) > 4  # both attempts are in it
+
+
+@pytest.mark.timeout(90)
+async def test_watch_and_steer_notebook_cancels_adds_pauses_and_stops(
+    kernel_specs: KernelSpecManager,
+) -> None:
+    nb = await _execute("05_watch_and_steer", kernel_specs)
+    _no_errors(nb)
+    text = _text(nb)
+    assert "cancel mate: True" in text
+    assert re.search(r"^mate\s+cancelled\s+\(Cancelled: mate is out of scope\)", text, re.M)
+    assert re.search(r"^mate_notes\s+skipped\s+\(DependencyFailed", text, re.M)
+    assert re.search(r"^prices\s+ok", text, re.M), "the added task ran"
+    assert "tasks: 7/7 finished (ok=4 cancelled=1 skipped=2)" in text  # the bar saw it join
+    # Paused after tea, then stopped: whether coffee had started is a race; cocoa never did.
+    assert re.search(r"^tea\s+ok", text, re.M)
+    assert re.search(r"^coffee\s+(ok|cancelled)", text, re.M)
+    assert re.search(r"^cocoa\s+cancelled the run was stopped: one drink is enough", text, re.M)
+    assert re.search(r"^compare\s+cancelled the run was stopped", text, re.M)
+    assert text.count("status: partial") == 2
