@@ -30,8 +30,9 @@ from urllib.parse import urlsplit
 from langchain_core.runnables import RunnableConfig
 from pydantic import ValidationError
 
-from fanfold.graphs.api import RunOutput, arerun, aresume, arun, saved_settings
+from fanfold.graphs.api import EventHandler, RunOutput, arerun, aresume, arun, saved_settings
 from fanfold.graphs.checkpoint import is_postgres, open_checkpointer
+from fanfold.graphs.live import LiveView
 from fanfold.graphs.loop import exit_now_if_stuck, run_until_done
 from fanfold.graphs.orchestrator import Orchestrator, compile_orchestrator
 from fanfold.nodes.context import Flag, RunSettings, plain_types, requirement, setting_flags
@@ -158,6 +159,8 @@ class Progress:
             line = f"plan: {event['tasks']} tasks in {event['generations']} generations"
         elif event["fanfold"] == "task_started":
             line = f"start  {event['task_id']} ({event['kind']})"
+        elif event["fanfold"] != "task_finished":
+            return  # steps are for the live view: a line each would drown the rest
         else:
             line = (
                 f"finish {event['task_id']} {event['status']} "
@@ -347,6 +350,11 @@ def _add_output_flags(parser: argparse.ArgumentParser, *, resume: bool) -> None:
     group = parser.add_argument_group("output and durability")
     group.add_argument(
         "--json", action="store_true", help="print one JSON document on stdout, whatever happens"
+    )
+    group.add_argument(
+        "--no-live",
+        action="store_true",
+        help="on a terminal, print progress lines instead of the live view",
     )
     group.add_argument(
         "--checkpoint",
@@ -710,6 +718,28 @@ class Session:
     checkpoint: str | None = None
     settings: RunSettings | None = None
     edited: bool = False
+    live: LiveView | None = None
+
+    def progress(self) -> EventHandler:
+        """Return the progress handler: the live view on a terminal, else lines on stderr."""
+        settings = self.settings or RunSettings()
+        wants_live = (
+            not getattr(self.args, "no_live", False)
+            and _is_terminal(sys.stderr)
+            and os.environ.get("TERM") != "dumb"
+            and not settings.approve_plan  # the approval prompt needs the terminal
+        )
+        if not wants_live:
+            return Progress(sys.stderr)
+        if self.live is None:
+            self.live = LiveView(settings, sys.stderr, title=f"fanfold {self.args.command}")
+            self.live.start()
+        return self.live
+
+    def stop_live(self) -> None:
+        """Leave the live view's last frame on the terminal (before the report prints)."""
+        if self.live is not None:
+            self.live.stop()
 
     async def approve(self, plan: Plan, problems: Sequence[str] = ()) -> Any:
         """Ask on the terminal (`ask_approval`); remember an edit."""
@@ -848,7 +878,7 @@ async def _run_command(session: Session) -> RunOutput:
             plan=plan,
             graph=graph,
             config=config,
-            on_event=Progress(sys.stderr),
+            on_event=session.progress(),
             on_approval=session.approve if settings.approve_plan else None,
         )
 
@@ -879,7 +909,7 @@ async def _saved_run_command(session: Session) -> RunOutput:
                     graph=graph,
                     only=only,
                     settings=settings,
-                    on_event=Progress(sys.stderr),
+                    on_event=session.progress(),
                 )
             except NothingToRerun as exc:
                 raise bad_input(str(exc), exc) from exc
@@ -887,7 +917,7 @@ async def _saved_run_command(session: Session) -> RunOutput:
             args.thread_id,
             graph=graph,
             settings=settings,
-            on_event=Progress(sys.stderr),
+            on_event=session.progress(),
             on_approval=session.approve,  # asked only if the run waits on an approval
         )
 
@@ -1051,10 +1081,13 @@ async def _command(session: Session) -> int:
     as_json: bool = session.args.json
     try:
         try:
-            if session.args.command in ("resume", "rerun"):
-                out = await _saved_run_command(session)
-            else:
-                out = await _run_command(session)
+            try:
+                if session.args.command in ("resume", "rerun"):
+                    out = await _saved_run_command(session)
+                else:
+                    out = await _run_command(session)
+            finally:
+                session.stop_live()
         except BrokenPipeError:
             raise
         except Exception as exc:

@@ -17,6 +17,7 @@ from fanfold.nodes.context import RunSettings, settings_of
 from fanfold.nodes.delegation import DELEGATE, make_delegate_tool
 from fanfold.nodes.domain import ErrorInfo, Task, Usage
 from fanfold.nodes.errors import BudgetExceeded, RunStopped
+from fanfold.nodes.events import task_step
 from fanfold.nodes.resolve import model_of
 from fanfold.nodes.scope import RunScope, scope_of
 from fanfold.nodes.state import SubagentInput, SubagentState, SubagentUpdate
@@ -158,6 +159,9 @@ async def act(state: SubagentState, runtime: Runtime[RunSettings]) -> SubagentUp
         reply = AIMessage(content=str(reply))
     spent = usage + usage_of(reply)
     scope.task_usage[task_id(state)] = spent
+    if state.get("depth", 1) == 1:  # a delegated sub-task is its parent's step
+        names = [c["name"] for c in reply.tool_calls]
+        task_step(runtime.stream_writer, task_id(state), steps + 1, spent.total_tokens, names)
     update: SubagentUpdate = {
         "messages": [reply],
         "steps": steps + 1,

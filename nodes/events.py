@@ -46,8 +46,21 @@ class TaskFinished(TypedDict):
     result: dict[str, Any]
 
 
-ProgressEvent = PlanReady | TaskStarted | TaskFinished
-"""Any Fanfold progress event."""
+class TaskStep(TypedDict):
+    """A subagent's model replied.
+
+    Its step count, its tokens so far, and the tools it asked for (empty: it answered).
+    """
+
+    fanfold: Literal["task_step"]
+    task_id: str
+    step: int
+    tokens: int
+    tools: list[str]
+
+
+ProgressEvent = PlanReady | TaskStarted | TaskStep | TaskFinished
+"""Any Fanfold progress event (more kinds may come: ignore the ones you do not know)."""
 
 
 def now() -> datetime:
@@ -75,6 +88,18 @@ def task_finished(writer: StreamWriter, result: SubagentResult) -> None:
         "duration_s": result.duration_s,
         "total_tokens": result.usage.total_tokens,
         "result": result.model_dump(mode="json"),
+    }
+    writer(event)
+
+
+def task_step(writer: StreamWriter, task_id: str, step: int, tokens: int, tools: list[str]) -> None:
+    """Announce a subagent's model reply: how far it is, what it spent, what it calls."""
+    event: TaskStep = {
+        "fanfold": "task_step",
+        "task_id": task_id,
+        "step": step,
+        "tokens": tokens,
+        "tools": tools,
     }
     writer(event)
 

@@ -1,0 +1,134 @@
+"""The live terminal view, in a real terminal: `fanfold run` under tmux, read with
+`capture-pane` while the run goes on (tmux from Debian's packages; `.ci/run` installs it)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+class Tmux:
+    """A tmux server of this test's own (its own socket), killed at the end."""
+
+    def __init__(self, tmp: Path) -> None:
+        tmux = shutil.which("tmux")
+        if tmux is None:
+            pytest.fail("tmux is not installed: `apt-get install tmux` (.ci/run does)")
+        self.tmux = tmux
+        self.socket = str(tmp / "tmux.sock")
+
+    def run(self, *args: str) -> str:
+        done = subprocess.run(
+            [self.tmux, "-S", self.socket, *args],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        )
+        return done.stdout
+
+    def start(self, command: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "TMUX"))}
+        env["TERM"] = "xterm-256color"
+        subprocess.run(
+            [self.tmux, "-S", self.socket, "new-session", "-d", "-x", "140", "-y", "45", command],
+            env=env,
+            cwd=ROOT,
+            timeout=20,
+            check=True,
+        )
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-J")
+
+    def stop(self) -> None:
+        subprocess.run(
+            [self.tmux, "-S", self.socket, "kill-server"], capture_output=True, timeout=20
+        )
+
+
+@pytest.fixture
+def tmux(tmp_path: Path) -> Iterator[Tmux]:
+    t = Tmux(tmp_path)
+    try:
+        yield t
+    finally:
+        t.stop()
+
+
+def fanfold_command(*args: str, done: Path) -> str:
+    cmd = shlex.join([sys.executable, "-m", "fanfold", *args])
+    # The pane stays open after the run, so its last frame can be read.
+    return f"{cmd}; echo EXIT=$? > {shlex.quote(str(done))}; sleep 60"
+
+
+def frames_until(tmux: Tmux, done: Path, limit_s: float = 60) -> list[str]:
+    frames: list[str] = []
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        frames.append(tmux.screen())
+        if done.exists():
+            frames.append(tmux.screen())
+            return frames
+        time.sleep(0.15)
+    msg = "the run did not end in time:\n" + frames[-1]
+    raise AssertionError(msg)
+
+
+def test_the_live_view_shows_running_subagents_and_updates(tmux: Tmux, tmp_path: Path) -> None:
+    done = tmp_path / "done"
+    tmux.start(
+        fanfold_command(
+            "run",
+            "alpha, beta, gamma, delta",
+            "--model",
+            "demo:latency=1.0",
+            "--max-concurrency",
+            "2",
+            "--max-wall-time",
+            "90",
+            done=done,
+        )
+    )
+    frames = frames_until(tmux, done)
+    assert done.read_text().strip() == "EXIT=0", frames[-1]
+    header = re.compile(r"fanfold run (\d+)/6 tasks finished · running (\d+) \(limit 2\)")
+    finished = [int(m.group(1)) for f in frames if (m := header.search(f))]
+    running = [int(m.group(2)) for f in frames if (m := header.search(f))]
+    assert finished, frames[-1]
+    assert finished == sorted(finished) and finished[-1] == 6  # it moved, forward only
+    assert len(set(finished)) >= 3  # redrawn in place as tasks finished
+    assert max(running) == 2 and running[-1] == 0  # the effective concurrency
+    row = re.compile(r"^t[1-4]\s+researcher\s+\d+\.\ds\s+(\d+)\s+([\d,]+)\s+(.+?)\s*$", re.M)
+    rows = [m.groups() for f in frames for m in row.finditer(f)]
+    assert any(doing == "thinking" for _, _, doing in rows)  # before its first reply
+    assert any(doing == "calling text_stats" and calls == "1" for calls, _, doing in rows)
+    assert any(int(tokens.replace(",", "")) > 0 for _, tokens, _ in rows)  # tokens so far
+    assert "/ 90s" in frames[-1]  # time against the wall budget
+    last = frames[-1]
+    assert "finished: ok=6" in last and "status=ok tasks=6" in last
+    # The frame is redrawn in place: one header on the screen, not one per update.
+    assert len(header.findall(last)) == 1
+
+
+def test_no_live_prints_progress_lines(tmux: Tmux, tmp_path: Path) -> None:
+    done = tmp_path / "done"
+    tmux.start(
+        fanfold_command("run", "alpha, beta", "--model", "demo:latency=0.1", "--no-live", done=done)
+    )
+    last = frames_until(tmux, done)[-1]
+    assert done.read_text().strip() == "EXIT=0"
+    assert re.search(r"\] start  t1 \(researcher\)", last)
+    assert "tasks finished" not in last
