@@ -288,6 +288,11 @@ class RunHandle:
         check_plan(merged, self._scope.settings, self._scope.registry)
         self._steer.added.extend(new)
 
+    @property
+    def paused(self) -> bool:
+        """Tell whether dispatch is held (`pause()`)."""
+        return self._steer.paused
+
     async def pause(self) -> None:
         """Hold dispatch: no task starts until `resume()`; running tasks finish."""
         self._steer.pause()

@@ -30,9 +30,17 @@ from urllib.parse import urlsplit
 from langchain_core.runnables import RunnableConfig
 from pydantic import ValidationError
 
-from fanfold.graphs.api import EventHandler, RunOutput, arerun, aresume, arun, saved_settings
+from fanfold.graphs.api import (
+    EventHandler,
+    RunOutput,
+    arerun,
+    aresume,
+    arun,
+    saved_settings,
+    start,
+)
 from fanfold.graphs.checkpoint import is_postgres, open_checkpointer
-from fanfold.graphs.live import LiveView
+from fanfold.graphs.live import LiveView, TerminalKeys
 from fanfold.graphs.loop import exit_now_if_stuck, run_until_done
 from fanfold.graphs.orchestrator import Orchestrator, compile_orchestrator
 from fanfold.nodes.context import Flag, RunSettings, plain_types, requirement, setting_flags
@@ -872,13 +880,21 @@ async def _run_command(session: Session) -> RunOutput:
             config = {"configurable": {"thread_id": thread_id}}
             session.thread_id, session.checkpoint = thread_id, args.checkpoint
         _announce(settings, thread_id if graph is not None else None)
+        on_event = session.progress()
+        if session.live is not None and _is_terminal(sys.stdin):
+            # The live view takes keys: steer the run through a handle.
+            handle = await start(
+                request, settings=settings, plan=plan, graph=graph, config=config, on_event=on_event
+            )
+            with TerminalKeys(handle, session.live, sys.stdin):
+                return await handle.result()
         return await arun(
             request,
             settings=settings,
             plan=plan,
             graph=graph,
             config=config,
-            on_event=session.progress(),
+            on_event=on_event,
             on_approval=session.approve if settings.approve_plan else None,
         )
 

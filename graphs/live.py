@@ -64,6 +64,12 @@ class LiveView:
         self._drawn = 0.0
         self._tick: asyncio.TimerHandle | None = None
         self._started = False
+        self.keys: str | None = None
+        """The keys the view takes, shown under it (None: it takes none)."""
+        self.note = ""
+        """The last thing a key did, shown under the keys."""
+        self.typing: str | None = None
+        """What is being typed after a key that asks for a task id."""
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -179,4 +185,112 @@ class LiveView:
             parts.append(Text(f"… and {len(rows) - MAX_ROWS} more running"))
         counts = " ".join(f"{status}={n}" for status, n in sorted(state.finished.items()))
         parts.append(Text(f"finished: {counts or 'none yet'}"))
+        if self.keys is not None:
+            parts.append(Text(f"keys: {self.keys}", style="dim"))
+        if self.typing is not None:
+            parts.append(Text(f"cancel task: {self.typing}_"))
+        elif self.note:
+            parts.append(Text(self.note))
         return Group(*parts)
+
+    def redraw(self) -> None:
+        """Redraw now (after a key changed what the view shows)."""
+        self._redraw(force=True)
+
+
+KEYS = "p pause/resume · c cancel a task (type its id, Enter) · s stop and answer"
+
+
+class TerminalKeys:
+    """Steer a run from its live view: keys read from the terminal, one at a time.
+
+    `p` pauses or resumes dispatch, `c` asks for a task id and cancels that task, `s`
+    stops the run (running tasks finish, the answer is written). stdin is put in
+    cbreak mode while the run goes on (Ctrl-C still interrupts) and restored after.
+    """
+
+    def __init__(self, handle: Any, view: LiveView, stdin: TextIO) -> None:
+        self.handle = handle
+        self.view = view
+        self.stdin = stdin
+        self._saved: Any = None
+        self._pending: set[asyncio.Future[Any]] = set()
+
+    def __enter__(self) -> TerminalKeys:
+        import termios
+        import tty
+
+        fd = self.stdin.fileno()
+        self._saved = termios.tcgetattr(fd)
+        tty.setcbreak(fd)
+        asyncio.get_running_loop().add_reader(fd, self._on_input)
+        self.view.keys = KEYS
+        self.view.redraw()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import termios
+
+        fd = self.stdin.fileno()
+        asyncio.get_running_loop().remove_reader(fd)
+        termios.tcsetattr(fd, termios.TCSADRAIN, self._saved)
+        for fut in self._pending:
+            fut.cancel()
+        self.view.keys = None
+
+    def _on_input(self) -> None:
+        import os
+
+        data = os.read(self.stdin.fileno(), 64).decode(errors="replace")
+        for key in data:
+            self._key(key)
+        self.view.redraw()
+
+    def _key(self, key: str) -> None:
+        view = self.view
+        if view.typing is not None:
+            if key in "\r\n":
+                task_id, view.typing = view.typing.strip(), None
+                if task_id:
+                    self._do(self._cancel(task_id))
+            elif key in "\x1b":
+                view.typing, view.note = None, "cancel: never mind"
+            elif key in "\x7f\b":
+                view.typing = view.typing[:-1]
+            elif key.isprintable():
+                view.typing += key
+            return
+        if key == "p":
+            self._do(self._pause())
+        elif key == "c":
+            view.typing = ""
+        elif key == "s":
+            self._do(self._stop())
+
+    def _do(self, work: Any) -> None:
+        fut = asyncio.ensure_future(work)
+        self._pending.add(fut)
+        fut.add_done_callback(self._pending.discard)
+
+    async def _pause(self) -> None:
+        if self.handle.paused:
+            await self.handle.resume()
+            self.view.note = "resumed"
+        else:
+            await self.handle.pause()
+            self.view.note = "paused: nothing new starts (p: resume)"
+        self.view.redraw()
+
+    async def _cancel(self, task_id: str) -> None:
+        try:
+            cancelled = await self.handle.cancel_task(task_id, "cancelled from the terminal")
+        except KeyError:
+            self.view.note = f"no task `{task_id}`"
+        else:
+            self.view.note = f"cancelled {task_id}" if cancelled else f"{task_id} had ended"
+        self.view.redraw()
+
+    async def _stop(self) -> None:
+        await self.handle.stop("stopped from the terminal")
+        self.view.note = "stopping: running tasks finish, then the answer"
+        self.view.redraw()

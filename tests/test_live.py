@@ -132,3 +132,46 @@ def test_no_live_prints_progress_lines(tmux: Tmux, tmp_path: Path) -> None:
     assert done.read_text().strip() == "EXIT=0"
     assert re.search(r"\] start  t1 \(researcher\)", last)
     assert "tasks finished" not in last
+
+
+def wait_for(tmux: Tmux, pattern: str, limit_s: float = 30) -> str:
+    deadline = time.monotonic() + limit_s
+    screen = ""
+    while time.monotonic() < deadline:
+        screen = tmux.screen()
+        if re.search(pattern, screen, re.M):
+            return screen
+        time.sleep(0.1)
+    msg = f"`{pattern}` never showed:\n{screen}"
+    raise AssertionError(msg)
+
+
+def test_keys_in_the_live_view_cancel_pause_resume_and_stop(tmux: Tmux, tmp_path: Path) -> None:
+    done = tmp_path / "done"
+    parts = "alpha, beta, gamma, delta, epsilon, zeta"
+    tmux.start(
+        fanfold_command(
+            "run", parts, "--model", "demo:latency=1.0", "--max-concurrency", "2", done=done
+        )
+    )
+    wait_for(tmux, r"^keys: p pause/resume")
+    wait_for(tmux, r"^t1\s+researcher")
+    tmux.run("send-keys", "c", "t", "4", "Enter")  # t4 has not started: it never will
+    wait_for(tmux, r"^cancelled t4$")
+    tmux.run("send-keys", "p")
+    wait_for(tmux, r"^paused: nothing new starts")
+    # Held: the running pair finishes and nothing takes its place.
+    held = wait_for(tmux, r"running 0 \(limit 2\)")
+    assert "3/8 tasks finished" in held, held  # t1, t2 ok; t4 cancelled when its turn came
+    time.sleep(1.0)
+    assert re.search(r"running 0 \(limit 2\)", tmux.screen())  # still held
+    tmux.run("send-keys", "p")
+    wait_for(tmux, r"^resumed$")
+    wait_for(tmux, r"running [12] \(limit 2\)")
+    tmux.run("send-keys", "s")
+    last = frames_until(tmux, done)[-1]
+    assert done.read_text().strip() == "EXIT=0", last
+    assert re.search(r"^\s+t4\s+cancelled .*cancelled from the terminal", last, re.M)
+    assert re.search(r"^\s+t6\s+cancelled .*stopped from the terminal", last, re.M)
+    assert re.search(r"^\s+t1\s+ok", last, re.M) and re.search(r"^\s+t3\s+ok", last, re.M)
+    assert "status=partial" in last
