@@ -21,6 +21,7 @@ from fanfold.nodes.events import task_step
 from fanfold.nodes.resolve import model_of
 from fanfold.nodes.scope import RunScope, scope_of
 from fanfold.nodes.state import SubagentInput, SubagentState, SubagentUpdate
+from fanfold.nodes.steer import TaskCancelled, unless_cancelled
 from fanfold.nodes.tracing import subagent_config
 from fanfold.nodes.usage import usage_of
 
@@ -130,15 +131,21 @@ async def act(state: SubagentState, runtime: Runtime[RunSettings]) -> SubagentUp
         state["task"], round_=state.get("round", 1), depth=state.get("depth", 1)
     )
     try:
-        reply = await call_model(
-            runnable,
-            state["messages"],
-            settings=settings,
-            scope=scope,
-            stats=stats,
-            config=config,
-            deadline=_deadline(state),
+        reply = await unless_cancelled(
+            scope.steer,
+            task_id(state),
+            call_model(
+                runnable,
+                state["messages"],
+                settings=settings,
+                scope=scope,
+                stats=stats,
+                config=config,
+                deadline=_deadline(state),
+            ),
         )
+    except TaskCancelled as exc:
+        return {"error": exc.error, "cancelled": True, "steps": steps + 1}
     except (RunStopped, BudgetExceeded) as exc:
         return {
             "error": stopped_error(scope, exc),

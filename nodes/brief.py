@@ -28,7 +28,12 @@ async def brief(state: SubagentState, runtime: Runtime[RunSettings]) -> Subagent
     task_started(runtime.stream_writer, task, started)
     # A task that LangGraph started after the run stopped (it waited for a slot in
     # a window wider than max_concurrency) ends at once, before any model call.
-    stopped = scope_of(runtime).stop_error()
+    scope = scope_of(runtime)
+    stopped = scope.stop_error()
+    if stopped is None and scope.steer is not None:
+        # Steered: wait while the run is paused; a task cancelled, or a run stopping,
+        # ends here before any model call.
+        stopped = await scope.steer.wait_to_start(task.id)
     burst = state.get("round", 1) == 1 and not state.get("awaits")
     if settings.start_jitter_s and burst and stopped is None:
         # Spread the run's first burst of calls (when the connection pool is cold)

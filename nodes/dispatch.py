@@ -139,7 +139,9 @@ class Dispatch:
                 check_quorum(settings, ledger, scope, state)
             return DONE
         round_ = state.get("rounds", 0) + 1
-        steered = scope.steer is not None
+        # The one-node subagent applies a payload timeout after a pause; the subgraph
+        # (`step` granularity) keeps LangGraph's Send timeout.
+        steered = scope.steer is not None and self.eager
         return [
             make_send(
                 t, ledger.by_id, settings, round_=round_, depth=depth, window=key, steered=steered

@@ -16,13 +16,14 @@ from langchain_core.tools import BaseTool, StructuredTool, Tool
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, ValidationError
 
-from fanfold.nodes.act import stopped_error, task_tools
+from fanfold.nodes.act import stopped_error, task_id, task_tools
 from fanfold.nodes.context import RunSettings, settings_of
 from fanfold.nodes.delegation import DELEGATE
 from fanfold.nodes.domain import ErrorInfo, SubagentResult
 from fanfold.nodes.errors import BudgetExceeded, RunStopped
 from fanfold.nodes.scope import scope_of
 from fanfold.nodes.state import SubagentState, SubagentUpdate
+from fanfold.nodes.steer import TaskCancelled, unless_cancelled
 from fanfold.nodes.tracing import subagent_config
 from fanfold.tools.workspace import MAX_READ_BYTES
 
@@ -209,9 +210,13 @@ async def run_tools(state: SubagentState, runtime: Runtime[RunSettings]) -> Suba
     )
     config.pop("run_name")  # a tool run keeps its tool's name; tags and metadata say whose
     try:
-        replies = await scope.race(
-            _all(call_tool(c, tools, config, settings.tool_timeout_s) for c in calls)
+        replies = await unless_cancelled(
+            scope.steer,
+            task_id(state),
+            scope.race(_all(call_tool(c, tools, config, settings.tool_timeout_s) for c in calls)),
         )
+    except TaskCancelled as exc:
+        return {"error": exc.error, "cancelled": True}
     except (RunStopped, BudgetExceeded) as exc:
         return {"error": stopped_error(scope, exc), "cancelled": True}
     errors = sum(1 for r in replies if r.status == "error")

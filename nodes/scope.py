@@ -42,7 +42,7 @@ from fanfold.tools.registry import RegistryStats
 if TYPE_CHECKING:
     from fanfold.nodes.domain import Plan, SubagentResult
     from fanfold.nodes.ledger import Ledger
-    from fanfold.nodes.steer import Steering
+    from fanfold.nodes.steer import Steering, StoreCommands
 
 StopKind = Literal["budget", "quorum", "failed", "stopped"]
 """Why a run stopped early: a spent budget, a quorum met, a policy failure (fail_fast, a
@@ -102,7 +102,9 @@ class RunScope:
         self.stop_kind: StopKind | None = None
         self._stopped: asyncio.Event | None = None
         self.steer: Steering | None = None
-        """What a run handle asked for (`fanfold.start`); None: nobody steers this run."""
+        """What a run handle asked for (`fanfold.start`), or commands in the run's store;
+        None: nobody steers this run."""
+        self.commands: StoreCommands | None = None
         self.ledgers: dict[int, Ledger] = {}
         """Each plan's bookkeeping between windows (`nodes.ledger`), by `id(plan)`."""
         self._windows: dict[str, dict[str, asyncio.Future[SubagentResult]]] = {}
@@ -278,8 +280,23 @@ class RunScope:
         self.faults[kind] += 1
         self.retries += 1
 
+    def steer_from_store(self, store: Any, thread_id: str) -> None:
+        """Let commands written to the run's store steer it (`nodes.steer.StoreCommands`)."""
+        from fanfold.nodes.planner import check_plan
+        from fanfold.nodes.steer import Steering, StoreCommands
+
+        if self.steer is None:
+            self.steer = Steering()
+        settings, registry = self.settings, self.registry
+        self.commands = StoreCommands(
+            store, thread_id, self.steer, lambda plan: check_plan(plan, settings, registry)
+        )
+        self.commands.start()
+
     async def aclose(self) -> None:
-        """Release what the run holds open (its MCP sessions); the run has ended."""
+        """Release what the run holds open (MCP sessions, a store poller); the run ended."""
+        if self.commands is not None:
+            await self.commands.aclose()
         if self.mcp is not None:
             await self.mcp.aclose()
 
@@ -382,5 +399,8 @@ def scope_of(runtime: Runtime[Any]) -> RunScope:
             config = get_config()  # the run config, as the first node to ask sees it
         except RuntimeError:  # a node called on its own
             config = {}
-        control.scope = RunScope(settings, limit=concurrency(settings, config)[0])
+        scope = control.scope = RunScope(settings, limit=concurrency(settings, config)[0])
+        thread_id = (config.get("configurable") or {}).get("thread_id")
+        if runtime.store is not None and thread_id:
+            scope.steer_from_store(runtime.store, str(thread_id))
     return control.scope

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -340,3 +341,71 @@ async def test_tokens_by_task_from_a_server_run_through_langgraph_sdk(
     assert set(results) == {"t1", "t2", "compare", "report"}
     assert {t: pieces[t] for t in results} == results  # each task's reply, whole, by id
     assert pieces[None] == state["values"]["answer"]
+
+
+async def test_steering_a_server_run_through_the_store(server: httpx.Client) -> None:
+    """The README recipe: cancel, add and stop a run on `langgraph dev` by writing
+    commands to the server's store (as `langgraph_sdk` or Studio can)."""
+    from langgraph_sdk import get_client
+
+    plan = {
+        "tasks": [
+            {"id": f"t{i}", "description": f"part {i}", "tools": ["text_stats"]} for i in range(4)
+        ]
+    }
+    context = {"model": "demo:latency=0.8", "max_concurrency": 2, "start_jitter_s": 0}
+    async with get_client(url=str(server.base_url)) as client:
+        thread = await client.threads.create()
+        tid = thread["thread_id"]
+        ns = ["fanfold", "steer", tid]
+        run = await client.runs.create(
+            tid, "orchestrator", input={"request": "x", "given_plan": plan}, context=context
+        )
+        await client.store.put_item(
+            ns, "0001", {"action": "cancel", "task_id": "t3", "reason": "not needed"}
+        )
+        extra = {
+            "id": "extra",
+            "description": "more",
+            "depends_on": ["t0"],
+            "tools": ["text_stats"],
+        }
+        await client.store.put_item(ns, "0002", {"action": "add", "tasks": [extra]})
+        await client.store.put_item(ns, "0003", {"action": "cancel", "task_id": "nope"})
+        await client.runs.join(tid, run["run_id"])
+        state = await client.threads.get_state(tid)
+        answers = await client.store.search_items([*ns, "done"], limit=10)
+    results = {r["task_id"]: r for r in state["values"]["results"]}
+    assert results["t3"]["status"] == "cancelled"
+    assert results["t3"]["error"]["type"] == "Cancelled"
+    assert results["t3"]["error"]["message"] == "not needed"
+    assert results["extra"]["status"] == "ok"  # added mid-run, ran in this run
+    assert [t["id"] for t in state["values"]["plan"]["tasks"]][-1] == "extra"
+    by_key = {i["key"]: i["value"] for i in answers["items"]}
+    assert by_key["0001"] == {"ok": True} and by_key["0002"] == {"ok": True}
+    assert by_key["0003"]["ok"] is False and "no task `nope`" in by_key["0003"]["error"]
+
+
+async def test_stopping_a_server_run_through_the_store(server: httpx.Client) -> None:
+    from langgraph_sdk import get_client
+
+    plan = {"tasks": [{"id": f"t{i}", "description": f"part {i}"} for i in range(6)]}
+    context = {"model": "demo:latency=0.6", "max_concurrency": 1, "start_jitter_s": 0}
+    async with get_client(url=str(server.base_url)) as client:
+        thread = await client.threads.create()
+        tid = thread["thread_id"]
+        run = await client.runs.create(
+            tid, "orchestrator", input={"request": "x", "given_plan": plan}, context=context
+        )
+        await asyncio.sleep(1.0)
+        await client.store.put_item(
+            ["fanfold", "steer", tid], "1", {"action": "stop", "reason": "enough"}
+        )
+        await client.runs.join(tid, run["run_id"])
+        state = await client.threads.get_state(tid)
+    values = state["values"]
+    statuses = [r["status"] for r in values["results"]]
+    assert statuses[0] == "ok" and statuses[-1] == "cancelled"
+    assert values["status"] == "partial" and values["answer"].startswith("[demo model]")
+    stopped = [r for r in values["results"] if r["status"] == "cancelled"]
+    assert all("enough" in r["error"]["message"] for r in stopped)
