@@ -7,6 +7,7 @@ import contextlib
 import contextvars
 import functools
 import inspect
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, Literal, TypeVar, cast
@@ -262,6 +263,7 @@ class RunHandle:
         if task_id in self._steer.finished:
             return False
         self._steer.cancel(task_id, reason)
+        await self._record({"action": "cancel", "task_id": task_id, "reason": reason})
         return True
 
     async def add_tasks(self, tasks: Sequence[Task | dict[str, Any]]) -> None:
@@ -287,6 +289,7 @@ class RunHandle:
             raise PlanError(problems) from exc
         check_plan(merged, self._scope.settings, self._scope.registry)
         self._steer.added.extend(new)
+        await self._record({"action": "add", "tasks": [t.model_dump(mode="json") for t in new]})
 
     @property
     def paused(self) -> bool:
@@ -296,10 +299,12 @@ class RunHandle:
     async def pause(self) -> None:
         """Hold dispatch: no task starts until `resume()`; running tasks finish."""
         self._steer.pause()
+        await self._record({"action": "pause"})
 
     async def resume(self) -> None:
         """Let held tasks start again."""
         self._steer.resume()
+        await self._record({"action": "resume"})
 
     async def stop(self, reason: str = "stopped") -> None:
         """Stop dispatching; running tasks finish; the answer is written from what did.
@@ -308,6 +313,20 @@ class RunHandle:
         `partial` (unless every task had already ended ok).
         """
         self._steer.drain(reason)
+        await self._record({"action": "stop", "reason": reason})
+
+    async def _record(self, command: dict[str, Any]) -> None:
+        """Write a command applied here to the run's store too, if it has one.
+
+        A resumed run then applies it again; this run has applied it already.
+        """
+        commands = self._scope.commands
+        if commands is None:
+            return
+        key = f"{time.time_ns():020d}"
+        commands.seen.add(key)
+        await commands.store.aput(commands.namespace, key, command)
+        await commands.store.aput((*commands.namespace, "done"), key, {"ok": True})
 
     async def _plan(self) -> Plan:
         while self._steer.plan is None:
@@ -344,6 +363,10 @@ async def start(
     limit, _ = concurrency(settings, config or {})
     scope = control.scope = RunScope(settings, limit=limit)
     scope.steer = Steering()
+    thread_id = ((config or {}).get("configurable") or {}).get("thread_id")
+    if graph is not None and graph.store is not None and thread_id:
+        # Commands are also written to the graph's store: a resumed run reads them again.
+        scope.steer_from_store(graph.store, str(thread_id))
     handle = RunHandle(scope)
 
     def both(event: ProgressEvent) -> None:
