@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from langchain_core.tools import tool
 
-from fanfold import Plan, PlanError, RunSettings, Task, start
+from fanfold import Plan, PlanError, RunSettings, Task, arun, start
 from fanfold.nodes.events import ProgressEvent
 from tests.fakes import TaskScript, TaskScriptedModel
 
@@ -194,3 +194,40 @@ async def test_a_paused_run_can_be_stopped() -> None:
     await handle.stop("never mind")
     out = await asyncio.wait_for(handle.result(), 10)
     assert [r.status for r in out.results] == ["ok", "cancelled", "cancelled"]
+
+
+async def test_store_commands_pause_resume_and_refuse_what_they_do_not_know() -> None:
+    from langgraph.store.memory import InMemoryStore
+
+    from fanfold.graphs.orchestrator import compile_orchestrator
+
+    model = TaskScriptedModel(scripts={t: TaskScript(latency=0.3) for t in "abc"})
+    store = InMemoryStore()
+    graph = compile_orchestrator(store=store)
+    settings = RunSettings(model=model, start_jitter_s=0, max_concurrency=1)
+    ns = ("fanfold", "steer", "th-1")
+    events: list[tuple[float, ProgressEvent]] = []
+    run = asyncio.ensure_future(
+        arun(
+            "x",
+            settings=settings,
+            plan=plan_of(*(task(t) for t in "abc")),
+            graph=graph,
+            config={"configurable": {"thread_id": "th-1"}},
+            on_event=lambda e: events.append((time.monotonic(), e)),
+        )
+    )
+    while not any(e["fanfold"] == "task_started" for _, e in events):
+        await asyncio.sleep(0.02)
+    await store.aput(ns, "1", {"action": "pause"})
+    await store.aput(ns, "2", {"action": "shout"})
+    await asyncio.sleep(1.2)  # a finishes; b and c are held
+    resumed_at = time.monotonic()
+    await store.aput(ns, "3", {"action": "resume"})
+    out = await asyncio.wait_for(run, 30)
+    assert [r.status for r in out.results] == ["ok", "ok", "ok"]
+    starts = {e["task_id"]: t for t, e in events if e["fanfold"] == "task_started"}
+    assert starts["b"] >= resumed_at - 0.05 and starts["c"] > starts["b"]
+    answers = {i.key: i.value for i in await store.asearch((*ns, "done"))}
+    assert answers["1"] == {"ok": True} and answers["3"] == {"ok": True}
+    assert answers["2"]["ok"] is False and "unknown action `shout`" in answers["2"]["error"]
