@@ -207,6 +207,13 @@ async def test_store_commands_pause_resume_and_refuse_what_they_do_not_know() ->
     settings = RunSettings(model=model, start_jitter_s=0, max_concurrency=1)
     ns = ("fanfold", "steer", "th-1")
     events: list[tuple[float, ProgressEvent]] = []
+    first = asyncio.Event()
+
+    def seen(event: ProgressEvent) -> None:
+        events.append((time.monotonic(), event))
+        if event["fanfold"] == "task_started":
+            first.set()
+
     run = asyncio.ensure_future(
         arun(
             "x",
@@ -214,11 +221,10 @@ async def test_store_commands_pause_resume_and_refuse_what_they_do_not_know() ->
             plan=plan_of(*(task(t) for t in "abc")),
             graph=graph,
             config={"configurable": {"thread_id": "th-1"}},
-            on_event=lambda e: events.append((time.monotonic(), e)),
+            on_event=seen,
         )
     )
-    while not any(e["fanfold"] == "task_started" for _, e in events):
-        await asyncio.sleep(0.02)
+    await asyncio.wait_for(first.wait(), 10)
     await store.aput(ns, "1", {"action": "pause"})
     await store.aput(ns, "2", {"action": "shout"})
     await asyncio.sleep(1.2)  # a finishes; b and c are held
