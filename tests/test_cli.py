@@ -189,7 +189,7 @@ def test_the_setting_flags_are_exactly_the_declared_ones() -> None:
     subs = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     declared = {f.name for f in setting_flags().values()}
     assert set(SEVEN_NEW.values()) <= declared
-    own = {"--help", "--json", "--checkpoint"}
+    own = {"--help", "--json", "--no-live", "--checkpoint"}
     assert _option_strings(subs.choices["run"]) == declared | own | {"--thread-id", "--plan"}
     assert _option_strings(subs.choices["demo"]) == declared | own | {"--thread-id"}
     assert _option_strings(subs.choices["resume"]) == declared | own
