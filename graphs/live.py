@@ -38,6 +38,8 @@ class _Running:
 @dataclass
 class _State:
     total: int | None = None
+    limit: int | None = None
+    """The adaptive model-call limit as the last step reported it."""
     running: dict[str, _Running] = field(default_factory=dict)
     finished: Counter[str] = field(default_factory=Counter)
     tokens_done: int = 0
@@ -108,6 +110,7 @@ class LiveView:
         elif event["fanfold"] == "task_started":
             state.running[event["task_id"]] = _Running(kind=event["kind"], started=time.monotonic())
         elif event["fanfold"] == "task_step":
+            state.limit = event["limit"]
             row = state.running.get(event["task_id"])
             if row is not None:
                 row.step, row.tokens = event["step"], event["tokens"]
@@ -161,7 +164,7 @@ class LiveView:
         header = Text.assemble(
             (f"{self.title} ", "bold"),
             f"{done}/{total} tasks finished · running {len(state.running)}"
-            f" (limit {s.max_concurrency}) · elapsed {wall} · tokens {spent}",
+            f" (limit {s.max_concurrency}){self._throttled()} · elapsed {wall} · tokens {spent}",
         )
         table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
         for column in ("task", "kind", "elapsed", "calls", "tokens", "doing"):
@@ -192,6 +195,12 @@ class LiveView:
         elif self.note:
             parts.append(Text(self.note))
         return Group(*parts)
+
+    def _throttled(self) -> str:
+        limit = self._state.limit
+        if limit is None or limit >= self.settings.max_concurrency:
+            return ""
+        return f", throttled to {limit}"  # the adaptive limit cut it (429s)
 
     def redraw(self) -> None:
         """Redraw now (after a key changed what the view shows)."""

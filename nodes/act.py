@@ -168,7 +168,14 @@ async def act(state: SubagentState, runtime: Runtime[RunSettings]) -> SubagentUp
     scope.task_usage[task_id(state)] = spent
     if state.get("depth", 1) == 1:  # a delegated sub-task is its parent's step
         names = [c["name"] for c in reply.tool_calls]
-        task_step(runtime.stream_writer, task_id(state), steps + 1, spent.total_tokens, names)
+        task_step(
+            runtime.stream_writer,
+            task_id(state),
+            steps + 1,
+            spent.total_tokens,
+            names,
+            scope.limit.limit,
+        )
     update: SubagentUpdate = {
         "messages": [reply],
         "steps": steps + 1,

@@ -57,6 +57,9 @@ class TaskStep(TypedDict):
     step: int
     tokens: int
     tools: list[str]
+    limit: int
+    """The run's model-call limit now (the adaptive limit: below `max_concurrency`
+    while a server throttles)."""
 
 
 ProgressEvent = PlanReady | TaskStarted | TaskStep | TaskFinished
@@ -92,7 +95,9 @@ def task_finished(writer: StreamWriter, result: SubagentResult) -> None:
     writer(event)
 
 
-def task_step(writer: StreamWriter, task_id: str, step: int, tokens: int, tools: list[str]) -> None:
+def task_step(
+    writer: StreamWriter, task_id: str, step: int, tokens: int, tools: list[str], limit: int
+) -> None:
     """Announce a subagent's model reply: how far it is, what it spent, what it calls."""
     event: TaskStep = {
         "fanfold": "task_step",
@@ -100,6 +105,7 @@ def task_step(writer: StreamWriter, task_id: str, step: int, tokens: int, tools:
         "step": step,
         "tokens": tokens,
         "tools": tools,
+        "limit": limit,
     }
     writer(event)
 

@@ -175,3 +175,29 @@ def test_keys_in_the_live_view_cancel_pause_resume_and_stop(tmux: Tmux, tmp_path
     assert re.search(r"^\s+t6\s+cancelled .*stopped from the terminal", last, re.M)
     assert re.search(r"^\s+t1\s+ok", last, re.M) and re.search(r"^\s+t3\s+ok", last, re.M)
     assert "status=partial" in last
+
+
+def test_the_view_says_when_the_adaptive_limit_cut_concurrency() -> None:
+    import io
+
+    from fanfold import RunSettings
+    from fanfold.graphs.live import LiveView
+
+    settings = RunSettings(max_concurrency=8, max_total_tokens=1000, max_wall_time_s=30)
+    view = LiveView(settings, io.StringIO())
+    view({"fanfold": "plan_ready", "tasks": 3, "generations": 1})
+    view({"fanfold": "task_started", "task_id": "t1", "kind": "researcher", "at": ""})
+    step = {"fanfold": "task_step", "task_id": "t1", "step": 1, "tokens": 120, "tools": ["x"]}
+    view({**step, "limit": 3})  # type: ignore[typeddict-item]
+    out = io.StringIO()
+    from rich.console import Console
+
+    Console(file=out, width=140).print(view.render())
+    text = out.getvalue()
+    assert "running 1 (limit 8), throttled to 3" in text
+    assert "tokens 120 / 1,000" in text and "/ 30s" in text
+    assert "calling x" in text
+    view({**step, "limit": 8})  # type: ignore[typeddict-item]
+    out = io.StringIO()
+    Console(file=out, width=140).print(view.render())
+    assert "throttled" not in out.getvalue()
