@@ -331,6 +331,8 @@ class _Server:
     """Set while connected."""
     lost: asyncio.Event | None = None
     """Set when the current session is dropped: its calls in flight end then."""
+    lost_error: BaseException | None = None
+    """Why the last session was dropped."""
     failures: int = 0
     retry_at: float = 0.0
     attempted: asyncio.Future[None] | None = None
@@ -497,6 +499,7 @@ class McpToolset:
         if server.status.state != "closed":
             server.status.state = "down"
         server.status.last_error = _describe(error)
+        server.lost_error = error
         delay = RECONNECT_BACKOFF_S[min(server.failures, len(RECONNECT_BACKOFF_S) - 1)]
         server.failures += 1
         server.retry_at = time.monotonic() + delay
@@ -635,6 +638,12 @@ class McpToolset:
             try:
                 result = await _unless(session.call_tool(name, arguments, **kwargs), lost)
             except _Lost:
+                gone = server.lost_error
+                if attempt == 1 and gone is not None and _never_sent(gone):
+                    # The pipe broke as this call was written (a server that died while
+                    # idle): once more, on the new session. A server that died after it
+                    # read the call may run it twice.
+                    continue
                 server.status.call_errors += 1
                 msg = (
                     f"MCP server `{server.name}`: the connection was lost during the call "
@@ -831,6 +840,7 @@ def _transport_failed(exc: BaseException) -> bool:
     import httpx
     from mcp.shared.exceptions import McpError
 
+    exc = _inner(exc)
     if isinstance(exc, McpError):
         return (exc.error.code, exc.error.message) in _SESSION_GONE
     transport = (
@@ -851,6 +861,7 @@ def _never_sent(exc: BaseException) -> bool:
     import anyio
     from mcp.shared.exceptions import McpError
 
+    exc = _inner(exc)
     if isinstance(exc, McpError):
         return (exc.error.code, exc.error.message) == (32600, "Session terminated")
     return isinstance(exc, anyio.ClosedResourceError | anyio.BrokenResourceError)
@@ -897,10 +908,16 @@ def _safe(name: str, *, suffix: str = "") -> str:
     return base[: MAX_TOOL_NAME - len(suffix)] + suffix
 
 
-def _describe(error: BaseException) -> str:
-    """Return an error's type and text, from inside an exception group too."""
+def _inner(error: BaseException) -> BaseException:
+    """Return the first error inside exception groups (anyio task groups raise them)."""
     while isinstance(error, BaseExceptionGroup) and error.exceptions:
         error = error.exceptions[0]
+    return error
+
+
+def _describe(error: BaseException) -> str:
+    """Return an error's type and text, from inside an exception group too."""
+    error = _inner(error)
     text = str(error) or repr(error)
     return f"{type(error).__name__}: {text}"[:300]
 
