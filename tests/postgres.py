@@ -2,7 +2,8 @@
 
 `.ci/run` starts one and sets the variable; without it, the session fixture starts a
 throwaway server from a temporary data directory (and skips only when none can be
-started at all, never under CI).
+started at all, never under CI). Under pytest-xdist each worker gets a database of its
+own on that server (`_database_of_this_worker`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -126,7 +128,8 @@ def postgres_url() -> Iterator[str]:
     """
     url = os.environ.get("FANFOLD_TEST_POSTGRES_URL")
     if url:
-        yield url
+        with _database_of_this_worker(url) as own:
+            yield own
         return
     server: TempPostgres | None = None
     try:
@@ -141,9 +144,40 @@ def postgres_url() -> Iterator[str]:
             pytest.fail(f"CI is set but no PostgreSQL could be started: {exc}")
         pytest.skip(f"no PostgreSQL could be started: {exc}")
     try:
-        yield started
+        yield started  # a server of this process's own: nothing shared with another worker
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def _database_of_this_worker(url: str) -> Iterator[str]:
+    """Under pytest-xdist, a database of this worker's own on the server of `url`.
+
+    Each worker creates (and drops at the end) a database named after the database of
+    `url`, the worker and the test run, so workers of one run, and concurrent runs on
+    one server, share no tables, thread ids or advisory locks (a lock's key is scoped
+    to its database), and no two `setup()`s migrate one schema at once. Outside
+    xdist, `url` itself.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        yield url
+        return
+    import psycopg
+    from psycopg import sql
+
+    parts = urlsplit(url)
+    base = parts.path.lstrip("/") or "fanfold"
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", "")[:12]
+    name = f"{base}_{worker}_{run}".lower()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+    try:
+        yield urlunsplit(parts._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+            conn.execute(drop.format(sql.Identifier(name)))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -161,6 +161,7 @@ def test_a_window_is_judged_on_the_attempts_it_started_not_the_first_to_end(
     assert limit.limit == 20 and limit.noise == pytest.approx(0.2 + 0.2 * (3 / 18 - 0.2))
 
 
+@pytest.mark.alone  # gaps between wake-ups, 5 ms of slack
 async def test_the_pace_spaces_request_starts() -> None:
     limit = AdaptiveLimit(10)
     limit.pace = 50.0  # 20 ms apart

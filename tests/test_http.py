@@ -501,6 +501,7 @@ async def test_planner_repair_round_over_http(server: ScriptedOpenAI) -> None:
     assert all(c.tokens is not None and c.tokens.total > 0 for c in planner_calls)
 
 
+@pytest.mark.alone  # a quick call within a 0.5 s timeout
 async def test_task_timeout_cuts_a_slow_http_call_short(server: ScriptedOpenAI) -> None:
     server.tasks = {
         "t1": TaskScript("too late", latency_s=10.0),

@@ -109,6 +109,7 @@ def _one_process_runs_the_thread(location: str, tmp: Path) -> None:
             _kill_group(proc)
 
 
+@pytest.mark.alone  # a run outlasts the start-up of two resumes
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_one_process_runs_a_sqlite_thread(tmp_path: Path) -> None:
@@ -118,6 +119,7 @@ def test_one_process_runs_a_sqlite_thread(tmp_path: Path) -> None:
     assert not list(lease_file(location, "x").parent.glob("*.lock"))
 
 
+@pytest.mark.alone  # a run outlasts the start-up of two resumes
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_one_process_runs_a_postgres_thread(postgres_url: str, tmp_path: Path) -> None:

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+# Frames read off a terminal while the run goes on: alone, so a loaded machine cannot
+# make a redraw miss its moment.
+pytestmark = [pytest.mark.slow, pytest.mark.alone, pytest.mark.timeout(120)]
 
 
 class Tmux:

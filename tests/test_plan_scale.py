@@ -42,6 +42,7 @@ def checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 # --- the check is linear -----------------------------------------------------------------
 
 
+@pytest.mark.alone  # a bound on wall time: no other test's load
 def test_a_reversed_chain_of_10000_tasks_validates_in_under_2s() -> None:
     # networkx's find_cycle without a source searched afresh from every node: 2000
     # tasks listed backwards took 34 s per check.
@@ -54,6 +55,7 @@ def test_a_reversed_chain_of_10000_tasks_validates_in_under_2s() -> None:
     assert len(generations) == N and generations[0] == ["t0"]
 
 
+@pytest.mark.alone  # a bound on wall time: no other test's load
 def test_a_cycle_through_10000_reversed_tasks_is_named_in_under_2s() -> None:
     tasks = _chain(N)
     tasks[-1]["depends_on"] = [f"t{N - 1}"]  # t0 now needs the last task: one long cycle

@@ -93,6 +93,7 @@ async def test_a_non_transient_error_fails_the_task_at_once(exc: BaseException) 
     assert out.metrics.retries == 0 and out.metrics.faults == {}
 
 
+@pytest.mark.alone  # attempts within a 0.5 s budget
 async def test_retries_stop_at_the_time_budget_with_the_last_fault() -> None:
     # A server that keeps answering 503 with a 0.2 s Retry-After: the waits (0.2 s or
     # the exponential step, if longer: 0.13-0.25 s, then 0.25-0.5 s) fit a 0.5 s budget
@@ -109,6 +110,7 @@ async def test_retries_stop_at_the_time_budget_with_the_last_fault() -> None:
     assert r.duration_s < 1.0  # no retry started after the budget (the fake fails at once)
 
 
+@pytest.mark.alone  # attempts within a 0.7 s timeout
 async def test_retries_never_outlive_the_task_timeout() -> None:
     # The default budget (60 s) is far longer than this task's 0.7 s timeout: the task
     # fails with its last fault before it would time out, instead of being cut off.

@@ -27,7 +27,7 @@ from tests.llmock_server import run_llmock
 from tests.openai_server import ScriptedOpenAI, SeededFaults, TokenBucket, serving
 from tests.test_faults_http import wide_plan
 
-pytestmark = pytest.mark.http
+pytestmark = [pytest.mark.http, pytest.mark.alone]  # throughput and rejections vs time
 
 
 @pytest.fixture

@@ -198,6 +198,7 @@ async def grep_beside_a_sibling(
     return grep, sibling
 
 
+@pytest.mark.alone  # durations with 0.2 s of slack
 async def test_a_catastrophic_pattern_neither_stops_the_loop_nor_outlasts_the_timeout(
     tmp_path: Path,
 ) -> None:
@@ -214,6 +215,7 @@ async def test_a_catastrophic_pattern_neither_stops_the_loop_nor_outlasts_the_ti
     print(f"\ngrep task {grep.duration_s:.3f}s, sibling {sibling.duration_s:.3f}s")
 
 
+@pytest.mark.alone  # durations with 0.2 s of slack
 async def test_a_search_longer_than_the_tool_timeout_ends_on_time_and_stops_working(
     tmp_path: Path,
 ) -> None:
