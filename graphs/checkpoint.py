@@ -49,6 +49,29 @@ async def open_checkpointer(location: str | Path) -> AsyncIterator[BaseCheckpoin
         yield allow_fanfold_types(saver)
 
 
+@contextlib.asynccontextmanager
+async def open_store(location: str | Path) -> AsyncIterator[Any]:
+    """Open a LangGraph store beside a checkpoint: the same SQLite file or PostgreSQL.
+
+    It keeps what steers a run (`nodes.steer.StoreCommands`): a cancel or an added task
+    given before the run acted on it survives a crash and a resume.
+    """
+    text = str(location)
+    if is_postgres(text):
+        from langgraph.store.postgres.aio import AsyncPostgresStore
+
+        async with AsyncPostgresStore.from_conn_string(text) as pg_store:
+            await pg_store.setup()
+            yield pg_store
+        return
+    from langgraph.store.sqlite.aio import AsyncSqliteStore
+
+    Path(text).parent.mkdir(parents=True, exist_ok=True)
+    async with AsyncSqliteStore.from_conn_string(text) as store:
+        await store.setup()
+        yield store
+
+
 _WRITE = (
     "INSERT OR {verb} INTO writes (thread_id, checkpoint_ns, checkpoint_id, task_id, "
     "task_path, idx, channel, type, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"

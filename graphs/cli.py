@@ -39,7 +39,7 @@ from fanfold.graphs.api import (
     saved_settings,
     start,
 )
-from fanfold.graphs.checkpoint import is_postgres, open_checkpointer
+from fanfold.graphs.checkpoint import is_postgres, open_checkpointer, open_store
 from fanfold.graphs.live import LiveView, TerminalKeys
 from fanfold.graphs.loop import exit_now_if_stuck, run_until_done
 from fanfold.graphs.orchestrator import Orchestrator, compile_orchestrator
@@ -838,12 +838,15 @@ async def _orchestrator(
             setup = getattr(saver, "setup", None)
             if setup is not None:
                 await setup()  # an unusable file fails here, not in the middle of the run
+            # Beside the checkpoints: the live view's keys write their commands there
+            # too, so a cancel survives a crash before the run acted on it.
+            store = await stack.enter_async_context(open_store(location))
         except Exception as exc:
             failure = _checkpoint_failure(location, exc)
             if failure is None:
                 raise
             raise failure from exc
-        yield compile_orchestrator(checkpointer=saver)
+        yield compile_orchestrator(checkpointer=saver, store=store)
 
 
 async def _run_command(session: Session) -> RunOutput:

@@ -203,3 +203,49 @@ def test_the_view_says_when_the_adaptive_limit_cut_concurrency() -> None:
     out = io.StringIO()
     Console(file=out, width=140).print(view.render())
     assert "throttled" not in out.getvalue()
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        out += [int(c) for c in text]
+    return out
+
+
+def test_a_key_cancel_survives_a_crash_and_resume(tmux: Tmux, tmp_path: Path) -> None:
+    import json
+    import signal
+
+    done, db = tmp_path / "done", tmp_path / "runs.sqlite"
+    parts = "alpha, beta, gamma, delta, epsilon"
+    tmux.start(
+        fanfold_command(
+            "run", parts, "--model", "demo:latency=1.0", "--max-concurrency", "1",
+            "--checkpoint", str(db), "--thread-id", "th-crash", done=done,
+        )
+    )  # fmt: skip
+    wait_for(tmux, r"^t1\s+researcher")
+    tmux.run("send-keys", "c", "t", "4", "Enter")
+    wait_for(tmux, r"^cancelled t4$")
+    shell = int(tmux.run("display", "-p", "#{pane_pid}").strip())
+    (cli,) = _children(shell)  # the fanfold process this test started (the pane's child)
+    os.kill(cli, signal.SIGKILL)  # before t4's turn: nothing in the checkpoint says so
+    time.sleep(0.5)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fanfold", "resume", "th-crash", "--checkpoint", str(db)]
+        + ["--json", "--no-live", "--model", "demo:latency=0.05"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    by = {r["task_id"]: r for r in doc["results"]}
+    assert by["t4"]["status"] == "cancelled"
+    assert by["t4"]["error"]["message"] == "cancelled from the terminal"
+    assert {by[t]["status"] for t in ("t1", "t2", "t3", "t5")} == {"ok"}
+    assert by["compare"]["status"] == "skipped"  # it needed t4
