@@ -17,6 +17,10 @@ are paced at 0.9x the goodput the server just admitted. The next window tests th
 cut: if the 429 share stayed the same, give or take chance, while the goodput fell
 with the load, the 429s were not ours to cause; the cuts are undone, their share
 becomes the noise level, and a 429 is then retried at the first backoff step.
+The test compares with the first cut of a run of cuts as well as the last (cuts that
+reached the floor lower the goodput no further from one window to the next), and,
+once the noise level is known, a test window back at that level with less goodput
+undoes the cut too: its window was a chance cluster of the noise.
 Healthy windows grow the limit by a tenth of its ceiling and the pace (quickly far
 below the rate last admitted, by 10% up to it, then probing past it in doubling
 steps), and move the noise level toward what they see. Goodput counts answers only,
@@ -157,6 +161,8 @@ class AdaptiveLimit:
         """The goodput the server admitted when the run's load last overran it."""
         self._probe = PROBE
         self._cut: _Cut | None = None
+        self._first_cut: _Cut | None = None
+        """The window that began the current run of cuts."""
         self._before_cuts: tuple[int, float | None, float | None] | None = None
         """The setting before the current run of cuts (no healthy window between them)."""
         self._best_goodput = 0.0
@@ -282,29 +288,44 @@ class AdaptiveLimit:
         n1, n2 = cut.attempts, max(1, self._ended)
         pooled = (cut.share * n1 + share * n2) / (n1 + n2)
         error = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-        return share > 0.05 and cut.share - error <= share <= cut.share + 2 * error
+        return share > 0.05 and cut.share - 2 * error <= share <= cut.share + 2 * error
+
+    def _useless(self, cut: _Cut, share: float, goodput: float) -> bool:
+        """Tell whether the load cut since `cut` lowered the goodput but not the 429s.
+
+        Either the 429s stayed at the cut window's share, or, once the run's noise is
+        known, at the noise level (the cut window's excess was a chance cluster of it).
+        """
+        if goodput >= 0.8 * cut.goodput:
+            return False
+        if self._same_share(cut, share):
+            return True
+        p = self.noise
+        error = math.sqrt(p * (1 - p) / max(1, self._ended))
+        return p >= 0.05 and share >= p - error
 
     def _judge(self, now: float, share: float, goodput: float) -> None:
         self._best_goodput = max(self._best_goodput, goodput)
         excess = share > self.noise + self._margin()
         cut, self._cut = self._cut, None
         before = self._before_cuts  # set whenever a cut is under test
-        if (
-            cut is not None
-            and before is not None
-            and goodput < 0.8 * cut.goodput
-            and self._same_share(cut, share)
-        ):
+        tested = [c for c in (cut, self._first_cut) if c is not None]
+        useless = next((c for c in tested if self._useless(c, share, goodput)), None)
+        if cut is not None and before is not None and useless is not None:
             # Less load, as many 429s, less goodput: they are not ours to cause. Undo the
-            # cuts (the first may have come from a chance cluster of the noise).
-            self.noise = max(self.noise, share)
-            self._before_cuts = None
+            # cuts (the first may have come from a chance cluster of the noise). Measured
+            # against the first cut too: a run of cuts that reached the floor lowers the
+            # goodput no further from one window to the next.
+            n1, n2 = useless.attempts, max(1, self._ended)
+            self.noise = max(self.noise, (useless.share * n1 + share * n2) / (n1 + n2))
+            self._before_cuts = self._first_cut = None
             limit, pace, self._known = before
             self._set(now, limit, pace)
         elif excess:
             self._cut = _Cut(share, goodput, self._ended)
             if self._before_cuts is None:
                 self._before_cuts = (self.limit, self.pace, self._known)
+                self._first_cut = self._cut
             self._known, self._probe = goodput, PROBE
             floor = 1 if self._told_when else self.floor
             pace = PACE_SHARE * goodput
@@ -316,7 +337,7 @@ class AdaptiveLimit:
             limit = max(floor, min(self.limit - 1, math.ceil(self.limit * keep)))
             self._set(now, limit, pace if pace > 0 else self.pace)
         else:
-            self._before_cuts = None
+            self._before_cuts = self._first_cut = None
             self.noise += 0.2 * (share - self.noise)
             limit = min(self.ceiling, self.limit + max(1, round(self.ceiling * GROWTH)))
             self._set(now, limit, self._grown_pace())

@@ -118,6 +118,33 @@ def test_429s_that_stay_when_the_load_falls_are_noise(clock: Clock) -> None:
     assert limit.limit == 20 and limit.timeline[-1][1] == 20
 
 
+def test_a_cut_from_a_chance_cluster_of_known_noise_is_undone(clock: Clock) -> None:
+    limit = AdaptiveLimit(20, window=20)
+    window(limit, clock, sent=20, throttled=6)
+    window(limit, clock, sent=20, throttled=6)  # undone: 30% is noise
+    assert limit.limit == 20 and limit.noise == pytest.approx(0.3, abs=0.05)
+    window(limit, clock, sent=20, throttled=14)  # a chance cluster well above the noise
+    assert limit.limit < 20 and limit.pace is not None
+    # Back at the noise level, with the goodput down with the load: the cut bought
+    # nothing, so it is undone (it used to stay, growing back a tenth a window).
+    window(limit, clock, sent=20, throttled=6)
+    assert (limit.limit, limit.pace) == (20, None)
+
+
+def test_a_run_of_cuts_is_tested_against_the_first(clock: Clock) -> None:
+    # Noise the run does not know yet, cut twice; the second test window's goodput is
+    # not much below the second cut's, but far below the first's, at the first's share.
+    limit = AdaptiveLimit(20, window=20)
+    window(limit, clock, sent=20, throttled=9)
+    first = limit._first_cut
+    assert first is not None and limit.limit < 20
+    window(limit, clock, sent=20, throttled=3)  # a low draw: not the same share, cut again
+    assert limit._first_cut is first and limit._before_cuts is not None
+    window(limit, clock, sent=20, throttled=8)
+    assert (limit.limit, limit.pace) == (20, None)
+    assert limit.noise > 0.25  # the shares of the tested windows, pooled
+
+
 def test_retry_after_lets_the_limit_go_below_the_floor(clock: Clock) -> None:
     limit = AdaptiveLimit(8, window=4)
     told = rate_limited(**{"retry-after-ms": "500"})
