@@ -182,6 +182,13 @@ def _demo_args(function: dict[str, Any], name: str, description: str) -> dict[st
     return args
 
 
+def _task_of(messages: list[BaseMessage]) -> str | None:
+    """Return the id of the task a subagent's messages are about, if they are one's."""
+    first_user = next((_text(m) for m in messages if isinstance(m, HumanMessage)), "")
+    task = _TASK.search(first_user)
+    return task.group(1) if task else None
+
+
 class DemoFault(RuntimeError):
     """A call the demo model was told to fail (`demo:fail=t2`)."""
 
@@ -195,6 +202,8 @@ class DemoChatModel(BaseChatModel):
     """A file to append one JSON line to per call (`{"who": ..., "pid": ...}`), to count calls."""
     fail: list[str] = Field(default_factory=list)
     """Task ids whose every call fails (`DemoFault`): a failure to watch a policy or a rerun."""
+    hang: list[str] = Field(default_factory=list)
+    """Task ids whose every call never answers (until cancelled): a timeout to watch."""
 
     @property
     def _llm_type(self) -> str:
@@ -228,8 +237,13 @@ class DemoChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        await self._hang_if_told(messages)
         await asyncio.sleep(self.latency)
         return self._result(messages, kwargs.get("tools"))
+
+    async def _hang_if_told(self, messages: list[BaseMessage]) -> None:
+        if self.hang and _task_of(messages) in self.hang:
+            await asyncio.Event().wait()  # until cancelled (a task's timeout)
 
     async def _astream(
         self,
@@ -244,6 +258,7 @@ class DemoChatModel(BaseChatModel):
         does. Half the latency passes before the first word, the other half is spread
         over the rest.
         """
+        await self._hang_if_told(messages)
         await asyncio.sleep(self.latency / 2)
         message = self._result(messages, kwargs.get("tools")).generations[0].message
         assert isinstance(message, AIMessage)
@@ -272,12 +287,9 @@ class DemoChatModel(BaseChatModel):
     ) -> ChatResult:
         if self.log:
             self._log(messages, tools)
-        if self.fail:
-            first_user = next((_text(m) for m in messages if isinstance(m, HumanMessage)), "")
-            task = _TASK.search(first_user)
-            if task and task.group(1) in self.fail:
-                msg = f"the demo model fails every call of task `{task.group(1)}` (fail=...)"
-                raise DemoFault(msg)
+        if self.fail and (tid := _task_of(messages)) in self.fail:
+            msg = f"the demo model fails every call of task `{tid}` (fail=...)"
+            raise DemoFault(msg)
         message = self._respond(messages, tools or [])
         prompt = sum(_tokens(_text(m)) for m in messages)
         out = _tokens(_text(message) + json.dumps(message.tool_calls))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Literal
@@ -10,6 +12,15 @@ import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from fanfold.nodes.errors import PlanError
+
+
+def this_worker() -> str:
+    """Return this process's name in results: `"<hostname>:<pid>"`.
+
+    Read at each call: a forked worker has a pid of its own.
+    """
+    return f"{socket.gethostname()}:{os.getpid()}"
+
 
 TaskStatus = Literal["ok", "failed", "timed_out", "cancelled", "skipped"]
 """How a task ended: `ok`, `failed` (raised), `timed_out`, `cancelled`, or
@@ -304,6 +315,9 @@ class SubagentResult(BaseModel):
     """Tool calls that came back to the model as errors."""
     subtasks: list[SubagentResult] = Field(default_factory=list)
     """Results of the sub-tasks this task delegated (their tokens are in `usage`)."""
+    worker: str = Field(default_factory=lambda: this_worker())
+    """Where the result was made, `"<hostname>:<pid>"`: the process that ran the task (a
+    Temporal worker's, on Temporal), or that decided it (a skipped task's: the run's)."""
 
 
 class RunMetrics(BaseModel):

@@ -27,7 +27,8 @@ def load_chat_model(spec: str | BaseChatModel) -> BaseChatModel:
     Specs:
         `demo` or `demo:latency=0.5`: the offline demo model (each call takes
         `latency` seconds); `log=FILE` appends a line per call; `fail=t2+t5` makes
-        those tasks' calls fail (to see a failure, a policy or `fanfold rerun` at work).
+        those tasks' calls fail (to see a failure, a policy or `fanfold rerun` at work);
+        `hang=t3` makes that task's calls never answer (to see a timeout).
         `openai:<model>`: ChatOpenAI; `OPENAI_API_KEY` and `OPENAI_BASE_URL` are
         honoured, so any OpenAI-compatible server works.
         `openai:<model>@<base_url>`: the same against that base URL.
@@ -87,7 +88,7 @@ _LOOP_MODELS: weakref.WeakKeyDictionary[
 
 
 SPEC_FORMS = (
-    "demo, demo:latency=S (options: latency, log, fail), openai:<model> or "
+    "demo, demo:latency=S (options: latency, log, fail, hang), openai:<model> or "
     "openai:<model>@<base_url>"
 )
 
@@ -174,14 +175,15 @@ def _demo_options(rest: str) -> dict[str, Any]:
                 raise ValueError("demo option `log` needs a file path")
             options["log"] = value
             continue
-        if key == "fail":
+        if key in ("fail", "hang"):
             ids = [t for t in value.split("+") if t]
             if not ids:
-                raise ValueError("demo option `fail` needs task ids, joined by `+`: fail=t2+t5")
-            options["fail"] = ids
+                msg = f"demo option `{key}` needs task ids, joined by `+`: {key}=t2+t5"
+                raise ValueError(msg)
+            options[key] = ids
             continue
         if key != "latency":
-            msg = f"unknown demo option `{key}` (known: latency, log, fail)"
+            msg = f"unknown demo option `{key}` (known: latency, log, fail, hang)"
             raise ValueError(msg)
         try:
             latency = float(value)
