@@ -15,6 +15,7 @@ import difflib
 import importlib.metadata
 import json
 import os
+import signal
 import sqlite3
 import sys
 import textwrap
@@ -24,7 +25,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, TextIO, cast
 from urllib.parse import urlsplit
 
 from langchain_core.runnables import RunnableConfig
@@ -44,7 +45,14 @@ from fanfold.graphs.live import LiveView, TerminalKeys
 from fanfold.graphs.loop import exit_now_if_stuck, run_until_done
 from fanfold.graphs.orchestrator import Orchestrator, compile_orchestrator
 from fanfold.nodes.context import Flag, RunSettings, plain_types, requirement, setting_flags
-from fanfold.nodes.domain import ErrorInfo, ErrorType, Plan, RunMetrics, SubagentResult
+from fanfold.nodes.domain import (
+    ErrorInfo,
+    ErrorType,
+    Plan,
+    RunMetrics,
+    SubagentResult,
+    this_worker,
+)
 from fanfold.nodes.domain import exception_name as _exception_name
 from fanfold.nodes.errors import (
     NothingToRerun,
@@ -383,6 +391,28 @@ def _add_output_flags(parser: argparse.ArgumentParser, *, resume: bool) -> None:
             default=None,
             help="the run's thread id in the checkpoint (default: a new random one)",
         )
+        _add_temporal_flags(group, worker=False)
+
+
+def _add_temporal_flags(group: Any, *, worker: bool) -> None:
+    group.add_argument(
+        "--temporal",
+        metavar="HOST:PORT",
+        required=worker,
+        default=None,
+        help=(
+            "the Temporal server to take work from"
+            if worker
+            else "run on Temporal: the run is a workflow, its subagents activities on the "
+            "workers serving --task-queue (start them with `fanfold worker`)"
+        ),
+    )
+    group.add_argument(
+        "--task-queue",
+        metavar="NAME",
+        default="fanfold",
+        help="the Temporal task queue of the run's workflow and activities (default: fanfold)",
+    )
 
 
 def _saved_run_parser(sub: Any, name: str, summary: str, description: str) -> Any:
@@ -460,6 +490,34 @@ def build_parser() -> _Parser:
         metavar="STATUS[,STATUS]",
         default=",".join(RERUNNABLE),
         help=f"the statuses to run again, among {', '.join(RERUNNABLE)} (default: all)",
+    )
+    worker_p = sub.add_parser(
+        "worker",
+        help="serve runs on Temporal: the orchestrator workflow and/or subagent activities",
+        description=textwrap.fill(
+            "Serve Fanfold runs from a Temporal server until stopped (Ctrl-C or SIGTERM). "
+            "Start as many as you like, on any machines: the same command everywhere. "
+            "Workers need the models and tools the runs name (API keys, MCP servers)."
+        ),
+        epilog=_epilog(),
+        formatter_class=formatter,
+    )
+    worker_p.set_defaults(json=False)
+    worker_group = worker_p.add_argument_group("Temporal")
+    _add_temporal_flags(worker_group, worker=True)
+    worker_group.add_argument(
+        "--role",
+        choices=("all", "orchestrator", "agents"),
+        default="all",
+        help="orchestrator: the run workflows only; agents: the subagent (and planner, "
+        "answer) activities only; all: both (default)",
+    )
+    worker_group.add_argument(
+        "--max-activities",
+        metavar="N",
+        type=int,
+        default=None,
+        help="at most N activities at once in this worker (default: Temporal's, 100)",
     )
     _add_setting_flags(run_p, {})
     _add_output_flags(run_p, resume=False)
@@ -875,6 +933,8 @@ async def _run_command(session: Session) -> RunOutput:
             "fanfold: warning: --thread-id without --checkpoint saves nothing, so this run "
             "cannot be resumed; add --checkpoint FILE.sqlite to save it"
         )
+    if args.temporal is not None:
+        return await _temporal_run(session, request, settings, plan)
     async with _orchestrator(args.checkpoint, resume=False) as graph:
         config: RunnableConfig = {}
         thread_id = args.thread_id
@@ -900,6 +960,88 @@ async def _run_command(session: Session) -> RunOutput:
             on_event=on_event,
             on_approval=session.approve if settings.approve_plan else None,
         )
+
+
+def _temporal() -> Any:
+    """Import `fanfold.graphs.temporal`, or say how to install it."""
+    try:
+        from fanfold.graphs import temporal
+    except ImportError as exc:
+        msg = "--temporal needs the temporal extra: pip install 'fanfold[temporal]'"
+        raise bad_input(msg, cause=exc) from exc
+    return temporal
+
+
+async def _connect(temporal: Any, address: str) -> Any:
+    try:
+        return await temporal.connect(address)
+    except Exception as exc:  # noqa: BLE001 - Temporal's connection errors vary by cause
+        msg = f"--temporal {address}: no Temporal server answers there ({exc})"
+        raise CliFailure("Unreachable", EXIT_UNREACHABLE, msg, cause=exc) from exc
+
+
+async def _temporal_run(
+    session: Session, request: str, settings: RunSettings, plan: Plan | None
+) -> RunOutput:
+    """Run `run`/`demo --temporal`: start the workflow, show its progress, return its output."""
+    args = session.args
+    for flag, given in (
+        ("--checkpoint", args.checkpoint),
+        ("--thread-id", args.thread_id),
+        ("--approve", settings.approve_plan),
+    ):
+        if given:
+            raise bad_input(
+                f"{flag} is not supported with --temporal: a Temporal run is durable by itself "
+                "(its workflow id names it), and plan approval on Temporal is not built yet"
+            )
+    temporal = _temporal()
+    client = await _connect(temporal, args.temporal)
+    handle = await temporal.start_run(
+        client, request, settings=settings, plan=plan, task_queue=args.task_queue
+    )
+    _say(f"fanfold: running on Temporal as workflow {handle.id} (task queue {args.task_queue})")
+    on_event = session.progress()
+    watcher = None
+    if on_event is not None:
+        handler = on_event
+
+        async def watch() -> None:
+            async for event in temporal.events_of(client, handle.id):
+                handler(event)
+
+        watcher = asyncio.ensure_future(watch())
+    try:
+        return cast(RunOutput, await temporal.result_of(handle))
+    finally:
+        if watcher is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(watcher, timeout=5)
+
+
+async def _worker_command(session: Session) -> int:
+    """Run `worker`: serve the task queue until SIGINT/SIGTERM."""
+    args = session.args
+    temporal = _temporal()
+    try:
+        client = await _connect(temporal, args.temporal)
+        worker = temporal.make_worker(
+            client, task_queue=args.task_queue, role=args.role, max_activities=args.max_activities
+        )
+    except ValueError as exc:
+        raise bad_input(str(exc), cause=exc) from exc
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with worker:
+        _say(
+            f"fanfold: worker {this_worker()} serving {args.task_queue} on {args.temporal} "
+            f"(role {args.role})"
+        )
+        await stop.wait()
+    _say(f"fanfold: worker {this_worker()} stopped")
+    return EXIT_OK
 
 
 async def _saved_run_command(session: Session) -> RunOutput:
@@ -1101,6 +1243,8 @@ async def _command(session: Session) -> int:
     try:
         try:
             try:
+                if session.args.command == "worker":
+                    return await _worker_command(session)
                 if session.args.command in ("resume", "rerun"):
                     out = await _saved_run_command(session)
                 else:

@@ -74,8 +74,13 @@ def stuck() -> bool:
 
 
 def exit_now_if_stuck(code: int) -> None:
-    """End the process with `code` at once when abandoned work would hold it open."""
-    if stuck():
+    """End the process with `code` at once when abandoned work would hold it open.
+
+    Also when Temporal's client is loaded: its Rust core can abort the interpreter's
+    finalization (temporalio 1.35: "PyGILState_Release: thread state ... must be
+    current"), which turned a finished run's exit code 0 into a SIGABRT.
+    """
+    if stuck() or any(name.startswith("temporalio.bridge") for name in sys.modules):
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from langchain_core.runnables import RunnableConfig
@@ -36,6 +38,19 @@ from fanfold.nodes.synthesize import synthesize
 
 Granularity = Literal["task", "step"]
 
+
+@dataclass(frozen=True)
+class Engine:
+    """The nodes an engine runs in place of the in-process ones (same names, same graph)."""
+
+    subagent: StateNode[Any, Any] | None = None
+    """None: the one-node subagent or, at `step` granularity, the subgraph."""
+    reducer: StateNode[Any, Any] = reducer
+    replan: StateNode[Any, Any] = replan
+    route: Callable[..., Awaitable[Any]] | None = None
+    """Dispatch's routing function; None: `Dispatch(...).route`."""
+
+
 Orchestrator = ScopedGraph[OrchestratorState, RunSettings, OrchestratorInput, OrchestratorOutput]
 
 
@@ -45,6 +60,7 @@ def build_orchestrator(
     checkpoint_granularity: Granularity = "task",
     plan_with: StateNode[Any, Any] = planner,
     answer_with: StateNode[Any, Any] = synthesize,
+    engine: Engine | None = None,
 ) -> ScopedStateGraph[OrchestratorState, RunSettings, OrchestratorInput, OrchestratorOutput]:
     """Wire planner -> approve -> dispatch =Send=> subagent -> reducer -> ... -> synthesize.
 
@@ -56,6 +72,8 @@ def build_orchestrator(
             it the run ends at the reducer (as `execute_tasks_parallel` does).
         plan_with: the node that writes the plan (a preset graph swaps it).
         answer_with: the node that writes the answer.
+        engine: the nodes to run instead of the in-process ones, under the same names
+            (Temporal's: `fanfold.graphs.temporal`).
         checkpoint_granularity: with a checkpointer, `task` saves each subagent's
             result when it finishes (a resumed run restarts unfinished subagents from
             their first step); `step` also checkpoints every step inside each
@@ -78,17 +96,18 @@ def build_orchestrator(
     # on from its last step. `task`: nothing inside a subagent is saved, so it runs
     # as one node (a third of the CPU and half the memory of a subgraph).
     runner = part_of_run(compile_subagent()) if checkpoint_granularity == "step" else subagent
-    builder.add_node(SUBAGENT, runner, error_handler=on_subagent_error)
-    builder.add_node(REDUCER, reducer)
+    engine = engine or Engine()
+    builder.add_node(SUBAGENT, engine.subagent or runner, error_handler=on_subagent_error)
+    builder.add_node(REDUCER, engine.reducer)
     builder.add_edge(START, plan_node)
     builder.add_edge(plan_node, "approve")
     # The one-node subagent can wait for inputs sent in its own window: it gets the
     # eager dispatch (used only when the run has no checkpointer; see Dispatch).
-    route = Dispatch(eager=checkpoint_granularity == "task").route
+    route = engine.route or Dispatch(eager=checkpoint_granularity == "task").route
     builder.add_conditional_edges("approve", route, {**routes, REJECTED: END, STOPPED: END})
     builder.add_edge(SUBAGENT, REDUCER)
     builder.add_conditional_edges(REDUCER, route, dispatch_path_map(done, replan=REPLAN))
-    builder.add_node(REPLAN, replan)
+    builder.add_node(REPLAN, engine.replan)
     builder.add_conditional_edges(REPLAN, route, routes)
     if synthesize_answer:
         builder.add_node(answer_node, answer_with)

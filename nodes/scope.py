@@ -105,6 +105,9 @@ class RunScope:
         """What a run handle asked for (`fanfold.start`), or commands in the run's store;
         None: nobody steers this run."""
         self.commands: StoreCommands | None = None
+        self.accounted: set[str] = set()
+        """Tasks whose results the run charged and judged as they arrived from another
+        process (on Temporal: `fanfold.graphs.temporal`)."""
         self.ledgers: dict[int, Ledger] = {}
         """Each plan's bookkeeping between windows (`nodes.ledger`), by `id(plan)`."""
         self._windows: dict[str, dict[str, asyncio.Future[SubagentResult]]] = {}

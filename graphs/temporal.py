@@ -1,0 +1,581 @@
+"""Fanfold on Temporal: one run as one workflow, its subagents spread over worker processes.
+
+The orchestrator graph is the same graph (`build_orchestrator`), handed to Temporal's
+LangGraph plugin (`temporalio.langgraph`): LangGraph's Pregel loop runs in the
+workflow, and each node runs where its metadata says.
+
+| node                               | runs in  | why                                           |
+|------------------------------------|----------|-----------------------------------------------|
+| planner, replan, synthesize        | activity | model calls                                   |
+| subagent                           | activity | model and tool calls; heartbeats              |
+| approve, reducer, dispatch (route) | workflow | deterministic bookkeeping: ledger, policy,    |
+|                                    |          | budgets, plan approval (an interrupt)         |
+| the subagent's error handler       | workflow | turns an activity failure into a result       |
+
+What lives where:
+
+- The run-wide layer (ledger, policy, token and wall-time budgets, the stop signal)
+  is the workflow's `RunScope`: it sees every result, whichever worker made it. The
+  reducer charges each result's tokens to it and applies the policy (settle,
+  fail_fast, quorum) there.
+- Each activity runs under a scope of its worker process for that run (model-call
+  limit, rate limit, tool cache, MCP sessions), told at dispatch what the run had
+  spent so far and when its wall-time budget ends: an activity stops itself at the
+  budget, the workflow stops dispatching.
+- `max_concurrency` is LangGraph's own semaphore in the workflow: it bounds the
+  subagent activities in flight cluster-wide.
+- A task's timeout travels in its payload and is applied by the activity (no Temporal
+  timer per task); `start_to_close_timeout` is a backstop above it.
+- Types cross the activity boundary as themselves: `fanfold_data_converter()` encodes
+  with LangGraph's msgpack serializer and an allowlist (Fanfold's models, LangChain
+  messages, the plugin's envelopes); it must be on the client and every worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from langgraph.runtime import Runtime
+from langgraph.types import Command, Send
+from temporalio import activity, workflow
+from temporalio.api.common.v1 import Payload
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import RetryPolicy
+from temporalio.converter import (
+    CompositePayloadConverter,
+    DataConverter,
+    DefaultPayloadConverter,
+    EncodingPayloadConverter,
+)
+from temporalio.langgraph import LangGraphPlugin
+from temporalio.langgraph import graph as plugin_graph
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from fanfold.graphs.serde import FANFOLD_TYPES, allow_fanfold_types
+from fanfold.nodes.act import task_id
+from fanfold.nodes.context import RunSettings, settings_of
+from fanfold.nodes.dispatch import SUBAGENT, Dispatch
+from fanfold.nodes.domain import Plan, Usage
+from fanfold.nodes.errors import QuorumUnreachable, TaskFailedError
+from fanfold.nodes.finish import apply_policy, finish
+from fanfold.nodes.planner import planner
+from fanfold.nodes.reducer import reducer
+from fanfold.nodes.replan import replan
+from fanfold.nodes.scope import RunScope, ScopedControl
+from fanfold.nodes.state import OrchestratorState, OrchestratorUpdate, SubagentInput, SubagentUpdate
+from fanfold.nodes.subagent_error import failure_result
+from fanfold.nodes.subagent_node import subagent
+from fanfold.nodes.synthesize import synthesize
+
+T = TypeVar("T")
+
+GRAPH = "fanfold"
+"""The orchestrator's name in the plugin: activities are `fanfold.<node>`."""
+WORKFLOW = "fanfold.run"
+"""The workflow type a run starts."""
+TASK_QUEUE = "fanfold"
+"""The default task queue of workflows and activities."""
+TOPIC = "fanfold"
+"""The workflow stream topic progress events go to."""
+HEARTBEAT_S = 0.5
+"""How often a subagent activity heartbeats."""
+HEARTBEAT_TIMEOUT = timedelta(seconds=3)
+"""A subagent whose worker has not heartbeat for this long runs again elsewhere."""
+STICKY_TIMEOUT = timedelta(seconds=2)
+"""How long a workflow task waits for the worker that has the run cached: a dead
+workflow worker's run moves on after this (Temporal's default is 10 s)."""
+BACKSTOP = timedelta(hours=1)
+"""An activity's start-to-close timeout when its task sets none (its own timeout, in
+the payload, ends it first)."""
+
+
+# --- types across the boundary -------------------------------------------------------
+
+
+class _FanfoldPayloads(EncodingPayloadConverter):
+    """Encode Fanfold's values with LangGraph's msgpack serializer.
+
+    Pydantic models, the plugin's dataclasses and LangChain messages arrive as
+    themselves (only allowlisted types are rebuilt).
+    """
+
+    def __init__(self) -> None:
+        self._serde = JsonPlusSerializer(allowed_msgpack_modules=_allowed_types())
+
+    @property
+    def encoding(self) -> str:
+        return "binary/fanfold-msgpack"
+
+    def to_payload(self, value: Any) -> Payload | None:
+        if not isinstance(value, _ENVELOPES):
+            return None  # Temporal's own types, and plain values: the default converters
+        try:
+            kind, data = self._serde.dumps_typed(value)
+        except Exception:  # noqa: BLE001 - not ours to encode: the next converter tries
+            return None
+        if kind != "msgpack":
+            return None
+        return Payload(metadata={"encoding": self.encoding.encode()}, data=data)
+
+    def from_payload(self, payload: Payload, type_hint: type | None = None) -> Any:
+        return self._serde.loads_typed(("msgpack", payload.data))
+
+
+def _allowed_types() -> tuple[type[Any], ...]:
+    from temporalio.langgraph._activity import ActivityInput, ActivityOutput
+
+    return (*FANFOLD_TYPES, RunSettings, ActivityInput, ActivityOutput, RunArgs, RunDocument)
+
+
+def _envelopes() -> tuple[type[Any], ...]:
+    from pydantic import BaseModel
+    from temporalio.langgraph._activity import ActivityInput, ActivityOutput
+
+    return (ActivityInput, ActivityOutput, RunArgs, RunDocument, BaseModel, Command, Send)
+
+
+class _Payloads(CompositePayloadConverter):
+    def __init__(self) -> None:
+        super().__init__(
+            _FanfoldPayloads(), *DefaultPayloadConverter.default_encoding_payload_converters
+        )
+
+
+_ENVELOPES: tuple[type[Any], ...] = ()
+
+
+def fanfold_data_converter() -> DataConverter:
+    """Return the data converter the client and every worker must use."""
+    global _ENVELOPES  # noqa: PLW0603 - set once, after the dataclasses below exist
+    _ENVELOPES = _envelopes()
+    return dataclasses.replace(DataConverter.default, payload_converter_class=_Payloads)
+
+
+# --- what a run takes and returns ----------------------------------------------------
+
+
+@dataclasses.dataclass
+class RunArgs:
+    """A workflow's input: the request, its settings, a given plan."""
+
+    request: str
+    settings: dict[str, Any]
+    plan: Plan | None = None
+
+
+@dataclasses.dataclass
+class RunDocument:
+    """A workflow's result: what `--json` prints (see `RunOutput`).
+
+    Plus the failure that stopped the run (a policy's), if one did.
+    """
+
+    output: dict[str, Any]
+    failure: dict[str, Any] | None = None
+
+
+# --- nodes as activities ---------------------------------------------------------------
+
+_SCOPES: collections.OrderedDict[str, RunScope] = collections.OrderedDict()
+"""This worker process's scope of each run it serves activities for, newest last."""
+_MAX_SCOPES = 64
+
+
+def _activity_runtime(runtime: Runtime[Any], spent: int = 0) -> Runtime[Any]:
+    """Return the node's runtime with this worker's scope of its run.
+
+    A run's policy is the workflow's to apply: here it settles (a failed task is a
+    result, sent back), and counts tokens from what the run had spent at dispatch.
+    """
+    run_id = activity.info().workflow_run_id or activity.info().activity_id
+    scope = _SCOPES.get(run_id)
+    if scope is None:
+        settings = settings_of(runtime.context)
+        scope = _SCOPES[run_id] = RunScope(settings.replace(policy="settle"))
+        while len(_SCOPES) > _MAX_SCOPES:
+            _, old = _SCOPES.popitem(last=False)
+            asyncio.get_running_loop().create_task(old.aclose())
+    _SCOPES.move_to_end(run_id)
+    scope.seed_tokens(spent)
+    control = ScopedControl()
+    control.scope = scope
+    return dataclasses.replace(runtime, context=scope.settings, control=control)
+
+
+async def _heartbeating(work: Coroutine[Any, Any, T]) -> T:
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(HEARTBEAT_S)
+
+    beats = asyncio.ensure_future(beat())
+    try:
+        return await work
+    finally:
+        beats.cancel()
+
+
+async def plan_on_temporal(
+    state: OrchestratorState, runtime: Runtime[RunSettings]
+) -> OrchestratorUpdate:
+    """The planner, as an activity."""
+    return await planner(state, _activity_runtime(runtime))
+
+
+async def replan_on_temporal(
+    state: OrchestratorState, runtime: Runtime[RunSettings]
+) -> OrchestratorUpdate:
+    """Re-planning, as an activity."""
+    return await replan(state, _activity_runtime(runtime))
+
+
+async def answer_on_temporal(
+    state: OrchestratorState, runtime: Runtime[RunSettings]
+) -> OrchestratorUpdate:
+    """The synthesizer, as an activity."""
+    return await synthesize(state, _activity_runtime(runtime))
+
+
+async def subagent_on_temporal(
+    state: SubagentInput, runtime: Runtime[RunSettings]
+) -> SubagentUpdate:
+    """One task, as an activity that heartbeats (its result says which worker ran it)."""
+    spent = int(state.get("run_tokens") or 0)  # type: ignore[call-overload]
+    ours = _activity_runtime(runtime, spent)
+    try:
+        return await _heartbeating(subagent(state, ours))
+    except Exception as exc:  # noqa: BLE001 - a task that raises ends failed, never retried
+        tid = task_id(state)
+        scope = _workflow_scope(ours)
+        return finish(failure_result(tid, exc, scope.task_usage.get(tid)), state, ours, scope)
+
+
+# Node names are the graph's: the plugin names activities `fanfold.<node>`.
+plan_on_temporal.__name__ = "planner"
+answer_on_temporal.__name__ = "synthesize"
+
+
+# --- workflow-side nodes ---------------------------------------------------------------
+
+
+async def reduce_on_temporal(
+    state: OrchestratorState, runtime: Runtime[RunSettings]
+) -> OrchestratorUpdate:
+    """The reducer, in the workflow: first the run-wide accounts of the new results.
+
+    Each result's tokens go to the run's budget, and the run's policy is applied to
+    it here (activities settle): fail_fast or an unreachable quorum raise, a quorum
+    met or a spent budget stop the run, and the reducer cancels what is left.
+    """
+    scope = _workflow_scope(runtime)
+    settings = settings_of(runtime.context)
+    results = state.get("results", [])
+    fresh = [r for r in results if r.task_id not in scope.accounted]
+    scope.accounted.update(r.task_id for r in fresh)
+    overhead = state.get("usage") or Usage()
+    scope.seed_tokens(sum(r.usage.total_tokens for r in results) + overhead.total_tokens)
+    scope.add_tokens(0)  # stops the run once over its token budget
+    for result in fresh:
+        apply_policy(result, settings, scope)
+    return await reducer(state, runtime)
+
+
+def _workflow_scope(runtime: Runtime[Any]) -> RunScope:
+    """Return the scope a runtime carries (the workflow's, or this worker's of the run)."""
+    control = runtime.control
+    assert isinstance(control, ScopedControl) and control.scope is not None
+    return control.scope
+
+
+async def route_on_temporal(
+    state: OrchestratorState, config: RunnableConfig, runtime: Runtime[RunSettings]
+) -> list[Send] | str:
+    """Dispatch, in the workflow: each Send carries its timeout and the run's spend."""
+    routed = await _DISPATCH.route(state, config, runtime)
+    if isinstance(routed, str):
+        return routed
+    spent = _workflow_scope(runtime).tokens
+    return [_carried(send, spent) for send in routed]
+
+
+def _carried(send: Send, spent: int) -> Send:
+    payload = dict(send.arg)
+    payload.setdefault("timeout_s", payload["spec"]["timeout_s"])
+    payload["run_tokens"] = spent
+    return Send(SUBAGENT, payload)
+
+
+_DISPATCH = Dispatch(eager=False)
+
+
+# --- the graph, the workflow, the worker ---------------------------------------------
+
+_ACTIVITY = {"execute_in": "activity"}
+_WORKFLOW_SIDE = {"execute_in": "workflow"}
+
+
+def temporal_graph() -> Any:
+    """Return a fresh orchestrator `StateGraph` with each node marked activity or workflow.
+
+    Fresh each time: the plugin replaces the node functions of the graph it is given.
+    """
+    from fanfold.graphs.orchestrator import Engine, build_orchestrator
+
+    builder = build_orchestrator(
+        plan_with=plan_on_temporal,
+        answer_with=answer_on_temporal,
+        engine=Engine(
+            subagent=subagent_on_temporal,
+            reducer=reduce_on_temporal,
+            replan=replan_on_temporal,
+            route=route_on_temporal,
+        ),
+    )
+    no_retries = RetryPolicy(maximum_attempts=1)  # model calls retry inside; a raise is a result
+    options = {
+        "planner": {**_ACTIVITY, "start_to_close_timeout": BACKSTOP, "retry_policy": no_retries},
+        "replan": {**_ACTIVITY, "start_to_close_timeout": BACKSTOP, "retry_policy": no_retries},
+        "synthesize": {
+            **_ACTIVITY,
+            "start_to_close_timeout": BACKSTOP,
+            "retry_policy": no_retries,
+        },
+        SUBAGENT: {
+            **_ACTIVITY,
+            "start_to_close_timeout": BACKSTOP,
+            "heartbeat_timeout": HEARTBEAT_TIMEOUT,
+            # A worker that dies (no heartbeat) loses the attempt: it runs again elsewhere.
+            # (A task that raises comes back as a failed result, never as a retry.)
+            "retry_policy": RetryPolicy(
+                initial_interval=timedelta(milliseconds=200), maximum_attempts=5
+            ),
+        },
+    }
+    for name, spec in builder.nodes.items():
+        spec.metadata = {**(spec.metadata or {}), **options.get(name, _WORKFLOW_SIDE)}
+    return builder
+
+
+def _plugin() -> tuple[LangGraphPlugin, Any]:
+    builder = temporal_graph()
+    handler = builder.nodes[f"__error_handler__{SUBAGENT}"].runnable
+    accepts = dict(handler.func_accepts)
+    plugin = LangGraphPlugin(graphs={GRAPH: builder}, streaming_topic=TOPIC)
+    # The plugin keeps only `config`/`runtime` for every node; the error handler runs in
+    # the workflow and needs the `error` LangGraph passes it.
+    handler.func_accepts = accepts
+    return plugin, builder
+
+
+def _runner() -> SandboxedWorkflowRunner:
+    # Fanfold and its libraries pass through the sandbox: one copy of each type.
+    restrictions = SandboxRestrictions.default.with_passthrough_modules(
+        "fanfold", "networkx", "pydantic", "pydantic_core", "openai", "httpx", "rich", "tiktoken"
+    )
+    return SandboxedWorkflowRunner(restrictions=restrictions)
+
+
+@workflow.defn(name=WORKFLOW, sandboxed=True)
+class FanfoldRun:
+    """One Fanfold run: the orchestrator graph, its nodes activities or workflow code."""
+
+    @workflow.init
+    def __init__(self, args: RunArgs) -> None:
+        from temporalio.contrib.workflow_streams import WorkflowStream
+
+        self.stream = WorkflowStream()
+        self.decision: Any = None
+
+    @workflow.run
+    async def run(self, args: RunArgs) -> RunDocument:
+        """Run the orchestrator graph to its output (a policy's stop is an output too)."""
+        settings = RunSettings(**args.settings)
+        control = ScopedControl()
+        control.scope = RunScope(settings)
+        graph = plugin_graph(GRAPH).compile(checkpointer=allow_fanfold_types(InMemorySaver()))
+        inputs: dict[str, Any] = {"request": args.request, "settings": settings.to_json()}
+        if args.plan is not None:
+            inputs["given_plan"] = args.plan
+        config: Any = {"configurable": {"thread_id": workflow.info().workflow_id}}
+        try:
+            values = await graph.ainvoke(inputs, config, control=control, context=settings)
+            doc = RunDocument(output=_output_of(values).model_dump(mode="json"))
+        except (TaskFailedError, QuorumUnreachable) as exc:
+            # As `arun` does: one result per task, the stop's `cancelled` for the rest.
+            values = (await graph.aget_state(config)).values
+            finished = {r.task_id: r.model_dump(mode="json") for r in values.get("results", [])}
+            out = _output_of(values).model_copy(
+                update={
+                    "status": "failed",
+                    "results": stopped_results(values.get("plan"), finished, exc),
+                }
+            )
+            doc = RunDocument(
+                output=out.model_dump(mode="json"),
+                failure={"type": type(exc).__name__, "message": str(exc)},
+            )
+        # Subscribers waiting on the stream read the rest through queries once it ends.
+        self.stream.detach_pollers()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return doc
+
+
+def _output_of(values: dict[str, Any]) -> Any:
+    from fanfold.graphs.api import _output
+
+    return _output(values)
+
+
+def stopped_results(plan: Any, finished: dict[str, Any], exc: Exception) -> Any:
+    """Return `fanfold.graphs.api.stopped_results(...)` (imported when first needed)."""
+    from fanfold.graphs.api import stopped_results as results
+
+    return results(plan, finished, exc)  # type: ignore[arg-type]
+
+
+# --- workers and clients ---------------------------------------------------------------
+
+
+async def connect(address: str, *, namespace: str = "default") -> Client:
+    """Connect to a Temporal server with Fanfold's data converter.
+
+    Raises:
+        RuntimeError: no server answers at `address` (Temporal's own message).
+    """
+    return await Client.connect(
+        address, namespace=namespace, data_converter=fanfold_data_converter()
+    )
+
+
+ROLES = ("all", "orchestrator", "agents")
+"""What a worker serves: both, the workflow only, or the node activities only."""
+
+
+def make_worker(
+    client: Client,
+    *,
+    task_queue: str = TASK_QUEUE,
+    role: str = "all",
+    max_activities: int | None = None,
+) -> Worker:
+    """Return a worker serving the orchestrator workflow and/or the node activities.
+
+    Raises:
+        ValueError: an unknown `role`, or `max_activities` below 1.
+    """
+    if role not in ROLES:
+        msg = f"`--role` must be one of {', '.join(ROLES)}, got `{role}`"
+        raise ValueError(msg)
+    if max_activities is not None and max_activities < 1:
+        msg = f"`--max-activities` must be an integer >= 1, got `{max_activities}`"
+        raise ValueError(msg)
+    plugin, _ = _plugin()
+    if role == "orchestrator":
+        plugin.activities.clear()  # the plugin registers them from this very list
+    kwargs: dict[str, Any] = {}
+    if max_activities is not None:
+        kwargs["max_concurrent_activities"] = max_activities
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[FanfoldRun] if role != "agents" else [],
+        workflow_runner=_runner(),
+        sticky_queue_schedule_to_start_timeout=STICKY_TIMEOUT,
+        plugins=[plugin],
+        **kwargs,
+    )
+
+
+async def start_run(
+    client: Client,
+    request: str,
+    *,
+    settings: RunSettings | None = None,
+    plan: Plan | None = None,
+    task_queue: str = TASK_QUEUE,
+    workflow_id: str | None = None,
+) -> WorkflowHandle[Any, RunDocument]:
+    """Start a run as a workflow and return its handle (its id is the run's)."""
+    settings = settings if settings is not None else RunSettings()
+    args = RunArgs(request=request, settings=settings.to_json(), plan=plan)
+    return await client.start_workflow(
+        WORKFLOW,
+        args,
+        id=workflow_id or f"fanfold-{uuid.uuid4().hex[:12]}",
+        task_queue=task_queue,
+        result_type=RunDocument,
+    )
+
+
+async def events_of(client: Client, workflow_id: str) -> AsyncIterator[dict[str, Any]]:
+    """Yield a run's progress events as its workflow publishes them (to its end)."""
+    from temporalio.contrib.workflow_streams import WorkflowStreamClient
+
+    stream = WorkflowStreamClient.create(client, workflow_id)
+    async for item in stream.subscribe(TOPIC, poll_cooldown=timedelta(milliseconds=100)):
+        if isinstance(item.data, dict):
+            yield item.data
+
+
+async def result_of(handle: WorkflowHandle[Any, RunDocument]) -> Any:
+    """Return a run's `RunOutput`; raise as `arun` does when a policy stopped it.
+
+    Raises:
+        TaskFailedError: a task failed under `fail_fast`.
+        QuorumUnreachable: `quorum:K` out of reach.
+    """
+    from fanfold.graphs.api import RunOutput
+
+    doc = await handle.result()
+    out = RunOutput.model_validate(doc.output)
+    if doc.failure is None:
+        return out
+    if doc.failure["type"] == "TaskFailedError":
+        failed = next(r for r in out.results if r.status not in ("ok", "cancelled", "skipped"))
+        raise TaskFailedError(failed, out.results)
+    raise QuorumUnreachable(doc.failure["message"], out.results)
+
+
+async def arun_on_temporal(
+    request: str,
+    *,
+    address: str,
+    settings: RunSettings | None = None,
+    plan: Plan | None = None,
+    task_queue: str = TASK_QUEUE,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> Any:
+    """Run on Temporal (workers must be serving `task_queue`) and return its `RunOutput`.
+
+    The same as `fanfold.arun`, spread over the workers: see the module's doc for what
+    runs where. Raises what `arun` raises.
+    """
+    client = await connect(address)
+    handle = await start_run(client, request, settings=settings, plan=plan, task_queue=task_queue)
+    watcher = None
+    if on_event is not None:
+        handler = on_event
+
+        async def watch() -> None:
+            async for event in events_of(client, handle.id):
+                handler(event)
+
+        watcher = asyncio.ensure_future(watch())
+    try:
+        return await result_of(handle)
+    finally:
+        if watcher is not None:
+            # The stream drains what the finished run published, then ends.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(watcher, timeout=5)
