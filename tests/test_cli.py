@@ -190,8 +190,18 @@ def test_the_setting_flags_are_exactly_the_declared_ones() -> None:
     declared = {f.name for f in setting_flags().values()}
     assert set(SEVEN_NEW.values()) <= declared
     own = {"--help", "--json", "--no-live", "--checkpoint"}
-    assert _option_strings(subs.choices["run"]) == declared | own | {"--thread-id", "--plan"}
-    assert _option_strings(subs.choices["demo"]) == declared | own | {"--thread-id"}
+    temporal = {"--temporal", "--task-queue"}
+    assert _option_strings(subs.choices["run"]) == declared | own | temporal | {
+        "--thread-id",
+        "--plan",
+    }
+    assert _option_strings(subs.choices["demo"]) == declared | own | temporal | {"--thread-id"}
+    assert _option_strings(subs.choices["worker"]) == {
+        "--help",
+        "--role",
+        "--max-activities",
+        *temporal,
+    }
     assert _option_strings(subs.choices["resume"]) == declared | own
     assert _option_strings(subs.choices["rerun"]) == declared | own | {"--only"}
     # Every field a command-line user could set has a flag: only Python objects may lack one.
