@@ -487,15 +487,20 @@ async def _approve(
 ) -> RunOutput:
     """While the run waits on a plan approval, ask `on_approval` and resume with its answer."""
     while on_approval is not None and (pending := await _pending_plan(graph, config)):
-        plan, problems = pending
-        if _takes_problems(on_approval):
-            decision = cast(Callable[..., Any], on_approval)(plan, problems=problems)
-        else:
-            decision = on_approval(plan)
-        if inspect.isawaitable(decision):
-            decision = await decision
+        decision = await ask_for_approval(on_approval, *pending)
         out = await _stream(graph, Command(resume=decision), settings, config, on_event, on_token)
     return out
+
+
+async def ask_for_approval(on_approval: ApprovalHandler, plan: Plan, problems: list[str]) -> Any:
+    """Return `on_approval`'s decision on `plan` (told the `problems`, if it takes them)."""
+    if _takes_problems(on_approval):
+        decision = cast(Callable[..., Any], on_approval)(plan, problems=problems)
+    else:
+        decision = on_approval(plan)
+    if inspect.isawaitable(decision):
+        decision = await decision
+    return decision
 
 
 async def _stream(

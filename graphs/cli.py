@@ -985,15 +985,11 @@ async def _temporal_run(
 ) -> RunOutput:
     """Run `run`/`demo --temporal`: start the workflow, show its progress, return its output."""
     args = session.args
-    for flag, given in (
-        ("--checkpoint", args.checkpoint),
-        ("--thread-id", args.thread_id),
-        ("--approve", settings.approve_plan),
-    ):
+    for flag, given in (("--checkpoint", args.checkpoint), ("--thread-id", args.thread_id)):
         if given:
             raise bad_input(
                 f"{flag} is not supported with --temporal: a Temporal run is durable by itself "
-                "(its workflow id names it), and plan approval on Temporal is not built yet"
+                "(its workflow id names it)"
             )
     temporal = _temporal()
     client = await _connect(temporal, args.temporal)
@@ -1012,7 +1008,8 @@ async def _temporal_run(
 
         watcher = asyncio.ensure_future(watch())
     try:
-        return cast(RunOutput, await temporal.result_of(handle))
+        approval = session.approve if settings.approve_plan else None
+        return cast(RunOutput, await temporal.result_of(handle, approval))
     finally:
         if watcher is not None:
             with contextlib.suppress(Exception):

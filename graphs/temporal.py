@@ -37,6 +37,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import timedelta
@@ -192,11 +193,14 @@ _SCOPES: collections.OrderedDict[str, RunScope] = collections.OrderedDict()
 _MAX_SCOPES = 64
 
 
-def _activity_runtime(runtime: Runtime[Any], spent: int = 0) -> Runtime[Any]:
+def _activity_runtime(
+    runtime: Runtime[Any], spent: int = 0, deadline: float | None = None
+) -> Runtime[Any]:
     """Return the node's runtime with this worker's scope of its run.
 
     A run's policy is the workflow's to apply: here it settles (a failed task is a
-    result, sent back), and counts tokens from what the run had spent at dispatch.
+    result, sent back), counts tokens from what the run had spent at dispatch, and
+    ends at the run's wall-time deadline (`deadline`: seconds since the epoch).
     """
     run_id = activity.info().workflow_run_id or activity.info().activity_id
     scope = _SCOPES.get(run_id)
@@ -208,6 +212,9 @@ def _activity_runtime(runtime: Runtime[Any], spent: int = 0) -> Runtime[Any]:
             asyncio.get_running_loop().create_task(old.aclose())
     _SCOPES.move_to_end(run_id)
     scope.seed_tokens(spent)
+    if deadline is not None:
+        here = time.monotonic() + (deadline - time.time())
+        scope.deadline = here if scope.deadline is None else min(scope.deadline, here)
     control = ScopedControl()
     control.scope = scope
     return dataclasses.replace(runtime, context=scope.settings, control=control)
@@ -251,8 +258,7 @@ async def subagent_on_temporal(
     state: SubagentInput, runtime: Runtime[RunSettings]
 ) -> SubagentUpdate:
     """One task, as an activity that heartbeats (its result says which worker ran it)."""
-    spent = int(state.get("run_tokens") or 0)  # type: ignore[call-overload]
-    ours = _activity_runtime(runtime, spent)
+    ours = _activity_runtime(runtime, state.get("run_tokens", 0), state.get("run_deadline"))
     try:
         return await _heartbeating(subagent(state, ours))
     except Exception as exc:  # noqa: BLE001 - a task that raises ends failed, never retried
@@ -305,14 +311,17 @@ async def route_on_temporal(
     routed = await _DISPATCH.route(state, config, runtime)
     if isinstance(routed, str):
         return routed
-    spent = _workflow_scope(runtime).tokens
-    return [_carried(send, spent) for send in routed]
+    scope = _workflow_scope(runtime)
+    # The deadline is on workflow time: seconds since the epoch.
+    return [_carried(send, scope.tokens, scope.deadline) for send in routed]
 
 
-def _carried(send: Send, spent: int) -> Send:
+def _carried(send: Send, spent: int, deadline: float | None) -> Send:
     payload = dict(send.arg)
     payload.setdefault("timeout_s", payload["spec"]["timeout_s"])
     payload["run_tokens"] = spent
+    if deadline is not None:
+        payload["run_deadline"] = deadline
     return Send(SUBAGENT, payload)
 
 
@@ -395,14 +404,39 @@ class FanfoldRun:
         from temporalio.contrib.workflow_streams import WorkflowStream
 
         self.stream = WorkflowStream()
+        self.pending: dict[str, Any] | None = None
+        """The plan waiting for approval (`pending_plan`), with its ask number."""
+        self.asks = 0
         self.decision: Any = None
+
+    @workflow.query(name="pending_plan")
+    def pending_plan(self) -> dict[str, Any] | None:
+        """Return the plan waiting for approval: `{"ask", "plan", "problems"}`, or None."""
+        return self.pending
+
+    @workflow.update(name="decide")
+    def decide(self, decision: Any) -> None:
+        """Answer the pending approval: accept, reject or edit (as `arun`'s handler)."""
+        self.decision, self.pending = decision, None
+
+    @decide.validator
+    def _check_decision(self, decision: Any) -> None:
+        if self.pending is None:
+            msg = "no plan is waiting for approval in this run"
+            raise ValueError(msg)
 
     @workflow.run
     async def run(self, args: RunArgs) -> RunDocument:
         """Run the orchestrator graph to its output (a policy's stop is an output too)."""
         settings = RunSettings(**args.settings)
         control = ScopedControl()
-        control.scope = RunScope(settings)
+        scope = control.scope = RunScope(settings)
+        # The wall-time budget on workflow time, from the run's start: a replay (another
+        # worker, after a crash) decides exactly as the first execution did.
+        scope.clock = workflow.time
+        scope.t0 = workflow.info().start_time.timestamp()
+        if settings.max_wall_time_s:
+            scope.deadline = scope.t0 + settings.max_wall_time_s
         graph = plugin_graph(GRAPH).compile(checkpointer=allow_fanfold_types(InMemorySaver()))
         inputs: dict[str, Any] = {"request": args.request, "settings": settings.to_json()}
         if args.plan is not None:
@@ -410,6 +444,21 @@ class FanfoldRun:
         config: Any = {"configurable": {"thread_id": workflow.info().workflow_id}}
         try:
             values = await graph.ainvoke(inputs, config, control=control, context=settings)
+            while pending := await _pending_plan(graph, config):
+                plan, problems = pending
+                self.asks += 1
+                self.pending = {
+                    "ask": self.asks,
+                    "plan": plan.model_dump(mode="json"),
+                    "problems": problems,
+                }
+                await workflow.wait_condition(lambda: self.pending is None)
+                decision, self.decision = self.decision, None
+                values = await graph.ainvoke(
+                    Command(resume=decision), config, control=control, context=settings
+                )
+            # The whole state (`ainvoke` returns the output schema's keys only).
+            values = (await graph.aget_state(config)).values
             doc = RunDocument(output=_output_of(values).model_dump(mode="json"))
         except (TaskFailedError, QuorumUnreachable) as exc:
             # As `arun` does: one result per task, the stop's `cancelled` for the rest.
@@ -429,6 +478,12 @@ class FanfoldRun:
         self.stream.detach_pollers()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return doc
+
+
+async def _pending_plan(graph: Any, config: Any) -> tuple[Plan, list[str]] | None:
+    from fanfold.graphs.api import _pending_plan as pending
+
+    return await pending(graph, config)
 
 
 def _output_of(values: dict[str, Any]) -> Any:
@@ -528,8 +583,19 @@ async def events_of(client: Client, workflow_id: str) -> AsyncIterator[dict[str,
             yield item.data
 
 
-async def result_of(handle: WorkflowHandle[Any, RunDocument]) -> Any:
+APPROVAL_POLL_S = 0.2
+"""How often a client that answers approvals asks the run for a pending plan."""
+
+
+async def result_of(
+    handle: WorkflowHandle[Any, RunDocument], on_approval: Any | None = None
+) -> Any:
     """Return a run's `RunOutput`; raise as `arun` does when a policy stopped it.
+
+    `on_approval`: with `approve_plan`, decides on the plan as `arun`'s does (see
+    `ApprovalHandler`); its decisions go to the workflow as `decide` updates. Without
+    one, a run that asks waits until someone answers (`decide(handle, ...)`, from any
+    client, or `temporal workflow update execute --name decide`).
 
     Raises:
         TaskFailedError: a task failed under `fail_fast`.
@@ -537,7 +603,16 @@ async def result_of(handle: WorkflowHandle[Any, RunDocument]) -> Any:
     """
     from fanfold.graphs.api import RunOutput
 
-    doc = await handle.result()
+    answering = None
+    if on_approval is not None:
+        answering = asyncio.ensure_future(_answer_approvals(handle, on_approval))
+    try:
+        doc = await handle.result()
+    finally:
+        if answering is not None:
+            answering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await answering
     out = RunOutput.model_validate(doc.output)
     if doc.failure is None:
         return out
@@ -545,6 +620,40 @@ async def result_of(handle: WorkflowHandle[Any, RunDocument]) -> Any:
         failed = next(r for r in out.results if r.status not in ("ok", "cancelled", "skipped"))
         raise TaskFailedError(failed, out.results)
     raise QuorumUnreachable(doc.failure["message"], out.results)
+
+
+async def pending_plan(handle: WorkflowHandle[Any, Any]) -> tuple[Plan, list[str], int] | None:
+    """Return the plan a run waits on for approval, or None when none waits.
+
+    With it: why it was asked again (an edit refused), and the ask's number.
+    """
+    pending = await handle.query("pending_plan", result_type=dict)
+    if not pending:
+        return None
+    plan = Plan.model_validate(pending["plan"])
+    return plan, [str(p) for p in pending.get("problems") or []], int(pending["ask"])
+
+
+async def decide(handle: WorkflowHandle[Any, Any], decision: Any) -> None:
+    """Answer a run's pending approval (`accept`, `reject`, an edit: as `arun` takes them).
+
+    Raises:
+        temporalio.client.WorkflowUpdateFailedError: no plan waits for approval.
+    """
+    await handle.execute_update("decide", decision)
+
+
+async def _answer_approvals(handle: WorkflowHandle[Any, Any], on_approval: Any) -> None:
+    from fanfold.graphs.api import ask_for_approval
+
+    answered = 0
+    while True:
+        pending = await pending_plan(handle)
+        if pending is not None and pending[2] > answered:
+            plan, problems, ask = pending
+            await decide(handle, await ask_for_approval(on_approval, plan, problems))
+            answered = ask
+        await asyncio.sleep(APPROVAL_POLL_S)
 
 
 async def arun_on_temporal(
@@ -555,12 +664,19 @@ async def arun_on_temporal(
     plan: Plan | None = None,
     task_queue: str = TASK_QUEUE,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    on_approval: Any | None = None,
 ) -> Any:
     """Run on Temporal (workers must be serving `task_queue`) and return its `RunOutput`.
 
     The same as `fanfold.arun`, spread over the workers: see the module's doc for what
     runs where. Raises what `arun` raises.
+
+    Raises:
+        ValueError: `approve_plan` without `on_approval`.
     """
+    if settings is not None and settings.approve_plan and on_approval is None:
+        msg = "`approve_plan=True` needs `on_approval=` (or answer with `decide(handle, ...)`)"
+        raise ValueError(msg)
     client = await connect(address)
     handle = await start_run(client, request, settings=settings, plan=plan, task_queue=task_queue)
     watcher = None
@@ -573,7 +689,7 @@ async def arun_on_temporal(
 
         watcher = asyncio.ensure_future(watch())
     try:
-        return await result_of(handle)
+        return await result_of(handle, on_approval)
     finally:
         if watcher is not None:
             # The stream drains what the finished run published, then ends.

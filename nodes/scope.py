@@ -24,7 +24,7 @@ import contextlib
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from langchain_core.rate_limiters import InMemoryRateLimiter
@@ -59,7 +59,9 @@ class RunScope:
         """The top-level run's settings (a delegated fan-out shares the scope)."""
         self.max_concurrency = min(settings.max_concurrency, limit or settings.max_concurrency)
         """The run's limit: the smallest `max_concurrency` of its settings and config."""
-        self.t0 = time.monotonic()
+        self.clock: Callable[[], float] = time.monotonic
+        """The clock of the wall-time budget: a Temporal workflow's is its own (replayable)."""
+        self.t0 = self.clock()
         rps = settings.requests_per_second
         self.rate: InMemoryRateLimiter | None = (
             InMemoryRateLimiter(
@@ -134,7 +136,7 @@ class RunScope:
         stopped (a quorum met) and `include_stop` is true.
         """
         limits = self.settings
-        if self.deadline is not None and time.monotonic() >= self.deadline:
+        if self.deadline is not None and self.clock() >= self.deadline:
             self.stop("budget", f"wall time budget of {limits.max_wall_time_s:g}s spent")
         if limits.max_total_tokens is not None and self.tokens >= limits.max_total_tokens:
             self.stop(
@@ -187,7 +189,7 @@ class RunScope:
                 self._stopped.set()
         work = asyncio.ensure_future(aw)
         stop = asyncio.ensure_future(self._stopped.wait())
-        timeout = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+        timeout = None if self.deadline is None else max(0.0, self.deadline - self.clock())
         try:
             done, _ = await asyncio.wait(
                 {work, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED

@@ -183,6 +183,10 @@ class SubagentInput(TypedDict):
     timeout_s: NotRequired[float | None]
     """With `awaits`: the task's timeout, counted from when its inputs are ready (the
     Send itself then has none, as its clock would count the wait)."""
+    run_tokens: NotRequired[int]
+    """On Temporal: the tokens the run had spent when it dispatched this task."""
+    run_deadline: NotRequired[float]
+    """On Temporal: when the run's wall-time budget ends, in seconds since the epoch."""
 
 
 class SubagentOutput(TypedDict):

@@ -25,7 +25,7 @@ from fanfold.graphs import temporal
 from fanfold.graphs.api import RunOutput
 from fanfold.nodes.context import RunSettings
 from fanfold.nodes.domain import Plan, SubagentResult, Task
-from fanfold.nodes.errors import TaskFailedError
+from fanfold.nodes.errors import QuorumUnreachable, TaskFailedError
 from tests.llmock_server import free_port
 
 pytestmark = pytest.mark.temporal
@@ -307,3 +307,91 @@ async def test_settle_fail_fast_and_a_token_budget_on_temporal(workers: Workers)
     assert capped.status == "budget_exceeded"
     assert any(r.status == "cancelled" for r in capped.results)
     assert capped.metrics.tokens.total_tokens < free.metrics.tokens.total_tokens
+
+
+async def test_quorum_and_a_wall_time_budget_on_temporal(workers: Workers) -> None:
+    workers.start()
+    met, _ = await run(
+        workers, wide(10), model="demo:latency=0.3", max_concurrency=2, policy="quorum:3"
+    )
+    statuses = collections.Counter(r.status for r in met.results)
+    assert statuses["ok"] >= 3 and statuses["cancelled"] >= 1, statuses
+    assert [r.task_id for r in met.results] == [t.id for t in wide(10).tasks]
+
+    with pytest.raises(QuorumUnreachable) as unreachable:
+        await run(workers, wide(4), model="demo:fail=t01", max_concurrency=4, policy="quorum:4")
+    assert [r.task_id for r in unreachable.value.results] == [t.id for t in wide(4).tasks]
+
+    started = time.monotonic()
+    out, _ = await run(
+        workers, wide(20), model="demo:latency=0.5", max_concurrency=2, max_wall_time_s=2
+    )
+    assert out.status == "budget_exceeded"
+    statuses = collections.Counter(r.status for r in out.results)
+    assert statuses["ok"] >= 1 and statuses["cancelled"] >= 10, statuses
+    assert time.monotonic() - started < 15  # 20 tasks of ~1 s at mc=2 would take 10 s or more
+
+
+async def test_plan_approval_over_a_workflow_update(workers: Workers) -> None:
+    workers.start()
+    asked: list[tuple[list[str], list[str]]] = []
+
+    def review(plan: Plan, problems: list[str] = []) -> Any:  # noqa: B006 - never mutated
+        asked.append(([t.id for t in plan.tasks], list(problems)))
+        if len(asked) == 1:  # an invalid edit first: the run asks again, saying why
+            return {
+                "action": "edit",
+                "tasks": [{"id": "x", "description": "a", "depends_on": ["ghost"]}],
+            }
+        return {"action": "edit", "tasks": [{"id": "solo", "description": "estimate 6 * 7"}]}
+
+    out = await temporal.arun_on_temporal(
+        "tea, coffee",
+        address=workers.address,
+        settings=RunSettings(model="demo:latency=0", approve_plan=True),
+        task_queue=workers.queue,
+        on_approval=review,
+    )
+    assert out.status == "ok" and [r.task_id for r in out.results] == ["solo"]
+    assert len(asked) == 2 and asked[0][1] == [] and "ghost" in " ".join(asked[1][1])
+
+    rejected = await temporal.arun_on_temporal(
+        "tea, coffee",
+        address=workers.address,
+        settings=RunSettings(model="demo:latency=0", approve_plan=True),
+        task_queue=workers.queue,
+        on_approval=lambda plan: {"action": "reject", "reason": "not today"},
+    )
+    assert rejected.status == "rejected" and rejected.results == []
+    assert rejected.error is not None and "not today" in rejected.error.message
+
+
+def test_the_cli_asks_for_approval_on_temporal(workers: Workers) -> None:
+    workers.start()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fanfold.graphs.cli",
+            "run",
+            "tea, coffee",
+            "--model",
+            "demo:latency=0",
+            "--approve",
+            "--temporal",
+            workers.address,
+            "--task-queue",
+            workers.queue,
+            "--json",
+        ],
+        input="a\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "accept, reject [reason] or edit FILE.json?" in done.stderr
+    out = RunOutput.model_validate_json(done.stdout)
+    assert out.plan is not None and len(out.plan.tasks) >= 2
+    assert out.status == "ok" and [r.task_id for r in out.results] == [t.id for t in out.plan.tasks]
