@@ -394,6 +394,18 @@ def _add_output_flags(parser: argparse.ArgumentParser, *, resume: bool) -> None:
         _add_temporal_flags(group, worker=False)
 
 
+def _positive_int(text: str) -> int:
+    """Read an integer >= 1 (a flag's value), or say what is wrong with it."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        msg = f"must be an integer >= 1, got `{text}`"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def _add_temporal_flags(group: Any, *, worker: bool) -> None:
     group.add_argument(
         "--temporal",
@@ -515,7 +527,7 @@ def build_parser() -> _Parser:
     worker_group.add_argument(
         "--max-activities",
         metavar="N",
-        type=int,
+        type=_positive_int,
         default=None,
         help="at most N activities at once in this worker (default: Temporal's, 100)",
     )

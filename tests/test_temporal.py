@@ -100,7 +100,7 @@ class Workers:
         self.address, self.queue, self.logs = address, queue, logs
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, role: str = "all") -> subprocess.Popen[bytes]:
+    def start(self, role: str = "all", *extra: str) -> subprocess.Popen[bytes]:
         log = self.logs / f"worker-{len(self.procs)}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
@@ -115,6 +115,7 @@ class Workers:
                     self.queue,
                     "--role",
                     role,
+                    *extra,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -395,3 +396,60 @@ def test_the_cli_asks_for_approval_on_temporal(workers: Workers) -> None:
     out = RunOutput.model_validate_json(done.stdout)
     assert out.plan is not None and len(out.plan.tasks) >= 2
     assert out.status == "ok" and [r.task_id for r in out.results] == [t.id for t in out.plan.tasks]
+
+
+async def test_max_activities_caps_what_one_worker_runs(workers: Workers) -> None:
+    workers.start("orchestrator")
+    workers.start("agents", "--max-activities", "2")
+    out, _ = await run(workers, wide(6), model="demo:latency=0.3", max_concurrency=6)
+    assert out.status == "ok"
+    assert peak(out.results) <= 2  # the run's limit is 6: the worker's cap held
+
+
+def test_types_cross_the_activity_boundary_as_themselves() -> None:
+    from langchain_core.messages import AIMessage
+    from pydantic import BaseModel
+    from temporalio.langgraph._activity import ActivityOutput
+
+    class NotOurs(BaseModel):
+        x: int = 1
+
+    converter = temporal.fanfold_data_converter().payload_converter
+    result = SubagentResult(task_id="a", status="ok", output="done")
+    envelope = ActivityOutput(result={"results": [result], "messages": [AIMessage(content="hi")]})
+    payloads = converter.to_payloads([wide(2), envelope, NotOurs(), {"plain": 1}])
+    plan, back, foreign, plain = converter.from_payloads(payloads, None)
+    assert isinstance(plan, Plan) and plan == wide(2)
+    assert isinstance(back, ActivityOutput)
+    assert back.result["results"] == [result] and isinstance(
+        back.result["results"][0], SubagentResult
+    )
+    assert isinstance(back.result["messages"][0], AIMessage)
+    assert foreign == {"x": 1}  # not on the allowlist: never rebuilt as a class
+    assert plain == {"plain": 1}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fanfold.graphs.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_bad_temporal_input_names_the_flag(tmp_path: Path) -> None:
+    nobody = f"{HOST}:{free_port()}"
+    down = _cli("worker", "--temporal", nobody)
+    assert (
+        down.returncode == 3 and f"--temporal {nobody}: no Temporal server answers" in down.stderr
+    )
+    zero = _cli("worker", "--temporal", nobody, "--max-activities", "0")
+    assert zero.returncode == 2 and "--max-activities: must be an integer >= 1" in zero.stderr
+    role = _cli("worker", "--temporal", nobody, "--role", "boss")
+    assert role.returncode == 2 and "--role" in role.stderr
+    saved = _cli("run", "x", "--temporal", nobody, "--checkpoint", str(tmp_path / "x.sqlite"))
+    assert saved.returncode == 2 and "--checkpoint is not supported with --temporal" in saved.stderr
+    doc = _cli("run", "x", "--model", "demo", "--temporal", nobody, "--json")
+    assert doc.returncode == 3 and json.loads(doc.stdout)["status"] == "failed"
