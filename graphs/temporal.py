@@ -113,13 +113,14 @@ class _FanfoldPayloads(EncodingPayloadConverter):
 
     def __init__(self) -> None:
         self._serde = JsonPlusSerializer(allowed_msgpack_modules=_allowed_types())
+        self._envelopes = _envelopes()
 
     @property
     def encoding(self) -> str:
         return "binary/fanfold-msgpack"
 
     def to_payload(self, value: Any) -> Payload | None:
-        if not isinstance(value, _ENVELOPES):
+        if not isinstance(value, self._envelopes):
             return None  # Temporal's own types, and plain values: the default converters
         try:
             kind, data = self._serde.dumps_typed(value)
@@ -153,13 +154,8 @@ class _Payloads(CompositePayloadConverter):
         )
 
 
-_ENVELOPES: tuple[type[Any], ...] = ()
-
-
 def fanfold_data_converter() -> DataConverter:
     """Return the data converter the client and every worker must use."""
-    global _ENVELOPES  # noqa: PLW0603 - set once, after the dataclasses below exist
-    _ENVELOPES = _envelopes()
     return dataclasses.replace(DataConverter.default, payload_converter_class=_Payloads)
 
 
@@ -527,8 +523,16 @@ def make_worker(
     """Return a worker serving the orchestrator workflow and/or the node activities.
 
     Raises:
-        ValueError: an unknown `role`, or `max_activities` below 1.
+        ValueError: an unknown `role`, `max_activities` below 1, or a client without
+            Fanfold's data converter (types would arrive as dicts).
     """
+    if client.data_converter.payload_converter_class is not _Payloads:
+        msg = (
+            "the client has no Fanfold data converter: connect with "
+            "`fanfold.graphs.temporal.connect(address)` or pass "
+            "`data_converter=fanfold_data_converter()` to `Client.connect`"
+        )
+        raise ValueError(msg)
     if role not in ROLES:
         msg = f"`--role` must be one of {', '.join(ROLES)}, got `{role}`"
         raise ValueError(msg)

@@ -453,3 +453,13 @@ def test_bad_temporal_input_names_the_flag(tmp_path: Path) -> None:
     assert saved.returncode == 2 and "--checkpoint is not supported with --temporal" in saved.stderr
     doc = _cli("run", "x", "--model", "demo", "--temporal", nobody, "--json")
     assert doc.returncode == 3 and json.loads(doc.stdout)["status"] == "failed"
+
+
+async def test_a_worker_needs_fanfolds_data_converter(server: str) -> None:
+    from temporalio.client import Client
+
+    plain = await Client.connect(server)
+    with pytest.raises(ValueError, match="no Fanfold data converter"):
+        temporal.make_worker(plain)
+    with pytest.raises(ValueError, match="`--role` must be one of all, orchestrator, agents"):
+        temporal.make_worker(await temporal.connect(server), role="boss")
