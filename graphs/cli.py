@@ -1205,6 +1205,30 @@ def _plan_failure(exc: PlanError, session: Session) -> CliFailure:
     return CliFailure("PlanError", EXIT_BAD_INPUT, message, detail=str(exc), cause=exc)
 
 
+_UNREACHABLE_TYPES = (
+    "APIConnectionError",
+    "OpenAIConnectionError",
+    "APITimeoutError",
+    "ConnectError",
+    "ConnectTimeout",
+)
+"""Exception type names that say a run on Temporal could not reach its model server."""
+
+
+def _remote_failure(exc: Exception) -> CliFailure | None:
+    """Describe a run on Temporal that failed (`RunFailed`: a type name and a message)."""
+    temporal = sys.modules.get("fanfold.graphs.temporal")
+    if temporal is None or not isinstance(exc, temporal.RunFailed):
+        return None
+    unreachable = exc.kind in _UNREACHABLE_TYPES
+    return CliFailure(
+        "Unreachable" if unreachable else "TaskError",
+        EXIT_UNREACHABLE if unreachable else EXIT_RUN_FAILED,
+        f"the run failed on Temporal: {_one_line(str(exc))}",
+        cause=exc,
+    )
+
+
 def failure_of(exc: Exception, session: Session) -> CliFailure:
     """Describe any exception of a run as the failure the command reports."""
     if isinstance(exc, CliFailure):
@@ -1233,6 +1257,9 @@ def failure_of(exc: Exception, session: Session) -> CliFailure:
             cause=exc,
             results=exc.results,
         )
+    remote = _remote_failure(exc)
+    if remote is not None:
+        return remote
     retries = session.settings.max_retries if session.settings is not None else None
     hint = "" if retries is None else f" after {retries} retr{'y' if retries == 1 else 'ies'}"
     found = _unreachable(exc, hint) or _refused(exc)

@@ -68,7 +68,7 @@ from fanfold.nodes.act import task_id
 from fanfold.nodes.context import RunSettings, settings_of
 from fanfold.nodes.dispatch import SUBAGENT, Dispatch
 from fanfold.nodes.domain import Plan, Usage
-from fanfold.nodes.errors import QuorumUnreachable, TaskFailedError
+from fanfold.nodes.errors import FanfoldError, PlanError, QuorumUnreachable, TaskFailedError
 from fanfold.nodes.finish import apply_policy, finish
 from fanfold.nodes.planner import planner
 from fanfold.nodes.reducer import reducer
@@ -470,10 +470,42 @@ class FanfoldRun:
                 output=out.model_dump(mode="json"),
                 failure={"type": type(exc).__name__, "message": str(exc)},
             )
+        except Exception as exc:  # noqa: BLE001 - a failed run is a document, never a hang
+            # An activity that raised (the planner's model unreachable, say) or a bug here:
+            # Temporal would retry a workflow task that raises forever; the run fails
+            # instead, saying why, with what it has.
+            values = (await graph.aget_state(config)).values
+            out = _output_of(values).model_copy(update={"status": "failed"})
+            doc = RunDocument(output=out.model_dump(mode="json"), failure=_cause(exc))
         # Subscribers waiting on the stream read the rest through queries once it ends.
         self.stream.detach_pollers()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return doc
+
+
+def _cause(exc: BaseException) -> dict[str, Any]:
+    """Return the type and message of what made a run fail (through activity errors)."""
+    from temporalio.exceptions import ActivityError, ApplicationError
+
+    while isinstance(exc, ActivityError) and exc.cause is not None:
+        exc = exc.cause
+    if isinstance(exc, ApplicationError):
+        return {"type": exc.type or "ApplicationError", "message": exc.message}
+    return {"type": type(exc).__name__, "message": str(exc)}
+
+
+class RunFailed(FanfoldError, RuntimeError):
+    """A run on Temporal failed: something other than a policy stopped it.
+
+    Attributes:
+        kind: the type name of the exception that failed it (raised in an activity,
+            on another machine, perhaps).
+        output: the run's `RunOutput`, with what it had.
+    """
+
+    def __init__(self, kind: str, message: str, output: Any = None) -> None:
+        self.kind, self.output = kind, output
+        super().__init__(f"{kind}: {message}")
 
 
 async def _pending_plan(graph: Any, config: Any) -> tuple[Plan, list[str]] | None:
@@ -604,6 +636,8 @@ async def result_of(
     Raises:
         TaskFailedError: a task failed under `fail_fast`.
         QuorumUnreachable: `quorum:K` out of reach.
+        PlanError: no valid plan.
+        RunFailed: anything else that failed the run (its type and message).
     """
     from fanfold.graphs.api import RunOutput
 
@@ -620,10 +654,15 @@ async def result_of(
     out = RunOutput.model_validate(doc.output)
     if doc.failure is None:
         return out
-    if doc.failure["type"] == "TaskFailedError":
+    kind, message = doc.failure["type"], doc.failure["message"]
+    if kind == "TaskFailedError":
         failed = next(r for r in out.results if r.status not in ("ok", "cancelled", "skipped"))
         raise TaskFailedError(failed, out.results)
-    raise QuorumUnreachable(doc.failure["message"], out.results)
+    if kind == "QuorumUnreachable":
+        raise QuorumUnreachable(message, out.results)
+    if kind == "PlanError":
+        raise PlanError([message])
+    raise RunFailed(kind, message, out)
 
 
 async def pending_plan(handle: WorkflowHandle[Any, Any]) -> tuple[Plan, list[str], int] | None:

@@ -463,3 +463,17 @@ async def test_a_worker_needs_fanfolds_data_converter(server: str) -> None:
         temporal.make_worker(plain)
     with pytest.raises(ValueError, match="`--role` must be one of all, orchestrator, agents"):
         temporal.make_worker(await temporal.connect(server), role="boss")
+
+
+def test_a_run_that_fails_on_a_worker_says_why(workers: Workers) -> None:
+    workers.start()
+    nowhere = f"http://{HOST}:{free_port()}/v1"
+    done = _cli(
+        "run", "a, b", "--model", f"openai:m@{nowhere}", "--retry-budget", "1",
+        "--temporal", workers.address, "--task-queue", workers.queue, "--json",
+    )  # fmt: skip
+    # The planner's activity could not reach its model: the workflow fails the run (it
+    # would otherwise retry its task forever) and the CLI says so, as in-process.
+    assert done.returncode == 3, done.stderr
+    assert "the run failed on Temporal: OpenAIConnectionError" in done.stderr
+    assert json.loads(done.stdout)["status"] == "failed"
