@@ -1043,14 +1043,31 @@ async def _worker_command(session: Session) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with worker:
+    running = asyncio.ensure_future(worker.run())
+    stopping = asyncio.ensure_future(stop.wait())
+    _say(
+        f"fanfold: worker {this_worker()} serving {args.task_queue} on {args.temporal} "
+        f"(role {args.role})"
+    )
+    await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if running.done():
+        running.result()  # the worker failed (its server went away for good, say): say why
+    try:
+        # Running activities are cancelled; one that ignores it (a tool blocking in a
+        # thread) must not hold the process: Temporal runs it again elsewhere.
+        await asyncio.wait_for(worker.shutdown(), timeout=WORKER_GRACE_S)
+    except TimeoutError:
         _say(
-            f"fanfold: worker {this_worker()} serving {args.task_queue} on {args.temporal} "
-            f"(role {args.role})"
+            f"fanfold: worker {this_worker()}: activities still running after "
+            f"{WORKER_GRACE_S:g}s; leaving them (they run again on another worker)"
         )
-        await stop.wait()
     _say(f"fanfold: worker {this_worker()} stopped")
     return EXIT_OK
+
+
+WORKER_GRACE_S = 10.0
+"""How long a stopping worker waits for its cancelled activities to end."""
 
 
 async def _saved_run_command(session: Session) -> RunOutput:

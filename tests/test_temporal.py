@@ -477,3 +477,25 @@ def test_a_run_that_fails_on_a_worker_says_why(workers: Workers) -> None:
     assert done.returncode == 3, done.stderr
     assert "the run failed on Temporal: OpenAIConnectionError" in done.stderr
     assert json.loads(done.stdout)["status"] == "failed"
+
+
+async def test_a_stopped_worker_ends_promptly_and_its_work_runs_elsewhere(
+    workers: Workers, tmp_path: Path
+) -> None:
+    workers.start("orchestrator")
+    first = workers.start("agents")
+    log = tmp_path / "calls.jsonl"
+    settings = {"model": f"demo:latency=2,log={log}", "max_concurrency": 4}
+    task = asyncio.ensure_future(run(workers, wide(4), **settings))
+    deadline = time.monotonic() + 30
+    while not any(c["pid"] == first.pid for c in calls(log)):
+        assert time.monotonic() < deadline and not task.done()
+        await asyncio.sleep(0.05)
+    stopped_at = time.monotonic()
+    first.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(first.wait, 30)
+    assert code == 0 and time.monotonic() - stopped_at < 15
+    workers.start("agents")
+    out, _ = await task
+    assert out.status == "ok" and [r.task_id for r in out.results] == [t.id for t in wide(4).tasks]
+    assert all(r.worker != f"{r.worker.split(':')[0]}:{first.pid}" for r in out.results)
