@@ -1,0 +1,219 @@
+"""A run's semantics on Temporal: policies, budgets, approval, types, failures, bad input.
+
+The same dev server and worker processes as tests/test_temporal.py, a server of this
+module's own.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fanfold.graphs import temporal
+from fanfold.graphs.api import RunOutput
+from fanfold.nodes.context import RunSettings
+from fanfold.nodes.domain import Plan, SubagentResult, Task
+from fanfold.nodes.errors import QuorumUnreachable, TaskFailedError
+from tests.llmock_server import free_port
+from tests.temporal_cluster import (  # noqa: F401 - the fixtures: imported to be found
+    HOST,
+    Workers,
+    cli,
+    run,
+    temporal_server_fixture,
+    wide,
+    workers_fixture,
+)
+
+pytestmark = pytest.mark.temporal
+
+
+async def test_settle_fail_fast_and_a_token_budget_on_temporal(workers: Workers) -> None:
+    workers.start()
+    hung = Plan(
+        tasks=[
+            *wide(4).tasks,
+            Task(id="t04", description="part 4", timeout_s=1.5),
+        ]
+    )
+    out, _ = await run(workers, hung, model="demo:fail=t01,hang=t04", max_concurrency=3)
+    status = {r.task_id: r for r in out.results}
+    assert out.status == "partial"
+    assert status["t01"].status == "failed"
+    assert status["t01"].error is not None and status["t01"].error.exception == "fanfold.DemoFault"
+    assert status["t04"].status == "timed_out"
+    assert [status[t].status for t in ("t00", "t02", "t03")] == ["ok"] * 3
+
+    with pytest.raises(TaskFailedError) as failed:
+        await run(workers, wide(12), model="demo:fail=t01", max_concurrency=3, policy="fail_fast")
+    results = failed.value.results
+    assert [r.task_id for r in results] == [t.id for t in wide(12).tasks]
+    assert failed.value.result.task_id == "t01"
+    assert {r.status for r in results[6:]} == {"cancelled"}  # the run stopped dispatching
+
+    free, _ = await run(workers, wide(12), model="demo", max_concurrency=2)
+    budget = free.metrics.tokens.total_tokens // 3
+    capped, _ = await run(
+        workers, wide(12), model="demo", max_concurrency=2, max_total_tokens=budget
+    )
+    assert capped.status == "budget_exceeded"
+    assert any(r.status == "cancelled" for r in capped.results)
+    assert capped.metrics.tokens.total_tokens < free.metrics.tokens.total_tokens
+
+
+async def test_quorum_and_a_wall_time_budget_on_temporal(workers: Workers) -> None:
+    workers.start()
+    met, _ = await run(
+        workers, wide(10), model="demo:latency=0.3", max_concurrency=2, policy="quorum:3"
+    )
+    statuses = collections.Counter(r.status for r in met.results)
+    assert statuses["ok"] >= 3 and statuses["cancelled"] >= 1, statuses
+    assert [r.task_id for r in met.results] == [t.id for t in wide(10).tasks]
+
+    with pytest.raises(QuorumUnreachable) as unreachable:
+        await run(workers, wide(4), model="demo:fail=t01", max_concurrency=4, policy="quorum:4")
+    assert [r.task_id for r in unreachable.value.results] == [t.id for t in wide(4).tasks]
+
+    started = time.monotonic()
+    out, _ = await run(
+        workers, wide(20), model="demo:latency=0.5", max_concurrency=2, max_wall_time_s=2
+    )
+    assert out.status == "budget_exceeded"
+    statuses = collections.Counter(r.status for r in out.results)
+    assert statuses["ok"] >= 1 and statuses["cancelled"] >= 10, statuses
+    assert time.monotonic() - started < 15  # 20 tasks of ~1 s at mc=2 would take 10 s or more
+
+
+async def test_plan_approval_over_a_workflow_update(workers: Workers) -> None:
+    workers.start()
+    asked: list[tuple[list[str], list[str]]] = []
+
+    def review(plan: Plan, problems: list[str] = []) -> Any:  # noqa: B006 - never mutated
+        asked.append(([t.id for t in plan.tasks], list(problems)))
+        if len(asked) == 1:  # an invalid edit first: the run asks again, saying why
+            return {
+                "action": "edit",
+                "tasks": [{"id": "x", "description": "a", "depends_on": ["ghost"]}],
+            }
+        return {"action": "edit", "tasks": [{"id": "solo", "description": "estimate 6 * 7"}]}
+
+    out = await temporal.arun_on_temporal(
+        "tea, coffee",
+        address=workers.address,
+        settings=RunSettings(model="demo:latency=0", approve_plan=True),
+        task_queue=workers.queue,
+        on_approval=review,
+    )
+    assert out.status == "ok" and [r.task_id for r in out.results] == ["solo"]
+    assert len(asked) == 2 and asked[0][1] == [] and "ghost" in " ".join(asked[1][1])
+
+    rejected = await temporal.arun_on_temporal(
+        "tea, coffee",
+        address=workers.address,
+        settings=RunSettings(model="demo:latency=0", approve_plan=True),
+        task_queue=workers.queue,
+        on_approval=lambda plan: {"action": "reject", "reason": "not today"},
+    )
+    assert rejected.status == "rejected" and rejected.results == []
+    assert rejected.error is not None and "not today" in rejected.error.message
+
+
+def test_the_cli_asks_for_approval_on_temporal(workers: Workers) -> None:
+    workers.start()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fanfold.graphs.cli",
+            "run",
+            "tea, coffee",
+            "--model",
+            "demo:latency=0",
+            "--approve",
+            "--temporal",
+            workers.address,
+            "--task-queue",
+            workers.queue,
+            "--json",
+        ],
+        input="a\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "accept, reject [reason] or edit FILE.json?" in done.stderr
+    out = RunOutput.model_validate_json(done.stdout)
+    assert out.plan is not None and len(out.plan.tasks) >= 2
+    assert out.status == "ok" and [r.task_id for r in out.results] == [t.id for t in out.plan.tasks]
+
+
+def test_types_cross_the_activity_boundary_as_themselves() -> None:
+    from langchain_core.messages import AIMessage
+    from pydantic import BaseModel
+    from temporalio.langgraph._activity import ActivityOutput
+
+    class NotOurs(BaseModel):
+        x: int = 1
+
+    converter = temporal.fanfold_data_converter().payload_converter
+    result = SubagentResult(task_id="a", status="ok", output="done")
+    envelope = ActivityOutput(result={"results": [result], "messages": [AIMessage(content="hi")]})
+    payloads = converter.to_payloads([wide(2), envelope, NotOurs(), {"plain": 1}])
+    plan, back, foreign, plain = converter.from_payloads(payloads, None)
+    assert isinstance(plan, Plan) and plan == wide(2)
+    assert isinstance(back, ActivityOutput)
+    assert back.result["results"] == [result] and isinstance(
+        back.result["results"][0], SubagentResult
+    )
+    assert isinstance(back.result["messages"][0], AIMessage)
+    assert foreign == {"x": 1}  # not on the allowlist: never rebuilt as a class
+    assert plain == {"plain": 1}
+
+
+def test_bad_temporal_input_names_the_flag(tmp_path: Path) -> None:
+    nobody = f"{HOST}:{free_port()}"
+    down = cli("worker", "--temporal", nobody)
+    assert (
+        down.returncode == 3 and f"--temporal {nobody}: no Temporal server answers" in down.stderr
+    )
+    zero = cli("worker", "--temporal", nobody, "--max-activities", "0")
+    assert zero.returncode == 2 and "--max-activities: must be an integer >= 1" in zero.stderr
+    role = cli("worker", "--temporal", nobody, "--role", "boss")
+    assert role.returncode == 2 and "--role" in role.stderr
+    saved = cli("run", "x", "--temporal", nobody, "--checkpoint", str(tmp_path / "x.sqlite"))
+    assert saved.returncode == 2 and "--checkpoint is not supported with --temporal" in saved.stderr
+    doc = cli("run", "x", "--model", "demo", "--temporal", nobody, "--json")
+    assert doc.returncode == 3 and json.loads(doc.stdout)["status"] == "failed"
+
+
+async def test_a_worker_needs_fanfolds_data_converter(temporal_server: str) -> None:
+    from temporalio.client import Client
+
+    plain = await Client.connect(temporal_server)
+    with pytest.raises(ValueError, match="no Fanfold data converter"):
+        temporal.make_worker(plain)
+    with pytest.raises(ValueError, match="`--role` must be one of all, orchestrator, agents"):
+        temporal.make_worker(await temporal.connect(temporal_server), role="boss")
+
+
+def test_a_run_that_fails_on_a_worker_says_why(workers: Workers) -> None:
+    workers.start()
+    nowhere = f"http://{HOST}:{free_port()}/v1"
+    done = cli(
+        "run", "a, b", "--model", f"openai:m@{nowhere}", "--retry-budget", "1",
+        "--temporal", workers.address, "--task-queue", workers.queue, "--json",
+    )  # fmt: skip
+    # The planner's activity could not reach its model: the workflow fails the run (it
+    # would otherwise retry its task forever) and the CLI says so, as in-process.
+    assert done.returncode == 3, done.stderr
+    assert "the run failed on Temporal: OpenAIConnectionError" in done.stderr
+    assert json.loads(done.stdout)["status"] == "failed"
