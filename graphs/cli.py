@@ -1004,6 +1004,10 @@ async def _temporal_run(
                 "(its workflow id names it)"
             )
     temporal = _temporal()
+    try:
+        temporal.portable(settings)
+    except ValueError as exc:
+        raise bad_input(str(exc), cause=exc) from exc
     client = await _connect(temporal, args.temporal)
     handle = await temporal.start_run(
         client, request, settings=settings, plan=plan, task_queue=args.task_queue

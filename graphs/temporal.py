@@ -259,7 +259,7 @@ async def subagent_on_temporal(
         return await _heartbeating(subagent(state, ours))
     except Exception as exc:  # noqa: BLE001 - a task that raises ends failed, never retried
         tid = task_id(state)
-        scope = _workflow_scope(ours)
+        scope = _scope_of(ours)
         return finish(failure_result(tid, exc, scope.task_usage.get(tid)), state, ours, scope)
 
 
@@ -280,7 +280,7 @@ async def reduce_on_temporal(
     it here (activities settle): fail_fast or an unreachable quorum raise, a quorum
     met or a spent budget stop the run, and the reducer cancels what is left.
     """
-    scope = _workflow_scope(runtime)
+    scope = _scope_of(runtime)
     settings = settings_of(runtime.context)
     results = state.get("results", [])
     fresh = [r for r in results if r.task_id not in scope.accounted]
@@ -293,7 +293,7 @@ async def reduce_on_temporal(
     return await reducer(state, runtime)
 
 
-def _workflow_scope(runtime: Runtime[Any]) -> RunScope:
+def _scope_of(runtime: Runtime[Any]) -> RunScope:
     """Return the scope a runtime carries (the workflow's, or this worker's of the run)."""
     control = runtime.control
     assert isinstance(control, ScopedControl) and control.scope is not None
@@ -307,7 +307,7 @@ async def route_on_temporal(
     routed = await _DISPATCH.route(state, config, runtime)
     if isinstance(routed, str):
         return routed
-    scope = _workflow_scope(runtime)
+    scope = _scope_of(runtime)
     # The deadline is on workflow time: seconds since the epoch.
     return [_carried(send, scope.tokens, scope.deadline) for send in routed]
 
@@ -597,8 +597,13 @@ async def start_run(
     task_queue: str = TASK_QUEUE,
     workflow_id: str | None = None,
 ) -> WorkflowHandle[Any, RunDocument]:
-    """Start a run as a workflow and return its handle (its id is the run's)."""
+    """Start a run as a workflow and return its handle (its id is the run's).
+
+    Raises:
+        ValueError: settings that cannot travel to the workers (`portable`).
+    """
     settings = settings if settings is not None else RunSettings()
+    portable(settings)
     args = RunArgs(request=request, settings=settings.to_json(), plan=plan)
     return await client.start_workflow(
         WORKFLOW,
@@ -607,6 +612,34 @@ async def start_run(
         task_queue=task_queue,
         result_type=RunDocument,
     )
+
+
+def portable(settings: RunSettings) -> None:
+    """Check that a run's settings reach the workers whole: they travel as JSON.
+
+    Raises:
+        ValueError: naming each setting that would be lost on the way, and what to use.
+    """
+    from langchain_core.language_models import BaseChatModel
+
+    lost = [
+        f"`{name}` is a chat model object: give a spec (`openai:<model>@<base_url>`)"
+        for name in ("model", "planner_model")
+        if isinstance(getattr(settings, name), BaseChatModel)
+    ]
+    if any(not isinstance(t, str) for t in settings.tools):
+        lost.append("`tools` holds tool objects: name them as `module:attr` import paths")
+    if any(isinstance(k.model, BaseChatModel) for k in settings.kinds):
+        lost.append("a kind in `kinds` has a chat model object: give a spec")
+    if settings.tool_registry is not None:
+        lost.append("`tool_registry` is a Python object: name the tools in `tools`")
+    if settings.mcp_servers:
+        lost.append(
+            "`mcp_servers` (--mcp) is not carried to Temporal workers (it may hold secrets, "
+            "and would sit in the workflow's history)"
+        )
+    if lost:
+        raise ValueError("settings that cannot travel to Temporal workers: " + "; ".join(lost))
 
 
 async def events_of(client: Client, workflow_id: str) -> AsyncIterator[dict[str, Any]]:

@@ -217,3 +217,23 @@ def test_a_run_that_fails_on_a_worker_says_why(workers: Workers) -> None:
     assert done.returncode == 3, done.stderr
     assert "the run failed on Temporal: OpenAIConnectionError" in done.stderr
     assert json.loads(done.stdout)["status"] == "failed"
+
+
+def test_settings_that_cannot_reach_the_workers_are_refused(tmp_path: Path) -> None:
+    from langchain_core.tools import tool
+
+    from fanfold.nodes.demo_model import DemoChatModel
+
+    @tool
+    def shout(text: str) -> str:
+        """Shout the text."""
+        return text.upper()
+
+    temporal.portable(RunSettings(model="demo", tools=["fanfold.tools.builtins:calculator"]))
+    with pytest.raises(ValueError, match="`model` is a chat model object") as objects:
+        temporal.portable(RunSettings(model=DemoChatModel(), tools=[shout]))
+    assert "`tools` holds tool objects" in str(objects.value)
+    servers = tmp_path / "servers.json"
+    servers.write_text(json.dumps({"mcpServers": {"x": {"command": "true"}}}))
+    refused = cli("run", "x", "--model", "demo", "--mcp", str(servers), "--temporal", "127.0.0.1:1")
+    assert refused.returncode == 2 and "`mcp_servers` (--mcp) is not carried" in refused.stderr
