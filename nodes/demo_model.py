@@ -9,6 +9,7 @@ answers from what the tools returned. Every answer it writes starts with
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import os
@@ -182,6 +183,17 @@ def _demo_args(function: dict[str, Any], name: str, description: str) -> dict[st
     return args
 
 
+def burn_cpu(seconds: float) -> None:
+    """Keep the calling thread busy until it has used `seconds` of CPU (hashing)."""
+    if seconds <= 0:
+        return
+    end = time.thread_time() + seconds
+    digest = hashlib.sha256()
+    while time.thread_time() < end:
+        for _ in range(200):
+            digest.update(b"fanfold demo cpu burn")
+
+
 def _task_of(messages: list[BaseMessage]) -> str | None:
     """Return the id of the task a subagent's messages are about, if they are one's."""
     first_user = next((_text(m) for m in messages if isinstance(m, HumanMessage)), "")
@@ -204,6 +216,9 @@ class DemoChatModel(BaseChatModel):
     """Task ids whose every call fails (`DemoFault`): a failure to watch a policy or a rerun."""
     hang: list[str] = Field(default_factory=list)
     """Task ids whose every call never answers (until cancelled): a timeout to watch."""
+    cpu: float = 0.0
+    """Seconds of CPU each call burns in the calling thread (a busy loop that holds the
+    event loop too), on top of `latency`: CPU-heavy subagents, to watch workers scale."""
 
     @property
     def _llm_type(self) -> str:
@@ -227,6 +242,7 @@ class DemoChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        burn_cpu(self.cpu)
         time.sleep(self.latency)
         return self._result(messages, kwargs.get("tools"))
 
@@ -238,6 +254,7 @@ class DemoChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         await self._hang_if_told(messages)
+        burn_cpu(self.cpu)
         await asyncio.sleep(self.latency)
         return self._result(messages, kwargs.get("tools"))
 
@@ -259,6 +276,7 @@ class DemoChatModel(BaseChatModel):
         over the rest.
         """
         await self._hang_if_told(messages)
+        burn_cpu(self.cpu)
         await asyncio.sleep(self.latency / 2)
         message = self._result(messages, kwargs.get("tools")).generations[0].message
         assert isinstance(message, AIMessage)

@@ -28,7 +28,9 @@ def load_chat_model(spec: str | BaseChatModel) -> BaseChatModel:
         `demo` or `demo:latency=0.5`: the offline demo model (each call takes
         `latency` seconds); `log=FILE` appends a line per call; `fail=t2+t5` makes
         those tasks' calls fail (to see a failure, a policy or `fanfold rerun` at work);
-        `hang=t3` makes that task's calls never answer (to see a timeout).
+        `hang=t3` makes that task's calls never answer (to see a timeout);
+        `cpu=0.05` makes each call burn that many seconds of CPU in the calling
+        thread (CPU-heavy subagents, to see worker processes scale).
         `openai:<model>`: ChatOpenAI; `OPENAI_API_KEY` and `OPENAI_BASE_URL` are
         honoured, so any OpenAI-compatible server works.
         `openai:<model>@<base_url>`: the same against that base URL.
@@ -88,7 +90,7 @@ _LOOP_MODELS: weakref.WeakKeyDictionary[
 
 
 SPEC_FORMS = (
-    "demo, demo:latency=S (options: latency, log, fail, hang), openai:<model> or "
+    "demo, demo:latency=S (options: latency, cpu, log, fail, hang), openai:<model> or "
     "openai:<model>@<base_url>"
 )
 
@@ -182,16 +184,16 @@ def _demo_options(rest: str) -> dict[str, Any]:
                 raise ValueError(msg)
             options[key] = ids
             continue
-        if key != "latency":
-            msg = f"unknown demo option `{key}` (known: latency, log, fail, hang)"
+        if key not in ("latency", "cpu"):
+            msg = f"unknown demo option `{key}` (known: latency, cpu, log, fail, hang)"
             raise ValueError(msg)
         try:
-            latency = float(value)
+            seconds = float(value)
         except ValueError:
-            msg = f"demo latency `{value}` is not a number of seconds"
+            msg = f"demo {key} `{value}` is not a number of seconds"
             raise ValueError(msg) from None
-        if not math.isfinite(latency) or latency < 0:
-            msg = f"demo latency `{value}` is not a finite number >= 0"
+        if not math.isfinite(seconds) or seconds < 0:
+            msg = f"demo {key} `{value}` is not a finite number >= 0"
             raise ValueError(msg)
-        options["latency"] = latency
+        options[key] = seconds
     return options

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -38,6 +39,9 @@ def test_demo_spec_reads_latency() -> None:
         ("demo:latency=slow", "`slow`"),
         ("demo:latency=", "latency"),
         ("demo:latency=-1", "`-1`"),
+        ("demo:cpu=lots", "demo cpu `lots`"),
+        ("demo:cpu=", "demo cpu"),
+        ("demo:cpu=-0.5", "demo cpu `-0.5`"),
     ],
 )
 def test_bad_demo_options_name_the_option(spec: str, named: str) -> None:
@@ -52,6 +56,28 @@ def test_demo_latency_must_be_finite(value: str) -> None:
     # calls would raise ValueError.
     with pytest.raises(ValueError, match="latency"):
         load_chat_model(f"demo:latency={value}")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_demo_cpu_must_be_finite(value: str) -> None:
+    with pytest.raises(ValueError, match=f"demo cpu `{value}` is not a finite number"):
+        load_chat_model(f"demo:cpu={value}")
+
+
+def test_unknown_demo_option_lists_cpu() -> None:
+    with pytest.raises(ValueError, match="known: latency, cpu, log, fail, hang"):
+        load_chat_model("demo:speed=2")
+
+
+def test_demo_cpu_burns_cpu_in_each_call() -> None:
+    model = load_chat_model("demo:latency=0,cpu=0.05")
+    assert isinstance(model, DemoChatModel)
+    assert (model.cpu, model.latency) == (0.05, 0.0)
+    prompt = [HumanMessage("Task t1 (general): count the words")]
+    for call in (model.invoke, lambda m: asyncio.run(model.ainvoke(m))):
+        before = time.process_time()
+        call(prompt)
+        assert time.process_time() - before >= 0.05
 
 
 def test_openai_spec_with_base_url() -> None:
