@@ -76,8 +76,9 @@ def test_the_cli_spreads_thirty_subagents_over_three_workers(
     per_task = collections.Counter(c["who"] for c in calls(log) if c["who"].startswith("t"))
     assert set(per_task) == {t.id for t in wide(30).tasks}
     assert len(set(per_task.values())) == 1  # every task made as many calls: none ran twice
-    # The progress lines came from the workers' events, through the workflow's stream.
+    # The progress lines: each task's start and finish, from the workflow's stream.
     assert done.stderr.count("finish t") == 30, done.stderr[-2000:]
+    assert done.stderr.count("start  t") == 30, done.stderr[-2000:]
 
 
 @pytest.mark.alone  # compares two wall times
