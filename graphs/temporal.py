@@ -39,7 +39,7 @@ import contextlib
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -67,10 +67,11 @@ from fanfold.graphs.serde import FANFOLD_TYPES, allow_fanfold_types
 from fanfold.nodes.act import task_id
 from fanfold.nodes.context import RunSettings, settings_of
 from fanfold.nodes.dispatch import SUBAGENT, Dispatch
-from fanfold.nodes.domain import Plan, Usage
+from fanfold.nodes.domain import Plan, SubagentResult, Usage
 from fanfold.nodes.errors import FanfoldError, PlanError, QuorumUnreachable, TaskFailedError
 from fanfold.nodes.events import task_finished, task_started
 from fanfold.nodes.finish import apply_policy, finish
+from fanfold.nodes.lg import as_if_unsaved
 from fanfold.nodes.planner import planner
 from fanfold.nodes.reducer import reducer
 from fanfold.nodes.replan import replan
@@ -315,7 +316,7 @@ async def reduce_on_temporal(
     scope.seed_tokens(sum(r.usage.total_tokens for r in results) + overhead.total_tokens)
     scope.add_tokens(0)  # stops the run once over its token budget
     publish = _publisher()
-    for result in fresh:
+    for result in fresh:  # results the guard did not see: the error handler's
         task_finished(publish, result)
         apply_policy(result, settings, scope)
     return await reducer(state, runtime)
@@ -331,26 +332,63 @@ def _scope_of(runtime: Runtime[Any]) -> RunScope:
 async def route_on_temporal(
     state: OrchestratorState, config: RunnableConfig, runtime: Runtime[RunSettings]
 ) -> list[Send] | str:
-    """Dispatch, in the workflow: each Send carries its timeout and the run's spend."""
-    routed = await _DISPATCH.route(state, config, runtime)
+    """Dispatch, in the workflow: wide windows, each Send carrying its task's timeout.
+
+    Wide (up to 16 x `max_concurrency`, as an in-process run without a checkpointer):
+    LangGraph's semaphore starts each queued subagent the moment a slot frees, and
+    `_guarded` applies the policy and the budgets as each one ends, so nothing waits
+    for a window's slowest task. (The in-workflow checkpointer is for approval only:
+    the run's durability is the workflow's history.)
+    """
+    routed = await _DISPATCH.route(state, as_if_unsaved(config), runtime)
     if isinstance(routed, str):
         return routed
-    scope = _scope_of(runtime)
-    at = datetime.fromtimestamp(workflow.time(), UTC)
-    publish = _publisher()
-    for send in routed:
-        task_started(publish, send.arg["task"], at)  # sent: it starts now
-    # The deadline is on workflow time: seconds since the epoch.
-    return [_carried(send, scope.tokens, scope.deadline) for send in routed]
+    return [_timed_in_payload(send) for send in routed]
 
 
-def _carried(send: Send, spent: int, deadline: float | None) -> Send:
+def _timed_in_payload(send: Send) -> Send:
     payload = dict(send.arg)
     payload.setdefault("timeout_s", payload["spec"]["timeout_s"])
-    payload["run_tokens"] = spent
-    if deadline is not None:
-        payload["run_deadline"] = deadline
     return Send(SUBAGENT, payload)
+
+
+def _guarded(call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Wrap the subagent node's activity call with the run's side of it, in the workflow.
+
+    Before: a run that stopped (a budget, fail_fast, a quorum met) ends a queued task
+    `cancelled` without calling the activity; else the task's start is published and
+    the payload gets the run's spend and wall-time deadline as of now. After: the
+    result's tokens are charged, its finish published, and the policy applied (a
+    raise here cancels the siblings still running, as in process).
+    """
+
+    async def guarded(state: SubagentInput, **kwargs: Any) -> Any:
+        runtime = kwargs["runtime"]
+        scope = _scope_of(runtime)
+        task = state["task"]
+        publish = _publisher()
+        top = (state.get("depth") or 1) == 1
+        why = scope.stop_error() if top else None
+        if why is not None:
+            result = SubagentResult(task_id=task.id, status="cancelled", attempts=0, error=why)
+            scope.accounted.add(task.id)
+            task_finished(publish, result)
+            return {"results": [result]}
+        task_started(publish, task, datetime.fromtimestamp(workflow.time(), UTC))
+        payload: SubagentInput = {**state, "run_tokens": scope.tokens}
+        if scope.deadline is not None:
+            payload["run_deadline"] = scope.deadline  # workflow time: seconds since the epoch
+        out = await call(payload, **kwargs)
+        settings = settings_of(runtime.context)
+        for result in out["results"]:
+            scope.accounted.add(result.task_id)
+            scope.add_tokens(result.usage.total_tokens)
+            task_finished(publish, result)
+            if top:
+                apply_policy(result, settings, scope)
+        return out
+
+    return guarded
 
 
 _DISPATCH = Dispatch(eager=False)
@@ -412,6 +450,10 @@ def _plugin() -> tuple[LangGraphPlugin, Any]:
     # The plugin keeps only `config`/`runtime` for every node; the error handler runs in
     # the workflow and needs the `error` LangGraph passes it.
     handler.func_accepts = accepts
+    # The plugin made the subagent node a call to its activity: the run's side of each
+    # subagent (stop, budgets, policy, progress) wraps that call, in the workflow.
+    node = builder.nodes[SUBAGENT].runnable
+    node.afunc = _guarded(node.afunc)
     return plugin, builder
 
 

@@ -40,6 +40,16 @@ def saves_writes(config: RunnableConfig) -> bool:
     return conf.get(CONFIG_KEY_CHECKPOINTER, True) is not None
 
 
+def as_if_unsaved(config: RunnableConfig) -> RunnableConfig:
+    """Return `config` as a run without a checkpointer would see it (`saves_writes` false).
+
+    For an engine whose durability is not LangGraph's (Temporal: the workflow's history)
+    while its graph keeps a checkpointer for interrupts.
+    """
+    conf = {**(config.get("configurable") or {}), CONFIG_KEY_CHECKPOINTER: None}
+    return {**config, "configurable": conf}
+
+
 def allows_every_type(serde: Any) -> bool:
     """Tell whether a JsonPlusSerializer is LangGraph's permissive default.
 
