@@ -794,6 +794,8 @@ class Session:
     args: argparse.Namespace
     thread_id: str | None = None
     checkpoint: str | None = None
+    workflow_id: str | None = None
+    """A run on Temporal: its workflow (it goes on if this command is interrupted)."""
     settings: RunSettings | None = None
     edited: bool = False
     live: LiveView | None = None
@@ -1009,27 +1011,17 @@ async def _temporal_run(
     except ValueError as exc:
         raise bad_input(str(exc), cause=exc) from exc
     client = await _connect(temporal, args.temporal)
-    handle = await temporal.start_run(
-        client, request, settings=settings, plan=plan, task_queue=args.task_queue
-    )
-    _say(f"fanfold: running on Temporal as workflow {handle.id} (task queue {args.task_queue})")
-    on_event = session.progress()
-    watcher = None
-    if on_event is not None:
-        handler = on_event
-
-        async def watch() -> None:
-            async for event in temporal.events_of(client, handle.id):
-                handler(event)
-
-        watcher = asyncio.ensure_future(watch())
     try:
-        approval = session.approve if settings.approve_plan else None
-        return cast(RunOutput, await temporal.result_of(handle, approval))
-    finally:
-        if watcher is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(watcher, timeout=5)
+        handle = await temporal.start_run(
+            client, request, settings=settings, plan=plan, task_queue=args.task_queue
+        )
+    except ValueError as exc:  # a request and plan over Temporal's payload limit
+        raise bad_input(str(exc), cause=exc) from exc
+    _say(f"fanfold: running on Temporal as workflow {handle.id} (task queue {args.task_queue})")
+    session.workflow_id = handle.id
+    approval = session.approve if settings.approve_plan else None
+    out = await temporal.follow(client, handle, on_event=session.progress(), on_approval=approval)
+    return cast(RunOutput, out)
 
 
 async def _worker_command(session: Session) -> int:
@@ -1321,6 +1313,11 @@ async def _command(session: Session) -> int:
 
 def _interrupted(session: Session) -> CliFailure:
     message = "interrupted"
+    if session.workflow_id is not None:
+        message += (
+            f"; the run goes on on Temporal as workflow {session.workflow_id} (end it with "
+            f"`temporal workflow cancel --workflow-id {session.workflow_id}`)"
+        )
     if session.thread_id is not None and session.checkpoint is not None:
         shown = _shown_location(session.checkpoint)
         message += f"; continue with `fanfold resume {session.thread_id} --checkpoint {shown}`"

@@ -37,6 +37,9 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
+import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -58,6 +61,7 @@ from temporalio.converter import (
     DefaultPayloadConverter,
     EncodingPayloadConverter,
 )
+from temporalio.exceptions import ApplicationError
 from temporalio.langgraph import LangGraphPlugin
 from temporalio.langgraph import graph as plugin_graph
 from temporalio.worker import Worker
@@ -67,7 +71,7 @@ from fanfold.graphs.serde import FANFOLD_TYPES, allow_fanfold_types
 from fanfold.nodes.act import task_id
 from fanfold.nodes.context import RunSettings, settings_of
 from fanfold.nodes.dispatch import SUBAGENT, Dispatch
-from fanfold.nodes.domain import Plan, SubagentResult, Usage
+from fanfold.nodes.domain import ErrorInfo, Plan, SubagentResult, Usage
 from fanfold.nodes.errors import FanfoldError, PlanError, QuorumUnreachable, TaskFailedError
 from fanfold.nodes.events import task_finished, task_started
 from fanfold.nodes.finish import apply_policy, finish
@@ -98,9 +102,10 @@ HEARTBEAT_TIMEOUT = timedelta(seconds=3)
 STICKY_TIMEOUT = timedelta(seconds=2)
 """How long a workflow task waits for the worker that has the run cached: a dead
 workflow worker's run moves on after this (Temporal's default is 10 s)."""
-BACKSTOP = timedelta(hours=1)
-"""An activity's start-to-close timeout when its task sets none (its own timeout, in
-the payload, ends it first)."""
+BACKSTOP = timedelta(hours=24)
+"""Every activity's start-to-close timeout (Temporal needs one): a task's own timeout,
+in its payload, ends it first; a task without one is cut here (and, as a lost
+attempt, run again up to 4 more times)."""
 
 
 # --- types across the boundary -------------------------------------------------------
@@ -161,6 +166,23 @@ def fanfold_data_converter() -> DataConverter:
     return dataclasses.replace(DataConverter.default, payload_converter_class=_Payloads)
 
 
+PAYLOAD_LIMIT = int(os.environ.get("FANFOLD_TEMPORAL_PAYLOAD_LIMIT", "1800000"))
+"""Bytes a value may take across Temporal: its server refuses payloads over 2 MB by
+default (and a workflow task that schedules one fails, and is retried, forever). A
+server configured otherwise: set `FANFOLD_TEMPORAL_PAYLOAD_LIMIT` on every worker."""
+
+_SIZER = JsonPlusSerializer(allowed_msgpack_modules=())
+
+
+def payload_size(value: Any) -> int:
+    """Return about how many bytes `value` takes as a Temporal payload (msgpack)."""
+    return len(_SIZER.dumps_typed(value)[1])
+
+
+class PayloadTooLarge(FanfoldError, ValueError):
+    """A value too large to cross Temporal (a plan, a task's inputs, the results)."""
+
+
 # --- what a run takes and returns ----------------------------------------------------
 
 
@@ -211,8 +233,8 @@ def _activity_runtime(
     _SCOPES.move_to_end(run_id)
     scope.seed_tokens(spent)
     if deadline is not None:
-        here = time.monotonic() + (deadline - time.time())
-        scope.deadline = here if scope.deadline is None else min(scope.deadline, here)
+        # The workflow's deadline is the run's (it moves on after an approval's wait).
+        scope.deadline = time.monotonic() + (deadline - time.time())
     control = ScopedControl()
     control.scope = scope
     return dataclasses.replace(runtime, context=scope.settings, control=control)
@@ -233,25 +255,38 @@ async def _heartbeating(work: Coroutine[Any, Any, T]) -> T:
         beats.cancel()
 
 
+async def _run_level(work: Coroutine[Any, Any, T]) -> T:
+    """Run a run-level node (planner, re-planner, synthesizer) as an activity.
+
+    It heartbeats, so a lost worker's call runs again elsewhere within seconds; what it
+    raises is final (`non_retryable`, under its own type name): a model that cannot be
+    reached is not retried by Temporal on top of the node's own retries.
+    """
+    try:
+        return await _heartbeating(work)
+    except Exception as exc:
+        raise ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True) from exc
+
+
 async def plan_on_temporal(
     state: OrchestratorState, runtime: Runtime[RunSettings]
 ) -> OrchestratorUpdate:
     """The planner, as an activity."""
-    return await planner(state, _activity_runtime(runtime))
+    return await _run_level(planner(state, _activity_runtime(runtime)))
 
 
 async def replan_on_temporal(
     state: OrchestratorState, runtime: Runtime[RunSettings]
 ) -> OrchestratorUpdate:
     """Re-planning, as an activity."""
-    return await replan(state, _activity_runtime(runtime))
+    return await _run_level(replan(state, _activity_runtime(runtime)))
 
 
 async def answer_on_temporal(
     state: OrchestratorState, runtime: Runtime[RunSettings]
 ) -> OrchestratorUpdate:
     """The synthesizer, as an activity."""
-    return await synthesize(state, _activity_runtime(runtime))
+    return await _run_level(synthesize(state, _activity_runtime(runtime)))
 
 
 async def subagent_on_temporal(
@@ -378,7 +413,16 @@ def _guarded(call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any
         payload: SubagentInput = {**state, "run_tokens": scope.tokens}
         if scope.deadline is not None:
             payload["run_deadline"] = scope.deadline  # workflow time: seconds since the epoch
-        out = await call(payload, **kwargs)
+        size = payload_size(payload)
+        if size > PAYLOAD_LIMIT:
+            why = ErrorInfo(
+                type="PayloadTooLarge",
+                message=f"the task's inputs take {size} bytes: over the {PAYLOAD_LIMIT} a "
+                "Temporal payload may (its dependencies' outputs, most likely)",
+            )
+            out = {"results": [SubagentResult(task_id=task.id, status="failed", error=why)]}
+        else:
+            out = await call(payload, **kwargs)
         settings = settings_of(runtime.context)
         for result in out["results"]:
             scope.accounted.add(result.task_id)
@@ -417,24 +461,25 @@ def temporal_graph() -> Any:
             route=route_on_temporal,
         ),
     )
-    no_retries = RetryPolicy(maximum_attempts=1)  # model calls retry inside; a raise is a result
+    # A lost worker's attempt runs again elsewhere (heartbeats); a raise is final.
+    lost_only = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=5)
+    run_level = {
+        **_ACTIVITY,
+        "start_to_close_timeout": BACKSTOP,
+        "heartbeat_timeout": HEARTBEAT_TIMEOUT,
+        "retry_policy": lost_only,
+    }
     options = {
-        "planner": {**_ACTIVITY, "start_to_close_timeout": BACKSTOP, "retry_policy": no_retries},
-        "replan": {**_ACTIVITY, "start_to_close_timeout": BACKSTOP, "retry_policy": no_retries},
-        "synthesize": {
-            **_ACTIVITY,
-            "start_to_close_timeout": BACKSTOP,
-            "retry_policy": no_retries,
-        },
+        "planner": run_level,
+        "replan": run_level,
+        "synthesize": run_level,
         SUBAGENT: {
             **_ACTIVITY,
             "start_to_close_timeout": BACKSTOP,
             "heartbeat_timeout": HEARTBEAT_TIMEOUT,
             # A worker that dies (no heartbeat) loses the attempt: it runs again elsewhere.
             # (A task that raises comes back as a failed result, never as a retry.)
-            "retry_policy": RetryPolicy(
-                initial_interval=timedelta(milliseconds=200), maximum_attempts=5
-            ),
+            "retry_policy": lost_only,
         },
     }
     for name, spec in builder.nodes.items():
@@ -454,7 +499,31 @@ def _plugin() -> tuple[LangGraphPlugin, Any]:
     # subagent (stop, budgets, policy, progress) wraps that call, in the workflow.
     node = builder.nodes[SUBAGENT].runnable
     node.afunc = _guarded(node.afunc)
+    for name in ("synthesize", "replan"):
+        node = builder.nodes[name].runnable
+        node.afunc = _sized(node.afunc, name)
     return plugin, builder
+
+
+def _sized(call: Callable[..., Awaitable[Any]], name: str) -> Callable[..., Awaitable[Any]]:
+    """Wrap a run-level node's activity call: refuse an input Temporal would refuse.
+
+    The synthesizer's input is the whole state (every result): a run whose results
+    outgrow one payload fails saying so, instead of a workflow task retried forever.
+    """
+
+    async def sized(state: Any, **kwargs: Any) -> Any:
+        size = payload_size(state)
+        if size > PAYLOAD_LIMIT:
+            msg = (
+                f"the {name} node's input (the run's plan and results) takes {size} bytes: "
+                f"over the {PAYLOAD_LIMIT} a Temporal payload may; fewer or shorter results "
+                "(a smaller plan, `synthesize_answer` off), or run it in process"
+            )
+            raise PayloadTooLarge(msg)
+        return await call(state, **kwargs)
+
+    return sized
 
 
 def _runner() -> SandboxedWorkflowRunner:
@@ -495,6 +564,9 @@ class FanfoldRun:
         if self.pending is None:
             msg = "no plan is waiting for approval in this run"
             raise ValueError(msg)
+        if payload_size(decision) > PAYLOAD_LIMIT // 4:
+            msg = f"a decision takes at most {PAYLOAD_LIMIT // 4} bytes"
+            raise ValueError(msg)
 
     @workflow.run
     async def run(self, args: RunArgs) -> RunDocument:
@@ -525,6 +597,11 @@ class FanfoldRun:
                 }
                 await workflow.wait_condition(lambda: self.pending is None)
                 decision, self.decision = self.decision, None
+                # As in process, where the run goes on in a new stream: the wall-time
+                # budget does not count the wait for a person's answer.
+                scope.t0 = workflow.time()
+                if settings.max_wall_time_s:
+                    scope.deadline = scope.t0 + settings.max_wall_time_s
                 values = await graph.ainvoke(
                     Command(resume=decision), config, control=control, context=settings
                 )
@@ -552,11 +629,37 @@ class FanfoldRun:
             values = (await graph.aget_state(config)).values
             out = _output_of(values).model_copy(update={"status": "failed"})
             doc = RunDocument(output=out.model_dump(mode="json"), failure=_cause(exc))
+        doc = _fitted(doc)
         # Subscribers waiting on the stream read the rest through queries once it ends.
         _STREAMS.pop(workflow.info().run_id, None)
         self.stream.detach_pollers()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return doc
+
+
+def _fitted(doc: RunDocument) -> RunDocument:
+    """Return the run's document cut to fit one Temporal payload (outputs, the answer).
+
+    Each result keeps an even share of what fits, with a note of what was cut: a
+    result Temporal cannot upload would fail the workflow's task again and again.
+    """
+    size = payload_size(doc)
+    if size <= PAYLOAD_LIMIT:
+        return doc
+    output = dict(doc.output)
+    results = [dict(r) for r in output.get("results", [])]
+    texts = sum(len(r.get("output") or "") for r in results) + len(output.get("answer") or "")
+    room = max(0, PAYLOAD_LIMIT - (size - texts)) // max(1, len(results) + 1)
+    for r in [*results, output]:
+        for key in ("output", "answer"):
+            text = r.get(key)
+            if isinstance(text, str) and len(text) > room:
+                r[key] = (
+                    f"{text[:room]} [cut: {len(text)} characters; the run's document "
+                    "is over Temporal's payload limit]"
+                )
+    output["results"] = results
+    return RunDocument(output=output, failure=doc.failure)
 
 
 def _cause(exc: BaseException) -> dict[str, Any]:
@@ -613,8 +716,33 @@ async def connect(address: str, *, namespace: str = "default") -> Client:
         RuntimeError: no server answers at `address` (Temporal's own message).
     """
     return await Client.connect(
-        address, namespace=namespace, data_converter=fanfold_data_converter()
+        address,
+        namespace=namespace,
+        data_converter=fanfold_data_converter(),
+        runtime=_runtime(),
     )
+
+
+@functools.cache
+def _runtime() -> Any:
+    """Return a Temporal runtime whose core logs go to Python's logging (stderr).
+
+    The default writes the core's warnings (retries while a server is away) to stdout,
+    ahead of `--json`'s document.
+    """
+    from temporalio.runtime import (
+        LogForwardingConfig,
+        LoggingConfig,
+        Runtime,
+        TelemetryConfig,
+        TelemetryFilter,
+    )
+
+    logging_config = LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+        forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+    )
+    return Runtime(telemetry=TelemetryConfig(logging=logging_config))
 
 
 ROLES = ("all", "orchestrator", "agents")
@@ -681,6 +809,13 @@ async def start_run(
     settings = settings if settings is not None else RunSettings()
     portable(settings)
     args = RunArgs(request=request, settings=settings.to_json(), plan=plan)
+    size = payload_size(args)
+    if size > PAYLOAD_LIMIT:
+        msg = (
+            f"the run's request and plan take {size} bytes: over the {PAYLOAD_LIMIT} a "
+            "Temporal payload may"
+        )
+        raise ValueError(msg)
     return await client.start_workflow(
         WORKFLOW,
         args,
@@ -838,19 +973,46 @@ async def arun_on_temporal(
         raise ValueError(msg)
     client = await connect(address)
     handle = await start_run(client, request, settings=settings, plan=plan, task_queue=task_queue)
-    watcher = None
-    if on_event is not None:
-        handler = on_event
+    return await follow(client, handle, on_event=on_event, on_approval=on_approval)
 
-        async def watch() -> None:
-            async for event in events_of(client, handle.id):
-                handler(event)
 
-        watcher = asyncio.ensure_future(watch())
-    try:
+async def follow(
+    client: Client,
+    handle: WorkflowHandle[Any, RunDocument],
+    *,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    on_approval: Any | None = None,
+) -> Any:
+    """Watch a started run to its end: its events, its approvals, then its `RunOutput`.
+
+    An `on_event` that raises ends the watch with its error (as in process); so does
+    a cancel (Ctrl-C), at once: the run itself goes on, on Temporal.
+
+    Raises:
+        What `result_of` raises, or what `on_event` raised.
+    """
+    if on_event is None:
         return await result_of(handle, on_approval)
+    handler = on_event
+
+    async def watch() -> None:
+        async for event in events_of(client, handle.id):
+            handler(event)
+
+    watcher = asyncio.ensure_future(watch())
+    finished = asyncio.ensure_future(result_of(handle, on_approval))
+    try:
+        await asyncio.wait({watcher, finished}, return_when=asyncio.FIRST_COMPLETED)
+        if watcher.done() and not finished.done():
+            watcher.result()  # the handler raised (a watch that just ended: go on)
+        out = await finished
+        # The stream drains what the finished run published, then ends.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(watcher), timeout=5)
+        if watcher.done():
+            watcher.result()
+        return out
     finally:
-        if watcher is not None:
-            # The stream drains what the finished run published, then ends.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(watcher, timeout=5)
+        for task in (watcher, finished):
+            task.cancel()
+        await asyncio.gather(watcher, finished, return_exceptions=True)

@@ -21,6 +21,12 @@ MAX_ASKS = 3
 Decision = tuple[Literal["accept", "edit", "reject"], Any]
 
 
+def _shown(value: Any, limit: int = 200) -> str:
+    """Return a decision as an error shows it: its repr, cut (an answer may be huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def parse_decision(value: Any) -> Decision:
     """Read a resume value: accept, edit (a new task list or plan) or reject.
 
@@ -50,7 +56,7 @@ def parse_decision(value: Any) -> Decision:
             }
             return "edit", plan
     msg = (
-        f"unrecognised plan decision `{value!r}`: resume with `accept`, `reject`, "
+        f"unrecognised plan decision `{_shown(value)}`: resume with `accept`, `reject`, "
         '{"action": "edit", "tasks": [...]} or {"action": "reject", "reason": "..."}'
     )
     raise ValueError(msg)

@@ -9,6 +9,7 @@ imported by the test modules (`server` is one dev server per module).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -94,7 +95,9 @@ class Workers:
         self.address, self.queue, self.logs = address, queue, logs
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, role: str = "all", *extra: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, role: str = "all", *extra: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = self.logs / f"worker-{len(self.procs)}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
@@ -113,6 +116,7 @@ class Workers:
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
             )
         self.procs.append(proc)
         deadline = time.monotonic() + START_LIMIT_S

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from fanfold.graphs import temporal
 from fanfold.graphs.api import RunOutput
+from fanfold.nodes.context import RunSettings
 from tests.temporal_cluster import (  # noqa: F401 - the fixtures: imported to be found
     Workers,
     calls,
@@ -160,3 +162,30 @@ async def test_a_stopped_worker_ends_promptly_and_its_work_runs_elsewhere(
     out, _ = await task
     assert out.status == "ok" and [r.task_id for r in out.results] == [t.id for t in wide(4).tasks]
     assert all(r.worker != f"{r.worker.split(':')[0]}:{first.pid}" for r in out.results)
+
+
+async def test_a_planner_whose_worker_dies_runs_again_elsewhere(workers: Workers) -> None:
+    workers.start("orchestrator")
+    doomed = workers.start("agents")
+    client = await temporal.connect(workers.address)
+    handle = await temporal.start_run(
+        client,
+        "tea, coffee",
+        settings=RunSettings(model="demo:latency=3"),  # the planner's call takes 3 s
+        task_queue=workers.queue,
+    )
+    deadline = time.monotonic() + 30
+    while True:  # until the planner's activity runs on the doomed worker
+        pending = (await handle.describe()).raw_description.pending_activities
+        if any(a.activity_type.name.endswith("planner") and a.last_started_time.seconds
+               for a in pending):  # fmt: skip
+            break
+        assert time.monotonic() < deadline, "the planner never started"
+        await asyncio.sleep(0.1)
+    os.kill(doomed.pid, signal.SIGKILL)
+    workers.start("agents")
+    started = time.monotonic()
+    out = await asyncio.wait_for(temporal.result_of(handle), timeout=90)
+    # A heartbeat timeout (3 s) and the calls again; it used to wait for the 1 h backstop.
+    assert out.status == "ok" and out.results
+    assert time.monotonic() - started < 60

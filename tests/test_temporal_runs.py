@@ -6,6 +6,7 @@ module's own.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import subprocess
@@ -237,3 +238,70 @@ def test_settings_that_cannot_reach_the_workers_are_refused(tmp_path: Path) -> N
     servers.write_text(json.dumps({"mcpServers": {"x": {"command": "true"}}}))
     refused = cli("run", "x", "--model", "demo", "--mcp", str(servers), "--temporal", "127.0.0.1:1")
     assert refused.returncode == 2 and "`mcp_servers` (--mcp) is not carried" in refused.stderr
+
+
+async def test_results_over_the_payload_limit_end_the_run_saying_so(workers: Workers) -> None:
+    # Workers that take 20 KB for Temporal's limit: the synthesizer's input (the plan and
+    # every result) is over it. It used to be a workflow task retried forever: a hang.
+    workers.start(env={"FANFOLD_TEMPORAL_PAYLOAD_LIMIT": "20000"})
+    plan = wide(30, timeout_s=60)
+    plan = plan.model_copy(
+        update={"tasks": [t.model_copy(update={"description": "x " * 300}) for t in plan.tasks]}
+    )
+    started = time.monotonic()
+    with pytest.raises(temporal.RunFailed) as failed:
+        await run(workers, plan, model="demo:latency=0", max_concurrency=10)
+    assert failed.value.kind == "PayloadTooLarge" and "synthesize" in str(failed.value)
+    assert time.monotonic() - started < 60
+    out = failed.value.output
+    assert out.status == "failed" and len(out.results) == 30
+    assert all(r.status == "ok" for r in out.results)  # what the run had, kept
+    assert all("[cut:" in r.output for r in out.results)  # cut to fit the workflow's result
+
+
+def test_a_plan_over_the_payload_limit_is_refused_before_it_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(temporal, "PAYLOAD_LIMIT", 1000)
+
+    async def start() -> None:
+        await temporal.start_run(None, "x", plan=wide(30))  # type: ignore[arg-type]
+
+    with pytest.raises(ValueError, match="over the 1000 a Temporal payload may"):
+        asyncio.run(start())
+
+
+async def test_an_event_handler_that_raises_ends_the_watch(workers: Workers) -> None:
+    workers.start()
+
+    def broken(event: dict[str, Any]) -> None:
+        raise RuntimeError("the handler broke")
+
+    with pytest.raises(RuntimeError, match="the handler broke"):
+        await temporal.arun_on_temporal(
+            "x",
+            address=workers.address,
+            plan=wide(4),
+            settings=RunSettings(model="demo:latency=0.3"),
+            task_queue=workers.queue,
+            on_event=broken,
+        )
+
+
+async def test_the_wall_time_budget_does_not_count_the_wait_for_approval(
+    workers: Workers,
+) -> None:
+    workers.start()
+
+    async def slow_yes(plan: Plan) -> str:
+        await asyncio.sleep(3)  # longer than the run's whole budget
+        return "accept"
+
+    out = await temporal.arun_on_temporal(
+        "tea, coffee",
+        address=workers.address,
+        settings=RunSettings(model="demo:latency=0", approve_plan=True, max_wall_time_s=2),
+        task_queue=workers.queue,
+        on_approval=slow_yes,
+    )
+    assert out.status == "ok", [r.error for r in out.results]  # as in process
