@@ -68,11 +68,18 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from fanfold.graphs.serde import FANFOLD_TYPES, allow_fanfold_types
-from fanfold.nodes.act import task_id
+from fanfold.nodes.act import stopped_error, task_id
 from fanfold.nodes.context import RunSettings, settings_of
 from fanfold.nodes.dispatch import SUBAGENT, Dispatch
 from fanfold.nodes.domain import ErrorInfo, Plan, SubagentResult, Usage
-from fanfold.nodes.errors import FanfoldError, PlanError, QuorumUnreachable, TaskFailedError
+from fanfold.nodes.errors import (
+    BudgetExceeded,
+    FanfoldError,
+    PlanError,
+    QuorumUnreachable,
+    RunStopped,
+    TaskFailedError,
+)
 from fanfold.nodes.events import task_finished, task_started
 from fanfold.nodes.finish import apply_policy, finish
 from fanfold.nodes.lg import as_if_unsaved
@@ -237,7 +244,7 @@ def _activity_runtime(
         scope.deadline = time.monotonic() + (deadline - time.time())
     control = ScopedControl()
     control.scope = scope
-    return dataclasses.replace(runtime, context=scope.settings, control=control)
+    return dataclasses.replace(runtime, control=control)
 
 
 async def _heartbeating(work: Coroutine[Any, Any, T]) -> T:
@@ -299,7 +306,9 @@ async def subagent_on_temporal(
     the workflow (measured: ~5 ms of server and worker CPU per subagent).
     """
     ours = _activity_runtime(runtime, state.get("run_tokens", 0), state.get("run_deadline"))
-    ours = dataclasses.replace(ours, stream_writer=_no_events)
+    # It settles: `finish` reads the policy from the runtime's settings (the run-level
+    # nodes keep the run's, which the answer's status is computed from).
+    ours = dataclasses.replace(ours, context=_scope_of(ours).settings, stream_writer=_no_events)
     try:
         return await _heartbeating(subagent(state, ours))
     except Exception as exc:  # noqa: BLE001 - a task that raises ends failed, never retried
@@ -422,7 +431,17 @@ def _guarded(call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any
             )
             out = {"results": [SubagentResult(task_id=task.id, status="failed", error=why)]}
         else:
-            out = await call(payload, **kwargs)
+            try:
+                # Until the run stops (a quorum met, a budget): then the activity is
+                # cancelled, as in process a running task ends at its next call.
+                out = (
+                    await scope.race(call(payload, **kwargs))
+                    if top
+                    else await call(payload, **kwargs)
+                )
+            except (RunStopped, BudgetExceeded) as exc:
+                why = stopped_error(scope, exc)
+                out = {"results": [SubagentResult(task_id=task.id, status="cancelled", error=why)]}
         settings = settings_of(runtime.context)
         for result in out["results"]:
             scope.accounted.add(result.task_id)
