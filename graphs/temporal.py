@@ -872,14 +872,69 @@ def portable(settings: RunSettings) -> None:
         raise ValueError("settings that cannot travel to Temporal workers: " + "; ".join(lost))
 
 
+RECONNECT_S = 120.0
+"""How long a client waits for a Temporal server that went away (the run goes on there)."""
+
+
+def _server_away(exc: BaseException) -> bool:
+    """Tell whether an RPC failed because the server cannot be reached (for now)."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    if not isinstance(exc, RPCError):
+        return False
+    away = exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED)
+    return away or "connect" in str(exc).lower()
+
+
+class _Patience:
+    """Retries of RPCs while the server is away, for up to `RECONNECT_S` in a row."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    async def wait(self, exc: BaseException) -> None:
+        """Wait a second before the next try.
+
+        Raises `exc` when it is not an outage, or the outage has lasted `RECONNECT_S`.
+        """
+        now = time.monotonic()
+        if not _server_away(exc) or now - (self.since or now) > RECONNECT_S:
+            raise exc
+        if self.since is None:
+            self.since = now
+            _LOG.warning("the Temporal server is unreachable; retrying for %gs", RECONNECT_S)
+        await asyncio.sleep(1.0)
+
+    def ok(self) -> None:
+        """Note a successful call: the next outage gets the whole wait again."""
+        self.since = None
+
+
+_LOG = logging.getLogger("fanfold.temporal")
+
+
 async def events_of(client: Client, workflow_id: str) -> AsyncIterator[dict[str, Any]]:
-    """Yield a run's progress events as its workflow publishes them (to its end)."""
+    """Yield a run's progress events as its workflow publishes them (to its end).
+
+    A server that goes away for less than `RECONNECT_S` is waited for: the events go
+    on from where they were.
+    """
     from temporalio.contrib.workflow_streams import WorkflowStreamClient
 
     stream = WorkflowStreamClient.create(client, workflow_id)
-    async for item in stream.subscribe(TOPIC, poll_cooldown=timedelta(milliseconds=100)):
-        if isinstance(item.data, dict):
-            yield item.data
+    offset, patience = 0, _Patience()
+    while True:
+        try:
+            async for item in stream.subscribe(
+                TOPIC, from_offset=offset, poll_cooldown=timedelta(milliseconds=100)
+            ):
+                patience.ok()
+                offset = item.offset + 1
+                if isinstance(item.data, dict):
+                    yield item.data
+            return
+        except Exception as exc:  # noqa: BLE001 - an outage is waited for, the rest raised
+            await patience.wait(exc)
 
 
 APPROVAL_POLL_S = 0.2
@@ -905,10 +960,10 @@ async def result_of(
     from fanfold.graphs.api import RunOutput
 
     if on_approval is None:
-        doc = await handle.result()
+        doc = await _patiently(handle)
     else:
         answering = asyncio.ensure_future(_answer_approvals(handle, on_approval))
-        finished = asyncio.ensure_future(handle.result())
+        finished = asyncio.ensure_future(_patiently(handle))
         try:
             await asyncio.wait({answering, finished}, return_when=asyncio.FIRST_COMPLETED)
             if answering.done() and not finished.done():
@@ -933,6 +988,16 @@ async def result_of(
     if kind == "PlanError":
         raise PlanError([message])
     raise RunFailed(kind, message, out)
+
+
+async def _patiently(handle: WorkflowHandle[Any, RunDocument]) -> RunDocument:
+    """Return the workflow's result, waiting out a server that is away for a while."""
+    patience = _Patience()
+    while True:
+        try:
+            return await handle.result()
+        except Exception as exc:  # noqa: BLE001 - an outage is waited for, the rest raised
+            await patience.wait(exc)
 
 
 async def pending_plan(handle: WorkflowHandle[Any, Any]) -> tuple[Plan, list[str], int] | None:

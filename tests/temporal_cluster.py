@@ -37,11 +37,9 @@ def _temporal_binary() -> str:
     return str(path)
 
 
-@pytest.fixture(scope="module", name="temporal_server")
-def temporal_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Temporal dev server on 127.0.0.1, its own db file, stopped by its pid."""
-    port, ui = free_port(), free_port()
-    db = tmp_path_factory.mktemp("temporal") / "dev.db"
+def start_server(db: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a Temporal dev server on 127.0.0.1 (a free port, or `port`), wait for it."""
+    port, ui = port or free_port(), free_port()
     proc = subprocess.Popen(
         [
             _temporal_binary(),
@@ -63,29 +61,42 @@ def temporal_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterato
         stderr=subprocess.DEVNULL,
     )
     address = f"{HOST}:{port}"
+    deadline = time.monotonic() + START_LIMIT_S
+    while True:
+        health = subprocess.run(
+            [_temporal_binary(), "operator", "cluster", "health", "--address", address],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        if "SERVING" in health.stdout:
+            return proc, address
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_server(proc)
+            raise AssertionError("the Temporal dev server did not start")
+        time.sleep(0.2)
+
+
+def stop_server(proc: subprocess.Popen[bytes], *, kill: bool = False) -> None:
+    """End a dev server we started, by its pid (SIGKILL with `kill`)."""
+    if proc.poll() is None:
+        proc.kill() if kill else proc.terminate()
     try:
-        deadline = time.monotonic() + START_LIMIT_S
-        while True:
-            health = subprocess.run(
-                [_temporal_binary(), "operator", "cluster", "health", "--address", address],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            )
-            if "SERVING" in health.stdout:
-                break
-            assert proc.poll() is None, "the Temporal dev server exited at start"
-            assert time.monotonic() < deadline, "the Temporal dev server did not start"
-            time.sleep(0.2)
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module", name="temporal_server")
+def temporal_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Temporal dev server on 127.0.0.1, its own db file, stopped by its pid."""
+    proc, address = start_server(tmp_path_factory.mktemp("temporal") / "dev.db")
+    try:
         yield address
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
 
 
 class Workers:

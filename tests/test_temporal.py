@@ -27,6 +27,8 @@ from tests.temporal_cluster import (  # noqa: F401 - the fixtures: imported to b
     cli,
     peak,
     run,
+    start_server,
+    stop_server,
     temporal_server_fixture,
     wide,
     workers_fixture,
@@ -189,3 +191,29 @@ async def test_a_planner_whose_worker_dies_runs_again_elsewhere(workers: Workers
     # A heartbeat timeout (3 s) and the calls again; it used to wait for the 1 h backstop.
     assert out.status == "ok" and out.results
     assert time.monotonic() - started < 60
+
+
+async def test_the_client_waits_out_a_server_outage(tmp_path: Path) -> None:
+    # A server of this test's own: it is SIGKILLed mid-run and started again on the same
+    # port and database. The run goes on there; the client used to fail at once.
+    db = tmp_path / "outage.db"
+    server, address = start_server(db)
+    pool = Workers(address, "outage", tmp_path)
+    try:
+        pool.start()
+        log = tmp_path / "calls.jsonl"
+        settings = {"model": f"demo:latency=0.5,log={log}", "max_concurrency": 6}
+        task = asyncio.ensure_future(run(pool, wide(30), **settings))
+        deadline = time.monotonic() + 30
+        while len(calls(log)) < 10:
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.05)
+        stop_server(server, kill=True)
+        await asyncio.sleep(10)  # longer than the SDK's own retries (~8 s)
+        server, _ = start_server(db, port=int(address.rsplit(":", 1)[1]))
+        out, _ = await asyncio.wait_for(task, timeout=120)
+        assert out.status == "ok"
+        assert [r.task_id for r in out.results] == [t.id for t in wide(30).tasks]
+    finally:
+        pool.stop()
+        stop_server(server)
