@@ -878,9 +878,10 @@ RECONNECT_S = 120.0
 
 def _server_away(exc: BaseException) -> bool:
     """Tell whether an RPC failed because the server cannot be reached (for now)."""
+    from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
     from temporalio.service import RPCError, RPCStatusCode
 
-    if not isinstance(exc, RPCError):
+    if not isinstance(exc, RPCError) or isinstance(exc, WorkflowUpdateRPCTimeoutOrCancelledError):
         return False
     away = exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED)
     return away or "connect" in str(exc).lower()
@@ -898,6 +899,10 @@ class _Patience:
         Raises `exc` when it is not an outage, or the outage has lasted `RECONNECT_S`.
         """
         now = time.monotonic()
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # Cancelled (Ctrl-C): the SDK turns a cancelled RPC into an error of its own.
+            raise asyncio.CancelledError from exc
         if not _server_away(exc) or now - (self.since or now) > RECONNECT_S:
             raise exc
         if self.since is None:

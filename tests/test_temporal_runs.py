@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from tests.llmock_server import free_port
 from tests.temporal_cluster import (  # noqa: F401 - the fixtures: imported to be found
     HOST,
     Workers,
+    calls,
     cli,
     run,
     temporal_server_fixture,
@@ -306,3 +308,35 @@ async def test_the_wall_time_budget_does_not_count_the_wait_for_approval(
         on_approval=slow_yes,
     )
     assert out.status == "ok", [r.error for r in out.results]  # as in process
+
+
+def test_ctrl_c_ends_the_cli_at_once_and_names_the_workflow_that_goes_on(
+    workers: Workers, tmp_path: Path
+) -> None:
+    workers.start()
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(wide(30).model_dump_json())
+    log = tmp_path / "calls.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fanfold.graphs.cli", "run", "--plan", str(plan_file),
+         "--model", f"demo:latency=0.5,log={log}", "--max-concurrency", "3", "--no-live",
+         "--temporal", workers.address, "--task-queue", workers.queue],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while len(calls(log)) < 6:  # mid-run: events polled, results awaited
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        interrupted = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert time.monotonic() - interrupted < 10  # it used to retry a cancelled poll for 2 min
+    assert "interrupted; the run goes on on Temporal as workflow fanfold-" in err
