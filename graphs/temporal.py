@@ -345,11 +345,11 @@ answer_on_temporal.__name__ = "synthesize"
 async def reduce_on_temporal(
     state: OrchestratorState, runtime: Runtime[RunSettings]
 ) -> OrchestratorUpdate:
-    """The reducer, in the workflow: first the run-wide accounts of the new results.
+    """The reducer, in the workflow: first the run-wide accounts `_guarded` did not keep.
 
-    Each result's tokens go to the run's budget, and the run's policy is applied to
-    it here (activities settle): fail_fast or an unreachable quorum raise, a quorum
-    met or a spent budget stop the run, and the reducer cancels what is left.
+    The planner's tokens, and the results of subagents whose activity failed (the
+    error handler's): their tokens go to the run's budget and the run's policy is
+    applied to them. Then the reducer cancels what a stopped run left.
     """
     scope = _scope_of(runtime)
     settings = settings_of(runtime.context)
@@ -411,8 +411,9 @@ def _guarded(call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any
         scope = _scope_of(runtime)
         task = state["task"]
         publish = _publisher()
-        top = (state.get("depth") or 1) == 1
-        why = scope.stop_error() if top else None
+        # Every task here is top-level: a delegated fan-out runs inside its parent's
+        # activity, never through the workflow.
+        why = scope.stop_error()
         if why is not None:
             result = SubagentResult(task_id=task.id, status="cancelled", attempts=0, error=why)
             scope.accounted.add(task.id)
@@ -434,11 +435,7 @@ def _guarded(call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any
             try:
                 # Until the run stops (a quorum met, a budget): then the activity is
                 # cancelled, as in process a running task ends at its next call.
-                out = (
-                    await scope.race(call(payload, **kwargs))
-                    if top
-                    else await call(payload, **kwargs)
-                )
+                out = await scope.race(call(payload, **kwargs))
             except (RunStopped, BudgetExceeded) as exc:
                 why = stopped_error(scope, exc)
                 out = {"results": [SubagentResult(task_id=task.id, status="cancelled", error=why)]}
@@ -447,8 +444,7 @@ def _guarded(call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any
             scope.accounted.add(result.task_id)
             scope.add_tokens(result.usage.total_tokens)
             task_finished(publish, result)
-            if top:
-                apply_policy(result, settings, scope)
+            apply_policy(result, settings, scope)
         return out
 
     return guarded
