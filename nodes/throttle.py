@@ -20,7 +20,9 @@ becomes the noise level, and a 429 is then retried at the first backoff step.
 The test compares with the first cut of a run of cuts as well as the last (cuts that
 reached the floor lower the goodput no further from one window to the next), and,
 once the noise level is known, a test window back at that level with less goodput
-undoes the cut too: its window was a chance cluster of the noise.
+undoes the cut too: its window was a chance cluster of the noise. A cut window
+that began with a burst (a token bucket's allowance let its first requests through)
+is compared by its later half, the share the load met once the allowance was spent.
 Healthy windows grow the limit by a tenth of its ceiling and the pace (quickly far
 below the rate last admitted, by 10% up to it, then probing past it in doubling
 steps), and move the noise level toward what they see. Goodput counts answers only,
@@ -65,7 +67,14 @@ FLOOR_SHARE = 0.25
 
 @dataclass(frozen=True)
 class _Cut:
-    """A cut under test: the window that caused it."""
+    """A cut under test: the window that caused it.
+
+    `share` and `attempts` are the whole window's, or, when the window began with a
+    burst (its later half far more throttled than its first: a token bucket's burst
+    allowance let the first requests through), its later half's: the share the load
+    meets once the allowance is spent, which is what a test window must be compared
+    with.
+    """
 
     share: float
     goodput: float
@@ -87,6 +96,8 @@ class Attempt:
     started: float
     window: int | None
     """The window it is judged in; None: sent after its window was full."""
+    late: bool = False
+    """Started in the later half of its window (see `_Cut`)."""
 
 
 class Slot:
@@ -156,6 +167,8 @@ class AdaptiveLimit:
         self._ended = 0
         self._ok = 0
         self._throttled = 0
+        self._late_ended = 0
+        self._late_throttled = 0
         self._told_when = False
         self._known: float | None = None
         """The goodput the server admitted when the run's load last overran it."""
@@ -244,13 +257,12 @@ class AdaptiveLimit:
         """
         now = time.monotonic()
         if self.in_use <= 1 and self._members and self._ended == self._members:
-            self._members = self._ended = self._ok = self._throttled = 0
-            self._told_when = False
+            self._clear_window()
         if self._members < self._size():
             if not self._members:
                 self._first_start = now
             self._members += 1
-            return Attempt(now, self._window_id)
+            return Attempt(now, self._window_id, late=self._members > self._size() / 2)
         return Attempt(now, None)
 
     def _size(self) -> int:
@@ -261,10 +273,12 @@ class AdaptiveLimit:
         if attempt.window != self._window_id:
             return  # sent under an older setting, or after the window was full
         self._ended += 1
+        self._late_ended += attempt.late
         if exc is None:
             self._ok += 1
         elif classify(exc) == "rate_limited":
             self._throttled += 1
+            self._late_throttled += attempt.late
             after = retry_after_s(exc)
             self._told_when = self._told_when or (after is not None and after > 0)
         # Judged at 90% ended: one hung or very slow attempt does not freeze the limit.
@@ -281,14 +295,25 @@ class AdaptiveLimit:
     def _same_share(self, cut: _Cut, share: float) -> bool:
         """Tell whether this window's 429 share is the cut window's, give or take chance.
 
-        Strict on the low side: a share that fell by more than one standard error may be
-        our load's 429s going away (or a burst allowance that made the cut window's
-        goodput look high), so it is not taken as noise; the next window decides.
+        Two standard errors either way (a cut window that began with a burst is
+        compared by its later half: `_Cut`).
         """
         n1, n2 = cut.attempts, max(1, self._ended)
         pooled = (cut.share * n1 + share * n2) / (n1 + n2)
         error = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
         return share > 0.05 and cut.share - 2 * error <= share <= cut.share + 2 * error
+
+    def _cut_of(self, share: float, goodput: float) -> _Cut:
+        """Return the cut this window makes: its share, or its later half's after a burst."""
+        late, early = self._late_ended, self._ended - self._late_ended
+        if late and early:
+            late_share = self._late_throttled / late
+            early_share = (self._throttled - self._late_throttled) / early
+            pooled = share
+            error = math.sqrt(pooled * (1 - pooled) * (1 / early + 1 / late))
+            if late_share - early_share > 2 * error:
+                return _Cut(late_share, goodput, late)
+        return _Cut(share, goodput, self._ended)
 
     def _useless(self, cut: _Cut, share: float, goodput: float) -> bool:
         """Tell whether the load cut since `cut` lowered the goodput but not the 429s.
@@ -322,7 +347,7 @@ class AdaptiveLimit:
             limit, pace, self._known = before
             self._set(now, limit, pace)
         elif excess:
-            self._cut = _Cut(share, goodput, self._ended)
+            self._cut = self._cut_of(share, goodput)
             if self._before_cuts is None:
                 self._before_cuts = (self.limit, self.pace, self._known)
                 self._first_cut = self._cut
@@ -376,5 +401,9 @@ class AdaptiveLimit:
             self._pace_changes += 1
             self._next_start = now
         self._window_id += 1
+        self._clear_window()
+
+    def _clear_window(self) -> None:
         self._members = self._ended = self._ok = self._throttled = 0
+        self._late_ended = self._late_throttled = 0
         self._told_when = False

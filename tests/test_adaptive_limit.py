@@ -131,6 +131,25 @@ def test_a_cut_from_a_chance_cluster_of_known_noise_is_undone(clock: Clock) -> N
     assert (limit.limit, limit.pace) == (20, None)
 
 
+def test_a_burst_allowance_is_not_mistaken_for_noise(clock: Clock) -> None:
+    # A token bucket let the window's first half through, then throttled nearly all
+    # of its second half: 23 of 50 over the window, 23 of 25 once the burst was spent.
+    limit = AdaptiveLimit(50)
+    attempts = [limit.begin() for _ in range(50)]
+    clock.now += LATENCY_S
+    for i, attempt in enumerate(attempts):
+        limit.end(attempt, THROTTLED if i >= 27 else None)
+    assert limit.limit < 50 and limit._cut is not None
+    assert limit._cut.share >= 0.85  # the share once the allowance was spent
+    # The cut's test window: the load fell, and so did the 429s, to 30%: within two
+    # standard errors of the whole cut window's 46% (read as noise, this undid the cut
+    # and sent the run back into the limit at full load), far below the 92% the load
+    # met past the burst. So the run cuts again.
+    window(limit, clock, sent=limit.limit, throttled=round(0.3 * limit.limit))
+    assert limit.limit < 27 and limit.pace is not None
+    assert limit.noise < 0.05
+
+
 def test_a_run_of_cuts_is_tested_against_the_first(clock: Clock) -> None:
     # Noise the run does not know yet, cut twice; the second test window's goodput is
     # not much below the second cut's, but far below the first's, at the first's share.
