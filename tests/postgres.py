@@ -52,7 +52,9 @@ def _free_port() -> int:
 class TempPostgres:
     """A throwaway PostgreSQL server on 127.0.0.1, from a temporary data directory."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fsync: bool = False) -> None:
+        self.fsync = fsync
+        """Off for the tests (speed); the bench turns it on, as a real server runs."""
         self.bin = _pg_bin_dir()
         self.user: str | None = None
         if os.geteuid() == 0:  # PostgreSQL refuses to run as root
@@ -90,7 +92,7 @@ class TempPostgres:
             self.port = _free_port()
             options = (
                 f"-c listen_addresses=127.0.0.1 -p {self.port} "
-                f"-c unix_socket_directories={self.dir} -c fsync=off"
+                f"-c unix_socket_directories={self.dir} -c fsync={'on' if self.fsync else 'off'}"
             )
             started = self._run(
                 "pg_ctl", "-D", str(self.data), "-l", str(self.dir / "server.log"),
