@@ -239,7 +239,7 @@ async def _checkpointed(bench: Bench, checkpointer: str, path: str) -> Any:
     if bench.impl == "raw":
         msg = "raw asyncio has no checkpointer"
         raise ValueError(msg)
-    async with _saver(checkpointer, path) as saver:
+    async with _saver(checkpointer, path, bench.impl) as saver:
         tools = [bench.tool]
         if bench.impl == "fanfold":
             from fanfold.graphs.orchestrator import compile_orchestrator
@@ -315,9 +315,16 @@ def _granularity_label(impl: str, checkpointer: str) -> str:
 
 
 @asynccontextmanager
-async def _saver(checkpointer: str, path: str) -> Any:
+async def _saver(checkpointer: str, path: str, impl: str = "bare") -> Any:
+    """Yield the saver: for Fanfold what `open_checkpointer` opens (SQLite: its group-commit
+    saver), for bare LangGraph the stock `AsyncSqliteSaver`."""
     if checkpointer == "memory":
         yield InMemorySaver()
+    elif impl == "fanfold" and checkpointer in ("sqlite", "sqlite-step"):
+        from fanfold.graphs.checkpoint import open_checkpointer
+
+        async with open_checkpointer(path) as saver:
+            yield saver
     elif checkpointer in ("sqlite", "sqlite-step", "sqlite-task"):
         async with sqlite_saver(path) as saver:
             yield saver
