@@ -33,16 +33,15 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from deepagents import create_deep_agent
-from fake import SYSTEM, TOOL_NAME, FakeChatModel, ScriptError, prompt
+from fake import SYSTEM, TOOL_NAME, AsyncFake, FakeChatModel, ScriptError, prompt
 from langchain.agents.middleware import AgentMiddleware
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
-from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.graph.state import CompiledStateGraph
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
 SUBAGENT = "worker"
 TASK_TOOL = "task"
@@ -71,13 +70,11 @@ class WorkerModel(FakeChatModel):
         return await super()._agenerate(messages, stop, run_manager, tools=mine, **kwargs)
 
 
-class LeadModel(BaseChatModel):
+class LeadModel(AsyncFake):
     """The main agent's fake: N `task` calls on its first turn, an answer on its second.
 
     `items` are the items of the next run (set before each run).
     """
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
 
     items: list[int] = Field(default_factory=list)
     calls: int = 0
@@ -85,12 +82,6 @@ class LeadModel(BaseChatModel):
     @property
     def _llm_type(self) -> str:
         return "bench-fake-lead"
-
-    def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None, **kw: Any) -> Any:
-        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kw)
-
-    def _generate(self, *args: Any, **kwargs: Any) -> ChatResult:
-        raise ScriptError("the fake is async only")
 
     async def _agenerate(
         self,

@@ -80,7 +80,20 @@ class Counts:
             raise AssertionError(msg)
 
 
-class FakeChatModel(BaseChatModel):
+class AsyncFake(BaseChatModel):
+    """What every scripted fake shares: async only, tools bound as JSON schemas."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None, **kw: Any) -> Any:
+        # What ChatOpenAI does too: convert every tool to its JSON schema on each bind.
+        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kw)
+
+    def _generate(self, *args: Any, **kwargs: Any) -> ChatResult:
+        raise ScriptError("the fake is async only")
+
+
+class FakeChatModel(AsyncFake):
     """A chat model that scripts a 3-call ReAct conversation per item.
 
     `latency` is the time each call takes (asyncio.sleep; 0 still yields to the
@@ -88,8 +101,6 @@ class FakeChatModel(BaseChatModel):
     waits until `gate` subagents are in flight at once (for memory at a known
     width).
     """
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
 
     latency: float = 0.0
     latencies: dict[int, float] = Field(default_factory=dict)
@@ -99,13 +110,6 @@ class FakeChatModel(BaseChatModel):
     @property
     def _llm_type(self) -> str:
         return "bench-fake"
-
-    def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None, **kw: Any) -> Any:
-        # What ChatOpenAI does too: convert every tool to its JSON schema on each bind.
-        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kw)
-
-    def _generate(self, *args: Any, **kwargs: Any) -> ChatResult:
-        raise ScriptError("the fake is async only")
 
     async def _agenerate(
         self,

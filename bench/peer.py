@@ -378,24 +378,16 @@ def run_child(spec: dict[str, Any]) -> Any:
 
 def start_child(spec: dict[str, Any]) -> subprocess.Popen[str]:
     """Start one measurement in a fresh interpreter."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)])}
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    import run
+
+    return run.start_child(spec, __file__)
 
 
 def child_result(proc: subprocess.Popen[str]) -> Any:
     """Wait for a child; return its data, or fail with its output."""
-    try:
-        out, err = proc.communicate(timeout=CHILD_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        msg = f"child {proc.args[-1]} ran over {CHILD_TIMEOUT_S} s:\n{err[-4000:]}"
-        raise RuntimeError(msg) from None
-    if proc.returncode != 0:
-        msg = f"child {proc.args[-1]} failed:\n{out[-2000:]}\n{err[-4000:]}"
-        raise RuntimeError(msg)
-    return json.loads(out.strip().splitlines()[-1])
+    import run
+
+    return run.child_result(proc, CHILD_TIMEOUT_S)
 
 
 def versions() -> dict[str, str]:
@@ -600,14 +592,10 @@ def _failed_item(row: dict[str, Any]) -> str:
 
 def report(data: dict[str, Any]) -> str:
     """Return the peer tables (targets first) as Markdown."""
-    from run import table
+    from run import table, targets_table
 
     v = data["versions"]
     head = ", ".join(f"{k} {val}" for k, val in v.items())
-    rows = [
-        [t["id"], t["target"], t["detail"], t["value"], t["goal"], t["verdict"]]
-        for t in targets(data)
-    ]
     cpu_rows = []
     for n in data["cpu_sizes"]:
         f, d = _cpu(data, "fanfold", n), _cpu(data, "deepagents", n)
@@ -643,7 +631,7 @@ def report(data: dict[str, Any]) -> str:
         [
             f"Peer: Fanfold vs deepagents ({data['plan']} run); {head}",
             "",
-            table(["#", "target", "measured", "ratio / value", "goal", "verdict"], rows),
+            targets_table(targets(data)),
             "",
             f"CPU per subagent at zero latency (ms, process_time, best of {BEST_OF} at N <= 100)",
             "",
@@ -679,26 +667,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(run_child(json.loads(args.child))), flush=True)
         os._exit(0)  # a stubborn tool's task may still be waiting: do not wait for it
-    from run import machine
+    from run import document, machine, stopwatch
 
-    started = time.perf_counter()
-
-    def say(text: str) -> None:
-        print(f"[{time.perf_counter() - started:5.0f}s] {text}", file=sys.stderr, flush=True)
-
+    mode = "quick" if args.quick else "full"
+    started, say = stopwatch()
     info = machine()
-    data = collect("quick" if args.quick else "full", say)
-    data["machine"] = info
-    data["elapsed_s"] = time.perf_counter() - started
-    data["load_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    data = collect(mode, say)
+    doc = document(mode, info, started, targets(data), data)
     if args.json:
-        print(json.dumps({**data, "targets": targets(data)}, indent=2))
+        print(json.dumps(doc, indent=2))
     else:
         m = info
         print(
             f"{m['date']}: {m['nproc']} cores, Python {m['python']}, git {m['git']}; load"
-            f" {m['load_before']} before, {data['load_after']} after; took"
-            f" {data['elapsed_s']:.0f} s\n"
+            f" {m['load_before']} before, {doc['load_after']} after; took"
+            f" {doc['elapsed_s']:.0f} s\n"
         )
         print(report(data))
     return 0

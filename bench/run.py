@@ -28,7 +28,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -178,16 +178,22 @@ def section(name: str) -> tuple[Any, Any, Any]:
     return collect_, targets_, report_
 
 
-def start_child(specs: list[dict[str, Any]]) -> subprocess.Popen[str]:
-    """Start measurements in a fresh interpreter."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(specs)]
+def start_child(payload: Any, script: str = __file__) -> subprocess.Popen[str]:
+    """Start measurements in a fresh interpreter: `script --child <payload as JSON>`."""
+    cmd = [sys.executable, str(Path(script).resolve()), "--child", json.dumps(payload)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)])}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def child_result(proc: subprocess.Popen[str]) -> list[Any]:
-    """Wait for a child; return its data, or fail with its output."""
-    out, err = proc.communicate()
+def child_result(proc: subprocess.Popen[str], timeout_s: float | None = None) -> Any:
+    """Wait for a child (killed past `timeout_s`); return its data, or fail with its output."""
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        msg = f"child {proc.args[-1]} ran over {timeout_s} s:\n{err[-4000:]}"
+        raise RuntimeError(msg) from None
     if proc.returncode != 0:
         msg = f"child {proc.args[-1]} failed:\n{out[-2000:]}\n{err[-4000:]}"
         raise RuntimeError(msg)
@@ -461,6 +467,44 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join([line(headers), sep, *(line(r) for r in cells)])
 
 
+def targets_table(targets: list[dict[str, Any]]) -> str:
+    """Return the targets as a Markdown table, each figure next to its goal and verdict."""
+    rows = [
+        [t["id"], t["target"], t["detail"], t["value"], t["goal"], t["verdict"]] for t in targets
+    ]
+    return table(["#", "target", "measured", "ratio / value", "goal", "verdict"], rows)
+
+
+def stopwatch() -> tuple[float, Callable[[str], None]]:
+    """Return when a bench started and a `say` that prints progress with the seconds since."""
+    started = time.perf_counter()
+
+    def say(text: str) -> None:
+        print(f"[{time.perf_counter() - started:6.0f}s] {text}", file=sys.stderr, flush=True)
+
+    return started, say
+
+
+def document(
+    mode: str,
+    info: dict[str, Any],
+    started: float,
+    targets: list[dict[str, Any]],
+    data: Any,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Return a bench's JSON document: where and when, how long, the targets, the figures."""
+    return {
+        "mode": mode,
+        "machine": info,
+        **extra,
+        "elapsed_s": time.perf_counter() - started,
+        "load_after": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "targets": targets,
+        "data": data,
+    }  # fmt: skip
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"
@@ -600,10 +644,6 @@ def report(doc: dict[str, Any]) -> str:
     """Return the human-readable report: targets first, then each section's figures."""
     data, plan, m = doc["data"], doc["plan"], doc["machine"]
     d = data["dag"]["fanfold"]
-    target_rows = [
-        [t["id"], t["target"], t["detail"], t["value"], t["goal"], t["verdict"]]
-        for t in doc["targets"]
-    ]
     return "\n".join(
         [
             f"Fanfold benchmarks ({doc['mode']} run), {m['date']}: {m['nproc']} cores, "
@@ -613,7 +653,7 @@ def report(doc: dict[str, Any]) -> str:
             "",
             "## Targets",
             "",
-            table(["#", "target", "measured", "ratio / value", "goal", "verdict"], target_rows),
+            targets_table(doc["targets"]),
             "",
             f"## Parallel efficiency (ideal = ceil(N/mc) x 3 calls x {plan['latency'] * 1e3:.0f}"
             " ms, / wall)",
@@ -715,11 +755,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     mode = "quick" if args.quick else "full"
     plan = PLANS[mode]
-    started = time.perf_counter()
-
-    def say(text: str) -> None:
-        print(f"[{time.perf_counter() - started:6.0f}s] {text}", file=sys.stderr, flush=True)
-
+    started, say = stopwatch()
     info = machine()
     skips = QUICK_SKIPS if args.quick and args.skip is None else (args.skip or "").split(",")
     unknown = [s for s in skips if s and s not in SECTIONS]
@@ -742,16 +778,9 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{name}: start")
         data["sections"][name] = section(name)[0](mode, say)
         say(f"{name}: done in {time.perf_counter() - t0:.0f}s")
-    doc = {
-        "mode": mode,
-        "machine": info,
-        "plan": plan,
-        "elapsed_s": time.perf_counter() - started,
-        "load_after": " ".join(f"{x:.1f}" for x in os.getloadavg()),
-        "targets": targets(data, plan)
-        + [t for name, d in data["sections"].items() for t in section(name)[1](d)],
-        "data": data,
-    }
+    found = targets(data, plan)
+    found += [t for name, d in data["sections"].items() for t in section(name)[1](d)]
+    doc = document(mode, info, started, found, data, plan=plan)
     print(json.dumps(doc, indent=2) if args.json else report(doc))
     return 0
 

