@@ -165,7 +165,7 @@ def test_keys_in_the_live_view_cancel_pause_resume_and_stop(tmux: Tmux, tmp_path
     # Held: the running pair finishes and nothing takes its place.
     # t1, t2 ok; t4 cancelled when its turn came. The frame can show "running 0" a redraw
     # before t4's turn is counted (seen once in CI: 2/8), so wait for both together.
-    held = wait_for(tmux, r"3/8 tasks finished · running 0 \(limit 2\)")
+    wait_for(tmux, r"3/8 tasks finished · running 0 \(limit 2\)")
     time.sleep(1.0)
     assert re.search(r"running 0 \(limit 2\)", tmux.screen())  # still held
     tmux.run("send-keys", "p")
